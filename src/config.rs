@@ -1,0 +1,479 @@
+//! Configuration: one TOML file, every key optional with a documented default.
+//!
+//! In: TOML text. Out: [`Settings`], validated typed values. Parsing rejects unknown keys (serde's
+//! `deny_unknown_fields`, whose message names the key); validation reports every bad value at
+//! once, each with its dotted key name. Nothing here does I/O beyond reading the file.
+
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The file as written. Each field's doc line is its reference entry in the README.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub replay: RawReplay,
+    pub baseline: RawBaseline,
+    pub novelty: RawNovelty,
+    pub rate: RawRate,
+    pub errors: RawErrors,
+    pub dormant: RawDormant,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReplay {
+    /// Threads that inflate and parse files; 0 means one per core.
+    pub workers: usize,
+    /// Largest inflated log file accepted, in bytes; larger files fail with `too_large`.
+    pub max_file_bytes: usize,
+}
+
+impl Default for RawReplay {
+    fn default() -> Self {
+        RawReplay {
+            workers: 0,
+            max_file_bytes: 1 << 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBaseline {
+    /// How long a value is remembered after it was last seen ("30d").
+    pub window: String,
+    /// History span a principal needs before it raises novelty anomalies ("3d").
+    pub learning_period: String,
+    /// Events a principal needs before it raises novelty anomalies.
+    pub learning_events: u64,
+    /// Values remembered per principal and dimension; past it the least recently seen is evicted.
+    pub max_values_per_dimension: usize,
+    /// A principal silent for this long is forgotten ("90d"); must exceed `dormant.after`.
+    pub idle_expiry: String,
+    /// Principals held at most; past it the least recently active are forgotten first.
+    pub max_principals: usize,
+    /// eventIDs remembered for de-duplication (per shard, in two generations).
+    pub dedup_capacity: usize,
+}
+
+impl Default for RawBaseline {
+    fn default() -> Self {
+        RawBaseline {
+            window: "30d".into(),
+            learning_period: "3d".into(),
+            learning_events: 100,
+            max_values_per_dimension: 48,
+            idle_expiry: "90d".into(),
+            max_principals: 1_000_000,
+            dedup_capacity: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNovelty {
+    /// Raise new-value anomalies.
+    pub enabled: bool,
+    /// Least score (0..1) for an event's novel dimensions to raise an anomaly.
+    pub min_score: f64,
+    /// Weight of a new eventSource (service).
+    pub event_source: f64,
+    /// Weight of a new eventSource:eventName (API call).
+    pub api_call: f64,
+    /// Weight of a new sourceIPAddress.
+    pub source_ip: f64,
+    /// Weight of a new network (/24 or /64).
+    pub network: f64,
+    /// Weight of a new user-agent family.
+    pub user_agent: f64,
+    /// Weight of a new awsRegion.
+    pub region: f64,
+}
+
+impl Default for RawNovelty {
+    fn default() -> Self {
+        RawNovelty {
+            enabled: true,
+            min_score: 0.3,
+            event_source: 0.3,
+            api_call: 0.15,
+            source_ip: 0.1,
+            network: 0.3,
+            user_agent: 0.25,
+            region: 0.35,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRate {
+    /// Raise rate-spike anomalies.
+    pub enabled: bool,
+    /// Length of the interval events are counted in ("1h").
+    pub interval: String,
+    /// Least events in one interval for a spike.
+    pub min_events: u64,
+    /// A spike is this many times the principal's mean events per active interval, or more.
+    pub factor: f64,
+    /// Active intervals of history a principal needs before spikes are judged.
+    pub min_intervals: u64,
+}
+
+impl Default for RawRate {
+    fn default() -> Self {
+        RawRate {
+            enabled: true,
+            interval: "1h".into(),
+            min_events: 200,
+            factor: 10.0,
+            min_intervals: 12,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawErrors {
+    /// Raise error-spike anomalies (AccessDenied, Unauthorized*, *Denied).
+    pub enabled: bool,
+    /// Least denied calls in one rate interval for a spike.
+    pub min_errors: u64,
+    /// Least share (0..1) of the interval's calls that were denied.
+    pub min_ratio: f64,
+    /// A spike is this many times the principal's mean denied calls per active interval, or more.
+    pub factor: f64,
+}
+
+impl Default for RawErrors {
+    fn default() -> Self {
+        RawErrors {
+            enabled: true,
+            min_errors: 20,
+            min_ratio: 0.3,
+            factor: 5.0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDormant {
+    /// Raise dormant-principal anomalies.
+    pub enabled: bool,
+    /// Silence after which a principal's next event is a wake-up ("7d").
+    pub after: String,
+    /// Events a principal must have had before its silence counts.
+    pub min_events: u64,
+}
+
+impl Default for RawDormant {
+    fn default() -> Self {
+        RawDormant {
+            enabled: true,
+            after: "7d".into(),
+            min_events: 20,
+        }
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub workers: NonZeroUsize,
+    pub max_file_bytes: usize,
+    pub detector: DetectorSettings,
+}
+
+/// What the stateful half needs; times in seconds of event time.
+#[derive(Debug, Clone)]
+pub struct DetectorSettings {
+    pub window: i64,
+    pub learning_period: i64,
+    pub learning_events: u64,
+    pub max_values_per_dimension: usize,
+    pub idle_expiry: i64,
+    pub max_principals: usize,
+    pub dedup_capacity: usize,
+    pub novelty: Option<NoveltySettings>,
+    pub rate: Option<RateSettings>,
+    pub errors: Option<ErrorSettings>,
+    pub dormant_after: Option<i64>,
+    pub dormant_min_events: u64,
+    /// Rate interval, used by the rate and error detectors alike.
+    pub interval: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NoveltySettings {
+    pub min_score: f64,
+    /// Weights in [`crate::baseline::Dimension`] order.
+    pub weights: [f64; crate::baseline::DIMENSIONS],
+}
+
+#[derive(Debug, Clone)]
+pub struct RateSettings {
+    pub min_events: u64,
+    pub factor: f64,
+    pub min_intervals: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ErrorSettings {
+    pub min_errors: u64,
+    pub min_ratio: f64,
+    pub factor: f64,
+}
+
+/// Every problem found in a configuration, each naming its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: invalid configuration:\n  {}", .problems.join("\n  "))]
+    Invalid { path: String, problems: Vec<String> },
+}
+
+impl Settings {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        Settings::from_toml(&text, &name)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            source: Box::new(e),
+        })?;
+        raw.validate().map_err(|problems| ConfigError::Invalid {
+            path: origin.to_owned(),
+            problems,
+        })
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        RawConfig::default()
+            .validate()
+            .expect("the defaults are valid")
+    }
+}
+
+impl RawConfig {
+    /// Checks every value and builds typed settings, or lists every problem.
+    pub fn validate(&self) -> Result<Settings, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut duration = |key: &str, text: &str| -> i64 {
+            match humantime::parse_duration(text) {
+                Ok(d) if d >= Duration::from_secs(1) => d.as_secs() as i64,
+                Ok(_) => {
+                    problems.push(format!("{key}: must be at least one second, got {text:?}"));
+                    1
+                }
+                Err(e) => {
+                    problems.push(format!(
+                        "{key}: not a duration ({e}), got {text:?}; write e.g. \"30d\", \"1h\""
+                    ));
+                    1
+                }
+            }
+        };
+        let window = duration("baseline.window", &self.baseline.window);
+        let learning_period = duration("baseline.learning_period", &self.baseline.learning_period);
+        let idle_expiry = duration("baseline.idle_expiry", &self.baseline.idle_expiry);
+        let interval = duration("rate.interval", &self.rate.interval);
+        let dormant_after = duration("dormant.after", &self.dormant.after);
+
+        let mut positive = |key: &str, value: u64| {
+            if value == 0 {
+                problems.push(format!("{key}: must be greater than 0"));
+            }
+        };
+        positive("replay.max_file_bytes", self.replay.max_file_bytes as u64);
+        positive(
+            "baseline.max_values_per_dimension",
+            self.baseline.max_values_per_dimension as u64,
+        );
+        positive(
+            "baseline.max_principals",
+            self.baseline.max_principals as u64,
+        );
+        positive(
+            "baseline.dedup_capacity",
+            self.baseline.dedup_capacity as u64,
+        );
+        positive("rate.min_events", self.rate.min_events);
+        positive("errors.min_errors", self.errors.min_errors);
+
+        let n = &self.novelty;
+        let fractions = [
+            ("novelty.min_score", n.min_score),
+            ("novelty.event_source", n.event_source),
+            ("novelty.api_call", n.api_call),
+            ("novelty.source_ip", n.source_ip),
+            ("novelty.network", n.network),
+            ("novelty.user_agent", n.user_agent),
+            ("novelty.region", n.region),
+            ("errors.min_ratio", self.errors.min_ratio),
+        ];
+        for (key, value) in fractions {
+            if !(0.0..=1.0).contains(&value) {
+                problems.push(format!("{key}: must be between 0 and 1, got {value}"));
+            }
+        }
+        for (key, value) in [
+            ("rate.factor", self.rate.factor),
+            ("errors.factor", self.errors.factor),
+        ] {
+            if !(value >= 1.0 && value.is_finite()) {
+                problems.push(format!("{key}: must be at least 1, got {value}"));
+            }
+        }
+        if self.baseline.max_values_per_dimension > u16::MAX as usize {
+            problems.push(format!(
+                "baseline.max_values_per_dimension: at most {}",
+                u16::MAX
+            ));
+        }
+        if self.dormant.enabled && idle_expiry <= dormant_after {
+            problems.push(format!(
+                "baseline.idle_expiry: must exceed dormant.after ({}), or dormant principals are forgotten before they wake",
+                self.dormant.after
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+
+        let workers = NonZeroUsize::new(self.replay.workers)
+            .or_else(|| std::thread::available_parallelism().ok())
+            .unwrap_or(NonZeroUsize::MIN);
+        Ok(Settings {
+            workers,
+            max_file_bytes: self.replay.max_file_bytes,
+            detector: DetectorSettings {
+                window,
+                learning_period,
+                learning_events: self.baseline.learning_events,
+                max_values_per_dimension: self.baseline.max_values_per_dimension,
+                idle_expiry,
+                max_principals: self.baseline.max_principals,
+                dedup_capacity: self.baseline.dedup_capacity,
+                novelty: n.enabled.then_some(NoveltySettings {
+                    min_score: n.min_score,
+                    weights: [
+                        n.event_source,
+                        n.api_call,
+                        n.source_ip,
+                        n.network,
+                        n.user_agent,
+                        n.region,
+                    ],
+                }),
+                rate: self.rate.enabled.then_some(RateSettings {
+                    min_events: self.rate.min_events,
+                    factor: self.rate.factor,
+                    min_intervals: self.rate.min_intervals,
+                }),
+                errors: self.errors.enabled.then_some(ErrorSettings {
+                    min_errors: self.errors.min_errors,
+                    min_ratio: self.errors.min_ratio,
+                    factor: self.errors.factor,
+                }),
+                dormant_after: self.dormant.enabled.then_some(dormant_after),
+                dormant_min_events: self.dormant.min_events,
+                interval,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let s = Settings::from_toml("", "t").unwrap();
+        assert_eq!(s.detector.window, 30 * 86_400);
+        assert_eq!(s.detector.interval, 3600);
+        assert!(s.detector.novelty.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = Settings::from_toml("[baseline]\nwindw = \"3d\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("windw"), "{err}");
+        let err = Settings::from_toml("[nope]\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_key() {
+        let err = Settings::from_toml(
+            "[baseline]\nwindow = \"soon\"\nmax_values_per_dimension = 0\n[novelty]\nregion = 2.0\n[rate]\nfactor = 0.5\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "baseline.window",
+            "baseline.max_values_per_dimension",
+            "novelty.region",
+            "rate.factor",
+        ] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let err = Settings::from_toml("[rate]\nmin_events = \"many\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("min_events"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_reference_file_states_the_defaults() {
+        let text = include_str!("../deploy/trailwatch.toml");
+        let from_file = Settings::from_toml(text, "deploy/trailwatch.toml").unwrap();
+        assert_eq!(format!("{:?}", from_file.detector), format!("{:?}", Settings::default().detector));
+        assert_eq!(from_file.max_file_bytes, Settings::default().max_file_bytes);
+        // Every key is written out: parsing with every section's keys required would fail on a gap.
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let keys: usize = table.values().map(|v| v.as_table().unwrap().len()).sum();
+        assert_eq!(keys, 2 + 7 + 8 + 5 + 4 + 3);
+    }
+
+    #[test]
+    fn idle_expiry_must_outlast_dormancy() {
+        let err = Settings::from_toml("[baseline]\nidle_expiry = \"1d\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("baseline.idle_expiry"), "{err}");
+    }
+}

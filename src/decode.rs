@@ -1,0 +1,543 @@
+//! Log-file decoding: bytes of one object in, events and a report of what was skipped out.
+//!
+//! Accepts CloudTrail's `{"Records":[...]}` files, gzip-compressed or not (recognised by the gzip
+//! magic, not the name), and JSON-lines files of one record per line (`.jsonl`, as exports from
+//! Athena or CloudWatch Logs write them). Digest and Insights files are recognised by key
+//! ([`classify_key`]) and by content and skipped, not failed.
+//!
+//! Guarantees: one bad record never costs the file (it is skipped and counted with its index and
+//! reason); a file that fails part-way (truncated gzip or JSON) keeps every record before the
+//! failure and reports the failure with the file and the reason; nothing here panics on input.
+//! The records are parsed in one pass into borrowed [`RawRecord`]s over a reused inflate buffer;
+//! no `serde_json::Value` is built.
+
+use std::fmt;
+use std::io::Read;
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::event::{Event, RecordSkip};
+use crate::record::RawRecord;
+
+/// Why an object is not decoded at all. A bounded set: these are metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FileSkip {
+    /// A `CloudTrail-Digest` file: integrity hashes, no events.
+    Digest,
+    /// A `CloudTrail-Insight` file: rate summaries, no principal's calls.
+    Insight,
+    /// Not a log file by its name (folder replay only considers `.json`, `.jsonl` and `.gz`).
+    NotALogFile,
+}
+
+impl FileSkip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileSkip::Digest => "digest",
+            FileSkip::Insight => "insight",
+            FileSkip::NotALogFile => "not_a_log_file",
+        }
+    }
+}
+
+/// Why a file failed, wholly or part-way.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt gzip after {inflated} bytes: {source}")]
+    Gzip {
+        inflated: usize,
+        source: std::io::Error,
+    },
+    #[error("inflates to more than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("invalid JSON at line {line} column {column} (after {records} records): {message}")]
+    Json {
+        line: usize,
+        column: usize,
+        records: usize,
+        message: String,
+    },
+    #[error("not a CloudTrail log file: the JSON has no Records array")]
+    NoRecords,
+    #[error("not UTF-8 at byte {offset}")]
+    NotUtf8 { offset: usize },
+}
+
+impl FileError {
+    /// The failure's class, for metrics and summaries.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FileError::Io(_) => "io",
+            FileError::Gzip { .. } => "corrupt_gzip",
+            FileError::TooLarge { .. } => "too_large",
+            FileError::Json { .. } => "invalid_json",
+            FileError::NoRecords => "not_cloudtrail",
+            FileError::NotUtf8 { .. } => "not_utf8",
+        }
+    }
+}
+
+/// A skipped record: where it was and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRecord {
+    /// Index in `Records` (or line number, from 1, in a JSON-lines file).
+    pub index: usize,
+    pub reason: RecordSkip,
+}
+
+/// The result of decoding one object.
+#[derive(Debug, Default)]
+pub struct DecodedFile {
+    pub events: Vec<Event>,
+    pub skipped: Vec<SkippedRecord>,
+    /// Set when the object was skipped as a whole.
+    pub skip: Option<FileSkip>,
+    /// Set when the object failed; `events` still holds what was read before the failure.
+    pub error: Option<FileError>,
+}
+
+/// Limits on one object.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest inflated size accepted. CloudTrail caps compressed files at 50 MB.
+    pub max_inflated_bytes: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_inflated_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What an object's key says it is.
+pub fn classify_key(key: &str) -> Option<FileSkip> {
+    if key.contains("/CloudTrail-Digest/") || key.contains("_CloudTrail-Digest_") {
+        Some(FileSkip::Digest)
+    } else if key.contains("/CloudTrail-Insight/") || key.contains("_CloudTrail-Insight_") {
+        Some(FileSkip::Insight)
+    } else {
+        None
+    }
+}
+
+/// A decoder that keeps its inflate buffer between files.
+#[derive(Default)]
+pub struct Decoder {
+    limits: DecodeLimits,
+    buffer: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn new(limits: DecodeLimits) -> Self {
+        Decoder {
+            limits,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Decodes one object's bytes. `object` names it in events and reports.
+    pub fn decode(&mut self, object: &Arc<str>, bytes: &[u8]) -> DecodedFile {
+        if let Some(skip) = classify_key(object) {
+            return DecodedFile {
+                skip: Some(skip),
+                ..DecodedFile::default()
+            };
+        }
+        let text = match self.inflate(bytes) {
+            Ok(text) => text,
+            Err(error) => {
+                return DecodedFile {
+                    error: Some(error),
+                    ..DecodedFile::default()
+                }
+            }
+        };
+        let json_lines = object.ends_with(".jsonl") || object.ends_with(".jsonl.gz");
+        if json_lines {
+            decode_json_lines(object, text)
+        } else {
+            decode_records_object(object, text)
+        }
+    }
+
+    /// Inflates gzip input (by magic number) into the reused buffer and checks it is UTF-8.
+    /// Plain input is checked in place. A gzip stream that breaks part-way is an error, and the
+    /// part before the break is not used: a record cut by the break could read as valid.
+    fn inflate<'b>(&'b mut self, bytes: &'b [u8]) -> Result<&'b str, FileError> {
+        let data: &[u8] = if bytes.starts_with(&[0x1f, 0x8b]) {
+            self.buffer.clear();
+            let limit = self.limits.max_inflated_bytes;
+            let mut reader = flate2::read::MultiGzDecoder::new(bytes).take(limit as u64 + 1);
+            if let Err(source) = reader.read_to_end(&mut self.buffer) {
+                return Err(FileError::Gzip {
+                    inflated: self.buffer.len(),
+                    source,
+                });
+            }
+            if self.buffer.len() > limit {
+                return Err(FileError::TooLarge { limit });
+            }
+            &self.buffer
+        } else {
+            if bytes.len() > self.limits.max_inflated_bytes {
+                return Err(FileError::TooLarge {
+                    limit: self.limits.max_inflated_bytes,
+                });
+            }
+            bytes
+        };
+        std::str::from_utf8(data).map_err(|e| FileError::NotUtf8 {
+            offset: e.valid_up_to(),
+        })
+    }
+}
+
+fn decode_records_object(object: &Arc<str>, text: &str) -> DecodedFile {
+    let mut out = DecodedFile::default();
+    let mut de = serde_json::Deserializer::from_str(text);
+    let seed = LogFileSeed {
+        object,
+        out: &mut out,
+    };
+    let shape = seed
+        .deserialize(&mut de)
+        .and_then(|shape| de.end().map(|()| shape));
+    match shape {
+        Ok(Shape::Records) => {}
+        Ok(Shape::Digest) => out.skip = Some(FileSkip::Digest),
+        Ok(Shape::Other) => out.error = Some(FileError::NoRecords),
+        Err(e) => {
+            out.error = Some(FileError::Json {
+                line: e.line(),
+                column: e.column(),
+                records: out.events.len() + out.skipped.len(),
+                message: e.to_string(),
+            })
+        }
+    }
+    out
+}
+
+fn decode_json_lines(object: &Arc<str>, text: &str) -> DecodedFile {
+    let mut out = DecodedFile::default();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        push_record(object, line, n + 1, &mut out);
+    }
+    // A JSON-lines file none of whose lines is a record is some other file, not a trail of bad
+    // records: report it once, as the object form does.
+    if out.events.is_empty() && !out.skipped.is_empty() {
+        out.error = Some(FileError::NoRecords);
+        out.skipped.clear();
+    }
+    out
+}
+
+/// Decodes one record's JSON text into `out`.
+fn push_record(object: &Arc<str>, raw: &str, index: usize, out: &mut DecodedFile) {
+    let result = if raw.starts_with('{') {
+        match serde_json::from_str::<RawRecord>(raw) {
+            Ok(record) => Event::from_record(&record, raw, object),
+            Err(_) => Err(RecordSkip::Unreadable),
+        }
+    } else {
+        Err(RecordSkip::NotAnObject)
+    };
+    match result {
+        Ok(event) => out.events.push(event),
+        Err(reason) => out.skipped.push(SkippedRecord { index, reason }),
+    }
+}
+
+/// What the top-level object turned out to be.
+enum Shape {
+    Records,
+    Digest,
+    Other,
+}
+
+/// Walks the top-level object, decoding `Records` element by element into `out`, so that an
+/// error part-way leaves every earlier record decoded.
+struct LogFileSeed<'o> {
+    object: &'o Arc<str>,
+    out: &'o mut DecodedFile,
+}
+
+impl<'de, 'o> DeserializeSeed<'de> for LogFileSeed<'o> {
+    type Value = Shape;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Shape, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, 'o> Visitor<'de> for LogFileSeed<'o> {
+    type Value = Shape;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(r#"a JSON object {"Records":[...]}"#)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+        let mut shape = Shape::Other;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "Records" => {
+                    map.next_value_seed(RecordsSeed {
+                        object: self.object,
+                        out: &mut *self.out,
+                    })?;
+                    shape = Shape::Records;
+                }
+                "digestStartTime" | "digestS3Object" | "logFiles"
+                    if !matches!(shape, Shape::Records) =>
+                {
+                    map.next_value::<IgnoredAny>()?;
+                    shape = Shape::Digest;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(shape)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Shape::Other)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Shape, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Shape, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Shape, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Shape, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Shape, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Shape, E> {
+        Ok(Shape::Other)
+    }
+}
+
+struct RecordsSeed<'o> {
+    object: &'o Arc<str>,
+    out: &'o mut DecodedFile,
+}
+
+impl<'de, 'o> DeserializeSeed<'de> for RecordsSeed<'o> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, 'o> Visitor<'de> for RecordsSeed<'o> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of records")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        // Each element is first taken as raw text (a syntax check, no allocation), then decoded
+        // on its own, so a record with unexpected content is skipped alone.
+        while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+            push_record(self.object, raw.get(), index, self.out);
+            index += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn decode(name: &str, bytes: &[u8]) -> DecodedFile {
+        Decoder::default().decode(&Arc::from(name), bytes)
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    const TWO: &str = r#"{"Records":[
+        {"eventTime":"2024-01-01T00:00:00Z","eventSource":"s3.amazonaws.com","eventName":"GetObject","eventID":"a"},
+        {"eventTime":"2024-01-01T00:00:01Z","eventSource":"s3.amazonaws.com","eventName":"PutObject","eventID":"b"}]}"#;
+
+    #[test]
+    fn plain_and_gzip_files_decode_alike() {
+        let plain = decode("f.json", TWO.as_bytes());
+        let gz = decode("f.json.gz", &gzip(TWO.as_bytes()));
+        assert_eq!(plain.events.len(), 2);
+        assert_eq!(gz.events.len(), 2);
+        assert!(plain.error.is_none() && gz.error.is_none());
+        assert_eq!(gz.events[1].event_name, "PutObject");
+    }
+
+    #[test]
+    fn a_bad_record_is_skipped_with_its_index() {
+        let text = r#"{"Records":[7,{"eventSource":"x","eventName":"y"},
+            {"eventTime":"2024-01-01T00:00:00Z","eventSource":"s","eventName":"n"}],"other":1}"#;
+        let f = decode("f.json", text.as_bytes());
+        assert_eq!(f.events.len(), 1);
+        assert_eq!(
+            f.skipped,
+            vec![
+                SkippedRecord {
+                    index: 0,
+                    reason: RecordSkip::NotAnObject
+                },
+                SkippedRecord {
+                    index: 1,
+                    reason: RecordSkip::MissingEventTime
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_json_keeps_the_records_before_the_cut() {
+        let cut = &TWO[..TWO.len() - 40];
+        let f = decode("f.json", cut.as_bytes());
+        assert_eq!(f.events.len(), 1);
+        let err = f.error.expect("a truncated file is an error");
+        assert_eq!(err.reason(), "invalid_json");
+        assert!(err.to_string().contains("after 1 records"), "{err}");
+    }
+
+    #[test]
+    fn truncated_gzip_is_a_gzip_error() {
+        let gz = gzip(TWO.as_bytes());
+        let f = decode("f.json.gz", &gz[..gz.len() / 2]);
+        assert_eq!(f.error.unwrap().reason(), "corrupt_gzip");
+        assert!(f.events.is_empty());
+    }
+
+    #[test]
+    fn garbage_after_the_gzip_magic_is_a_gzip_error() {
+        let f = decode("f.json.gz", &[0x1f, 0x8b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(f.error.unwrap().reason(), "corrupt_gzip");
+    }
+
+    #[test]
+    fn inflating_past_the_limit_is_refused() {
+        let big = gzip(&vec![b' '; 10_000]);
+        let f = Decoder::new(DecodeLimits {
+            max_inflated_bytes: 1000,
+        })
+        .decode(&Arc::from("f.gz"), &big);
+        assert_eq!(f.error.unwrap().reason(), "too_large");
+    }
+
+    #[test]
+    fn digests_are_skipped_by_key_and_by_content() {
+        let by_key = decode(
+            "AWSLogs/1/CloudTrail-Digest/us-east-1/2024/01/01/x.json.gz",
+            b"junk",
+        );
+        assert_eq!(by_key.skip, Some(FileSkip::Digest));
+        let by_content = decode(
+            "x.json",
+            br#"{"awsAccountId":"1","digestStartTime":"t","logFiles":[]}"#,
+        );
+        assert_eq!(by_content.skip, Some(FileSkip::Digest));
+        assert!(by_content.error.is_none());
+        let insight = decode(
+            "AWSLogs/1/CloudTrail-Insight/us-east-1/2024/01/01/x.json.gz",
+            b"",
+        );
+        assert_eq!(insight.skip, Some(FileSkip::Insight));
+    }
+
+    #[test]
+    fn json_without_records_is_not_cloudtrail() {
+        for text in [
+            r#"{"Type":"Notification"}"#,
+            "[1,2]",
+            "42",
+            r#"{"Records":"nope"}"#,
+        ] {
+            let f = decode("x.json", text.as_bytes());
+            assert!(f.error.is_some(), "{text}");
+        }
+    }
+
+    #[test]
+    fn records_null_is_an_empty_file() {
+        let f = decode("x.json", br#"{"Records":null}"#);
+        assert!(f.error.is_none());
+        assert!(f.events.is_empty());
+    }
+
+    #[test]
+    fn json_lines_decode_line_by_line() {
+        let text = "{\"eventTime\":\"2024-01-01T00:00:00Z\",\"eventSource\":\"s\",\"eventName\":\"n\"}\n\nnot json\n{\"doc\":1}\n";
+        let f = decode("x.jsonl", text.as_bytes());
+        assert_eq!(f.events.len(), 1);
+        assert_eq!(
+            f.skipped[0],
+            SkippedRecord {
+                index: 3,
+                reason: RecordSkip::NotAnObject
+            }
+        );
+        assert_eq!(
+            f.skipped[1],
+            SkippedRecord {
+                index: 4,
+                reason: RecordSkip::MissingEventTime
+            }
+        );
+    }
+
+    #[test]
+    fn json_lines_without_a_single_record_are_not_cloudtrail() {
+        let f = decode(
+            "labels.jsonl",
+            b"{\"event_id\":\"a\",\"incident\":\"x\"}\n{\"event_id\":\"b\"}\n",
+        );
+        assert_eq!(f.error.unwrap().reason(), "not_cloudtrail");
+        assert!(f.skipped.is_empty());
+    }
+
+    #[test]
+    fn not_utf8_is_reported() {
+        let f = decode("x.json", b"{\"Records\":[\"\xff\"]}");
+        assert_eq!(f.error.unwrap().reason(), "not_utf8");
+    }
+
+    #[test]
+    fn braces_and_escapes_inside_strings_do_not_split_records() {
+        let text = r#"{"Records":[{"eventTime":"2025-01-01T00:00:00Z","eventSource":"s","eventName":"n","msg":"{ \" } \\"},
+                     {"eventTime":"2025-01-01T00:00:01Z","eventSource":"s","eventName":"m"}]}"#;
+        let f = decode("x.json", text.as_bytes());
+        assert_eq!(f.events.len(), 2);
+    }
+}

@@ -1,0 +1,247 @@
+//! The event the detectors see: one usable CloudTrail record, owned and compact.
+//!
+//! In: a [`RawRecord`] borrowed from a log file. Out: an [`Event`] or the [`RecordSkip`] reason it
+//! is not usable. Short strings (event names, services, regions) are stored inline by
+//! `CompactString`, so most events cost no heap allocation beyond the event ID and user agent.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use compact_str::{format_compact, CompactString};
+
+use crate::net::parse_source_ip;
+use crate::principal::{self, Principal};
+use crate::record::RawRecord;
+
+/// One CloudTrail event, reduced to what baselines and anomalies use.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// `eventID`; for records older than eventVersion 1.01, which have none, a digest of the record.
+    pub event_id: CompactString,
+    /// Event time in Unix seconds.
+    pub time: i64,
+    pub event_source: CompactString,
+    pub event_name: CompactString,
+    pub aws_region: Option<CompactString>,
+    /// `sourceIPAddress` as written (an address, a service name, a list).
+    pub source: Option<CompactString>,
+    /// The address `source` names, if it names one.
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<CompactString>,
+    pub error_code: Option<CompactString>,
+    pub principal: Principal,
+    /// The object the event was read from, shared by every event of a file.
+    pub object: Arc<str>,
+}
+
+/// Why a record was not turned into an event. A bounded set: these are metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordSkip {
+    /// An element of `Records` that is not a JSON object.
+    NotAnObject,
+    /// An object whose fields could not be read (should not happen: fields are lenient).
+    Unreadable,
+    MissingEventTime,
+    BadEventTime,
+    MissingEventSource,
+    MissingEventName,
+    /// CloudTrail Insights records describe API rates, not a principal's calls.
+    InsightRecord,
+}
+
+impl RecordSkip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordSkip::NotAnObject => "not_an_object",
+            RecordSkip::Unreadable => "unreadable",
+            RecordSkip::MissingEventTime => "missing_event_time",
+            RecordSkip::BadEventTime => "bad_event_time",
+            RecordSkip::MissingEventSource => "missing_event_source",
+            RecordSkip::MissingEventName => "missing_event_name",
+            RecordSkip::InsightRecord => "insight_record",
+        }
+    }
+}
+
+impl Event {
+    /// Validates a record and builds its event. `raw` is the record's JSON text, used only to name
+    /// records that carry no `eventID`.
+    pub fn from_record(
+        record: &RawRecord<'_>,
+        raw: &str,
+        object: &Arc<str>,
+    ) -> Result<Event, RecordSkip> {
+        if record.event_type.get() == Some("AwsCloudTrailInsight") {
+            return Err(RecordSkip::InsightRecord);
+        }
+        let time_text = record
+            .event_time
+            .get()
+            .ok_or(RecordSkip::MissingEventTime)?;
+        let time = parse_event_time(time_text).ok_or(RecordSkip::BadEventTime)?;
+        let event_source = record
+            .event_source
+            .get()
+            .ok_or(RecordSkip::MissingEventSource)?;
+        let event_name = record
+            .event_name
+            .get()
+            .ok_or(RecordSkip::MissingEventName)?;
+        let event_id = match record.event_id.get() {
+            Some(id) => CompactString::from(id),
+            None => format_compact!("nid-{:032x}", xxhash_rust::xxh3::xxh3_128(raw.as_bytes())),
+        };
+        let source = record.source_ip.get();
+        let principal = principal::derive(
+            record.user_identity.as_ref().map(|u| &u.0),
+            record.recipient_account_id.get(),
+        );
+        Ok(Event {
+            event_id,
+            time,
+            event_source: event_source.into(),
+            event_name: event_name.into(),
+            aws_region: record.aws_region.get().map(Into::into),
+            source: source.map(Into::into),
+            ip: source.and_then(parse_source_ip),
+            user_agent: record.user_agent.get().map(Into::into),
+            error_code: record.error_code.get().map(Into::into),
+            principal,
+            object: Arc::clone(object),
+        })
+    }
+
+    /// Whether the call was refused for want of permission: `AccessDenied`, `Unauthorized*`,
+    /// `*Denied`, `*AccessDeniedException`, `*Forbidden*`.
+    pub fn is_denied(&self) -> bool {
+        self.error_code.as_deref().is_some_and(is_denied_code)
+    }
+}
+
+/// See [`Event::is_denied`].
+pub fn is_denied_code(code: &str) -> bool {
+    code.starts_with("Unauthorized")
+        || code.starts_with("Client.Unauthorized")
+        || code.ends_with("Denied")
+        || code.ends_with("DeniedException")
+        || code.contains("Forbidden")
+}
+
+/// Parses CloudTrail's `eventTime` to Unix seconds. The common `YYYY-MM-DDTHH:MM:SSZ` form is
+/// read directly; anything else goes through a full RFC 3339 parser.
+pub fn parse_event_time(text: &str) -> Option<i64> {
+    fast_utc_seconds(text).or_else(|| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp())
+    })
+}
+
+fn fast_utc_seconds(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range].iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let time = date.and_hms_opt(num(11..13)?, num(14..16)?, num(17..19)?)?;
+    Some(time.and_utc().timestamp())
+}
+
+/// Formats Unix seconds as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
+pub fn format_time(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(json: &str) -> Result<Event, RecordSkip> {
+        let r: RawRecord = serde_json::from_str(json).unwrap();
+        Event::from_record(&r, json, &Arc::from("file"))
+    }
+
+    #[test]
+    fn event_times_parse_in_both_forms() {
+        assert_eq!(parse_event_time("1970-01-01T00:01:00Z"), Some(60));
+        assert_eq!(
+            parse_event_time("2024-02-29T12:00:00Z"),
+            Some(1_709_208_000)
+        );
+        assert_eq!(
+            parse_event_time("2024-02-29T12:00:00.250+00:00"),
+            Some(1_709_208_000)
+        );
+        assert_eq!(parse_event_time("2024-02-30T12:00:00Z"), None);
+        assert_eq!(parse_event_time("yesterday"), None);
+        assert_eq!(format_time(1_709_208_000), "2024-02-29T12:00:00Z");
+    }
+
+    #[test]
+    fn records_without_essentials_are_skipped_with_the_reason() {
+        assert_eq!(
+            event(r#"{"eventSource":"s","eventName":"n"}"#).unwrap_err(),
+            RecordSkip::MissingEventTime
+        );
+        assert_eq!(
+            event(r#"{"eventTime":"soon","eventSource":"s","eventName":"n"}"#).unwrap_err(),
+            RecordSkip::BadEventTime
+        );
+        assert_eq!(
+            event(r#"{"eventTime":"2024-01-01T00:00:00Z","eventName":"n"}"#).unwrap_err(),
+            RecordSkip::MissingEventSource
+        );
+        assert_eq!(
+            event(r#"{"eventTime":"2024-01-01T00:00:00Z","eventSource":"s"}"#).unwrap_err(),
+            RecordSkip::MissingEventName
+        );
+        assert_eq!(
+            event(r#"{"eventType":"AwsCloudTrailInsight","eventTime":"2024-01-01T00:00:00Z"}"#)
+                .unwrap_err(),
+            RecordSkip::InsightRecord
+        );
+    }
+
+    #[test]
+    fn records_without_event_id_get_a_stable_one() {
+        let json = r#"{"eventTime":"2024-01-01T00:00:00Z","eventSource":"s","eventName":"n"}"#;
+        let a = event(json).unwrap();
+        let b = event(json).unwrap();
+        assert!(a.event_id.starts_with("nid-"));
+        assert_eq!(a.event_id, b.event_id);
+    }
+
+    #[test]
+    fn denied_codes() {
+        for code in [
+            "AccessDenied",
+            "Client.UnauthorizedOperation",
+            "UnauthorizedOperation",
+            "AccessDeniedException",
+            "Forbidden",
+        ] {
+            assert!(is_denied_code(code), "{code}");
+        }
+        for code in [
+            "NoSuchBucket",
+            "ThrottlingException",
+            "InvalidParameterValue",
+        ] {
+            assert!(!is_denied_code(code), "{code}");
+        }
+    }
+}

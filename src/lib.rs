@@ -1,0 +1,37 @@
+//! trailwatch: streaming anomaly detection for AWS CloudTrail.
+//!
+//! CloudTrail log files go in; per-principal baselines of what each identity normally does are
+//! kept over a sliding window of event time; explainable anomalies (schema
+//! `trailwatch.anomaly/v1`) come out.
+//!
+//! # Layout
+//! The modules are the stages of the data flow, in order:
+//!
+//! - [`decode`]: one object's bytes (gzip or not) → events, with skipped records and file
+//!   failures reported by file, index and reason.
+//! - [`record`]: the borrowed, lenient view of one CloudTrail record the decoder parses into.
+//! - [`event`]: a record validated into the owned [`event::Event`] detectors see.
+//! - [`principal`]: `userIdentity` → the stable principal key baselines are kept under.
+//! - [`net`], [`useragent`]: the derived dimensions (network prefix, user-agent family).
+//! - [`baseline`]: per-principal value sets and rate history, bounded in memory.
+//! - [`detect`]: the detectors (new value, rate and error spikes, dormant principal), one
+//!   [`detect::Detector`] per shard of principals.
+//! - [`anomaly`]: the output schema and deterministic anomaly ids.
+//! - [`replay`]: the batch pipeline over files on disk, on every core.
+//! - [`generate`]: synthetic trails with labelled incidents, for demos, tests and benchmarks.
+//! - [`labels`]: scoring anomalies against a generated trail's labels.
+//! - [`config`]: the TOML configuration, validated into typed settings.
+
+pub mod anomaly;
+pub mod baseline;
+pub mod config;
+pub mod decode;
+pub mod detect;
+pub mod event;
+pub mod generate;
+pub mod labels;
+pub mod net;
+pub mod principal;
+pub mod record;
+pub mod replay;
+pub mod useragent;

@@ -1,0 +1,293 @@
+//! The `trailwatch` command: see `trailwatch --help` and the README.
+
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use trailwatch::config::Settings;
+use trailwatch::decode::FileSkip;
+use trailwatch::generate::{generate, GenerateOptions};
+use trailwatch::labels::Labels;
+use trailwatch::replay::{list_inputs, replay, Summary};
+
+#[derive(Parser)]
+#[command(
+    name = "trailwatch",
+    version,
+    about = "Anomaly detection for AWS CloudTrail: per-principal baselines, explainable anomalies"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay log files and folders (recursively), writing anomalies as JSON lines.
+    Replay {
+        /// TOML configuration; every key has a default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Folder of detection rules (signature rules are not evaluated by this version).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Where to write anomalies (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Also write the end-of-run summary as JSON to this file.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+        /// Log files (.json, .json.gz, .jsonl) or folders holding them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Write a synthetic trail with injected incidents and their labels.
+    Generate(GenerateArgs),
+    /// Generate a trail, replay it, and report which injected incidents were found.
+    Demo {
+        /// Where to write the trail (default: a temporary folder, removed afterwards).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where to write anomalies (default: a summary line per anomaly on standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        trail: TrailArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Folder to write the trail into.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    trail: TrailArgs,
+}
+
+#[derive(clap::Args)]
+struct TrailArgs {
+    /// Seed: the same seed and options give the same bytes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Days of activity.
+    #[arg(long, default_value_t = 14)]
+    days: u32,
+    /// Principals (at least 8).
+    #[arg(long, default_value_t = 60)]
+    principals: u32,
+    /// Mean events per principal per active day.
+    #[arg(long, default_value_t = 150)]
+    events_per_day: u32,
+    /// First day (UTC), YYYY-MM-DD.
+    #[arg(long, default_value = "2026-03-02")]
+    start: String,
+}
+
+impl TrailArgs {
+    fn options(&self, out: PathBuf) -> anyhow::Result<GenerateOptions> {
+        let start = chrono::NaiveDate::parse_from_str(&self.start, "%Y-%m-%d")
+            .with_context(|| format!("--start: not a date: {:?}", self.start))?;
+        anyhow::ensure!(
+            self.days >= 10,
+            "--days: at least 10, so that incidents fall after learning"
+        );
+        Ok(GenerateOptions {
+            out,
+            seed: self.seed,
+            days: self.days,
+            principals: self.principals,
+            events_per_day: self.events_per_day,
+            start: start
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight exists")
+                .and_utc()
+                .timestamp(),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Replay {
+            config,
+            rules,
+            output,
+            summary: summary_path,
+            paths,
+        } => {
+            let settings = load_settings(config.as_ref())?;
+            if let Some(rules) = rules {
+                eprintln!(
+                    "warning: --rules {}: signature rules are not evaluated by this version",
+                    rules.display()
+                );
+            }
+            let summary = replay_paths(&paths, &settings, output.as_ref())?;
+            eprint!("{}", summary.render());
+            if let Some(path) = summary_path {
+                std::fs::write(&path, serde_json::to_vec_pretty(&summary.to_json())?)
+                    .with_context(|| format!("--summary {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Generate(args) => {
+            let options = args.trail.options(args.out)?;
+            let report = generate(&options)?;
+            eprintln!(
+                "wrote {} files, {} records, {} labelled events in {} incidents to {}",
+                report.files,
+                report.records,
+                report.labeled,
+                report.incidents.len(),
+                options.out.display()
+            );
+            Ok(())
+        }
+        Command::Demo { out, output, trail } => demo(out, output, trail),
+    }
+}
+
+fn load_settings(path: Option<&PathBuf>) -> anyhow::Result<Settings> {
+    Ok(match path {
+        Some(path) => Settings::load(path)?,
+        None => Settings::default(),
+    })
+}
+
+fn replay_paths(
+    paths: &[PathBuf],
+    settings: &Settings,
+    output: Option<&PathBuf>,
+) -> anyhow::Result<Summary> {
+    let (files, not_log_files) = list_inputs(paths)?;
+    let bar = ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr());
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files ({per_sec}, eta {eta})",
+        )
+        .expect("the template is valid"),
+    );
+    let mut sink: Box<dyn Write> = match output {
+        Some(path) => Box::new(BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("--output {}", path.display()))?,
+        )),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    };
+    let progress = |n| bar.inc(n);
+    let mut summary = replay(files, settings, &mut sink, &progress)?;
+    bar.finish_and_clear();
+    if not_log_files > 0 {
+        summary
+            .files_skipped
+            .insert(FileSkip::NotALogFile.as_str(), not_log_files as u64);
+    }
+    Ok(summary)
+}
+
+fn demo(out: Option<PathBuf>, output: Option<PathBuf>, trail: TrailArgs) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let dir = out.unwrap_or_else(|| temp.path().join("trail"));
+    let options = trail.options(dir.clone())?;
+    eprintln!(
+        "generating {} days for {} principals in {}",
+        options.days,
+        options.principals,
+        dir.display()
+    );
+    let report = generate(&options)?;
+    let anomalies_path = output.unwrap_or_else(|| temp.path().join("anomalies.jsonl"));
+    let summary = replay_paths(
+        &[dir.join("AWSLogs")],
+        &Settings::default(),
+        Some(&anomalies_path),
+    )?;
+    eprint!("{}", summary.render());
+
+    let labels = Labels::load(&dir.join("labels.jsonl"))?;
+    let text = std::fs::read_to_string(&anomalies_path)?;
+    let anomalies: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("reading anomalies back")?;
+    let mut out = std::io::stdout().lock();
+    let evidence: Vec<Vec<String>> = anomalies
+        .iter()
+        .map(|a| {
+            a["evidence"]["event_ids"]
+                .as_array()
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|i| i.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    for (a, ids) in anomalies.iter().zip(&evidence) {
+        let incident = ids
+            .iter()
+            .find_map(|id| labels.incident_of(id))
+            .unwrap_or("-");
+        writeln!(
+            out,
+            "{:<17} {:<8} {:<48} {}  [incident: {incident}]",
+            a["kind"].as_str().unwrap_or(""),
+            a["severity"].as_str().unwrap_or(""),
+            a["principal"]["key"].as_str().unwrap_or(""),
+            a["reason"].as_str().unwrap_or("")
+        )?;
+    }
+    let score = labels.score_evidence(evidence.iter().map(Vec::as_slice));
+    let found = score.found.values().filter(|n| **n > 0).count();
+    let benign = summary.events.saturating_sub(report.labeled as u64);
+    writeln!(out, "\nincidents found: {found} of {}", score.found.len())?;
+    for (incident, n) in &score.found {
+        writeln!(
+            out,
+            "  {incident:<22} {}",
+            if *n > 0 {
+                format!("found ({n} anomalies)")
+            } else {
+                "MISSED".into()
+            }
+        )?;
+    }
+    writeln!(
+        out,
+        "false positives: {} anomalies on {benign} benign events ({:.3} per 1,000)",
+        score.false_positives,
+        score.false_positives as f64 * 1000.0 / benign.max(1) as f64
+    )?;
+    anyhow::ensure!(
+        score.missed().is_empty(),
+        "missed incidents: {}",
+        score.missed().join(", ")
+    );
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Source addresses: CloudTrail's `sourceIPAddress` is not always an IP.
+//!
+//! In: the field's text. Out: the first address it names, if any, and its network prefix (/24 for
+//! IPv4, /64 for IPv6). Service names (`ec2.amazonaws.com`), `AWS Internal` and `redacted` name no
+//! address; comma lists name their first; dotted quads with leading zeros (`10.0.0.07`, found in
+//! anonymised trails) are read as decimal, where `Ipv4Addr::from_str` rejects them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use compact_str::{format_compact, CompactString};
+
+/// The address a `sourceIPAddress` value names, if it names one.
+pub fn parse_source_ip(text: &str) -> Option<IpAddr> {
+    let first = text.split(',').next()?.trim();
+    if let Ok(ip) = first.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    parse_padded_ipv4(first).map(IpAddr::V4)
+}
+
+fn parse_padded_ipv4(text: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = text.split('.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *octet = part.parse().ok()?;
+    }
+    parts.next().is_none().then_some(Ipv4Addr::from(octets))
+}
+
+/// The network an address belongs to, as baselines compare them: IPv4 /24, IPv6 /64.
+pub fn network_prefix(ip: IpAddr) -> CompactString {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format_compact!("{a}.{b}.{c}.0/24")
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            format_compact!("{}/64", Ipv6Addr::from(bits))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_shapes_cloudtrail_writes() {
+        assert_eq!(
+            parse_source_ip("203.0.113.7"),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        assert_eq!(
+            parse_source_ip("81.2.69.142, 192.168.10.10"),
+            Some("81.2.69.142".parse().unwrap())
+        );
+        assert_eq!(
+            parse_source_ip("253.252.51.07"),
+            Some("253.252.51.7".parse().unwrap())
+        );
+        assert_eq!(
+            parse_source_ip("2001:db8::1"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(parse_source_ip("ec2.amazonaws.com"), None);
+        assert_eq!(parse_source_ip("AWS Internal"), None);
+        assert_eq!(parse_source_ip("1.2.3.256"), None);
+        assert_eq!(parse_source_ip("1.2.3"), None);
+        assert_eq!(parse_source_ip("1.2.3.4.5"), None);
+        assert_eq!(parse_source_ip(""), None);
+    }
+
+    #[test]
+    fn prefixes_are_slash_24_and_slash_64() {
+        assert_eq!(
+            network_prefix("203.0.113.7".parse().unwrap()),
+            "203.0.113.0/24"
+        );
+        assert_eq!(
+            network_prefix("2001:db8:1:2:3::9".parse().unwrap()),
+            "2001:db8:1:2::/64"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! Principal keys: one stable key per identity, derived from `userIdentity`.
+//!
+//! In: a record's [`UserIdentity`] (possibly absent) and its `recipientAccountId`.
+//! Out: a [`Principal`] whose `key` is what baselines are kept under and what the stateful half is
+//! partitioned by. The key is stable across sessions, access keys and time, so that every event of
+//! one identity reaches the same baseline. Derivation never fails: a record with no usable identity
+//! still gets a key (`anonymous:` or `untyped:`), so no event is dropped for want of one.
+//!
+//! | `userIdentity.type`   | key                                                        |
+//! |-----------------------|------------------------------------------------------------|
+//! | `Root`                | `arn:aws:iam::<account>:root`                              |
+//! | `IAMUser`             | the user ARN, else `iamuser:<account>:<userName or principalId>` |
+//! | `AssumedRole`         | the role ARN (`sessionContext.sessionIssuer.arn`), else the role ARN rebuilt from the `assumed-role` ARN, else `role:<account>:<principalId before ':'>`; the session name is kept as detail |
+//! | `Role`                | the ARN                                                    |
+//! | `FederatedUser`       | the `federated-user` ARN, else the session issuer's ARN    |
+//! | `AWSAccount`          | `awsaccount:<account>:<principalId before ':'>`            |
+//! | `AWSService`          | `service:<invokedBy>`                                      |
+//! | `SAMLUser`            | `saml:<identityProvider>:<userName>`                       |
+//! | `WebIdentityUser`     | `webidentity:<identityProvider>:<userName>`                |
+//! | `IdentityCenterUser`  | `identitycenter:<identityStoreArn>:<userId>`               |
+//! | `Directory`           | `directory:<account>:<userName or principalId>`            |
+//! | `Unknown`             | `unknown:<account>:<userName or principalId>`              |
+//! | other type            | `<type lowercased>:<account>:<arn or userName or principalId>` |
+//! | no `type`             | `service:<invokedBy>` when present, else `untyped:<account>:<principalId>` |
+//! | no `userIdentity`     | `anonymous:<recipientAccountId>`                           |
+//!
+//! `<account>` is `accountId`, else `recipientAccountId`, else `-`.
+
+use compact_str::{format_compact, CompactString};
+
+use crate::record::{SessionIssuer, UserIdentity};
+
+/// One identity, as baselines and anomalies name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The stable key (see the module table).
+    pub key: CompactString,
+    /// `userIdentity.type` as recorded, `none` when the record has no type, `anonymous` when it has
+    /// no `userIdentity` at all.
+    pub kind: CompactString,
+    pub account_id: Option<CompactString>,
+    /// The identity's ARN as recorded (for an assumed role: the session ARN).
+    pub arn: Option<CompactString>,
+    /// Assumed-role session name, or the user name where the key does not carry it.
+    pub session: Option<CompactString>,
+}
+
+/// Derives the principal of a record. See the module table for the keys.
+pub fn derive(identity: Option<&UserIdentity<'_>>, recipient_account: Option<&str>) -> Principal {
+    let Some(id) = identity else {
+        return Principal {
+            key: format_compact!("anonymous:{}", recipient_account.unwrap_or("-")),
+            kind: "anonymous".into(),
+            account_id: recipient_account.map(Into::into),
+            arn: None,
+            session: None,
+        };
+    };
+    let account = id.account_id.get().or(recipient_account);
+    let acct = account.unwrap_or("-");
+    let arn = id.arn.get();
+    let user_name = id.user_name.get();
+    let principal_id = id.principal_id.get();
+    let issuer = issuer(id);
+    let name_or_id = user_name.or(principal_id).unwrap_or("-");
+    let mut session = None;
+
+    let (kind, key): (&str, CompactString) = match id.kind.get() {
+        Some("Root") => ("Root", format_compact!("arn:aws:iam::{acct}:root")),
+        Some("IAMUser") => (
+            "IAMUser",
+            match arn {
+                Some(arn) => arn.into(),
+                None => format_compact!("iamuser:{acct}:{name_or_id}"),
+            },
+        ),
+        Some("AssumedRole") => {
+            session = arn
+                .and_then(|a| a.rsplit_once('/').map(|(_, s)| s))
+                .or_else(|| principal_id.and_then(|p| p.split_once(':').map(|(_, s)| s)))
+                .map(Into::into);
+            let key = match (
+                issuer.and_then(|i| i.arn.get()),
+                arn.and_then(role_arn_from_session_arn),
+            ) {
+                (Some(role), _) => role.into(),
+                (None, Some(rebuilt)) => rebuilt,
+                (None, None) => {
+                    let role_id = principal_id
+                        .map(|p| p.split(':').next().unwrap_or(p))
+                        .unwrap_or("-");
+                    format_compact!("role:{acct}:{role_id}")
+                }
+            };
+            ("AssumedRole", key)
+        }
+        Some("FederatedUser") => {
+            session = user_name.map(Into::into);
+            let key = match (arn, issuer.and_then(|i| i.arn.get())) {
+                (Some(arn), _) => arn.into(),
+                (None, Some(issuer)) => issuer.into(),
+                (None, None) => format_compact!("federated:{acct}:{name_or_id}"),
+            };
+            ("FederatedUser", key)
+        }
+        Some("AWSAccount") => {
+            let caller = principal_id
+                .map(|p| p.split(':').next().unwrap_or(p))
+                .unwrap_or("-");
+            ("AWSAccount", format_compact!("awsaccount:{acct}:{caller}"))
+        }
+        Some("AWSService") => (
+            "AWSService",
+            format_compact!(
+                "service:{}",
+                id.invoked_by.get().or(principal_id).unwrap_or("-")
+            ),
+        ),
+        Some("SAMLUser") => (
+            "SAMLUser",
+            format_compact!(
+                "saml:{}:{name_or_id}",
+                id.identity_provider.get().unwrap_or("-")
+            ),
+        ),
+        Some("WebIdentityUser") => (
+            "WebIdentityUser",
+            format_compact!(
+                "webidentity:{}:{name_or_id}",
+                id.identity_provider.get().unwrap_or("-")
+            ),
+        ),
+        Some("IdentityCenterUser") => {
+            let behalf = id.on_behalf_of.as_ref().map(|b| &b.0);
+            let store = behalf
+                .and_then(|b| b.identity_store_arn.get())
+                .unwrap_or("-");
+            let user = behalf
+                .and_then(|b| b.user_id.get())
+                .or(principal_id)
+                .unwrap_or("-");
+            (
+                "IdentityCenterUser",
+                format_compact!("identitycenter:{store}:{user}"),
+            )
+        }
+        Some("Directory") => (
+            "Directory",
+            format_compact!("directory:{acct}:{name_or_id}"),
+        ),
+        Some("Unknown") => ("Unknown", format_compact!("unknown:{acct}:{name_or_id}")),
+        Some(other) => match (other, arn) {
+            ("Role", Some(arn)) => ("Role", arn.into()),
+            (other, _) => {
+                let who = arn.or(user_name).or(principal_id).unwrap_or("-");
+                (
+                    other,
+                    format_compact!("{}:{acct}:{who}", other.to_ascii_lowercase()),
+                )
+            }
+        },
+        None => match id.invoked_by.get() {
+            Some(service) => ("none", format_compact!("service:{service}")),
+            None => (
+                "none",
+                format_compact!("untyped:{acct}:{}", principal_id.unwrap_or("-")),
+            ),
+        },
+    };
+
+    Principal {
+        key,
+        kind: kind.into(),
+        account_id: account.map(Into::into),
+        arn: arn.map(Into::into),
+        session,
+    }
+}
+
+fn issuer<'r, 'a>(id: &'r UserIdentity<'a>) -> Option<&'r SessionIssuer<'a>> {
+    id.session_context
+        .as_ref()?
+        .0
+        .session_issuer
+        .as_ref()
+        .map(|i| &i.0)
+}
+
+/// `arn:aws:sts::123:assumed-role/Name/session` → `arn:aws:iam::123:role/Name`. The role's path is
+/// not in the session ARN, so this is a fallback for records without a session issuer.
+fn role_arn_from_session_arn(arn: &str) -> Option<CompactString> {
+    let rest = arn.strip_prefix("arn:")?;
+    let mut parts = rest.splitn(5, ':');
+    let partition = parts.next()?;
+    let _service = parts.next()?;
+    let _region = parts.next()?;
+    let account = parts.next()?;
+    let resource = parts.next()?.strip_prefix("assumed-role/")?;
+    let role = resource.split('/').next().filter(|r| !r.is_empty())?;
+    Some(format_compact!(
+        "arn:{partition}:iam::{account}:role/{role}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RawRecord;
+
+    fn principal_of(json: &str) -> Principal {
+        let r: RawRecord = serde_json::from_str(json).unwrap();
+        derive(
+            r.user_identity.as_ref().map(|u| &u.0),
+            r.recipient_account_id.get(),
+        )
+    }
+
+    #[test]
+    fn assumed_role_keys_on_the_role_and_keeps_the_session() {
+        let p = principal_of(
+            r#"{"userIdentity":{"type":"AssumedRole","principalId":"AROAX:alice",
+              "arn":"arn:aws:sts::111122223333:assumed-role/path/Admin/alice","accountId":"111122223333",
+              "sessionContext":{"sessionIssuer":{"type":"Role","arn":"arn:aws:iam::111122223333:role/path/Admin"}}}}"#,
+        );
+        assert_eq!(p.key, "arn:aws:iam::111122223333:role/path/Admin");
+        assert_eq!(p.session.as_deref(), Some("alice"));
+        assert_eq!(p.kind, "AssumedRole");
+    }
+
+    #[test]
+    fn two_sessions_of_one_role_share_a_key() {
+        let a = principal_of(
+            r#"{"userIdentity":{"type":"AssumedRole","arn":"arn:aws:sts::1:assumed-role/R/s1"}}"#,
+        );
+        let b = principal_of(
+            r#"{"userIdentity":{"type":"AssumedRole","arn":"arn:aws:sts::1:assumed-role/R/s2"}}"#,
+        );
+        assert_eq!(a.key, "arn:aws:iam::1:role/R");
+        assert_eq!(a.key, b.key);
+    }
+
+    #[test]
+    fn assumed_role_with_empty_issuer_and_no_arn_uses_the_role_id() {
+        let p = principal_of(
+            r#"{"userIdentity":{"type":"AssumedRole","principalId":"AROAQ:sess","accountId":"9",
+              "sessionContext":{"sessionIssuer":{}}}}"#,
+        );
+        assert_eq!(p.key, "role:9:AROAQ");
+        assert_eq!(p.session.as_deref(), Some("sess"));
+    }
+
+    #[test]
+    fn every_type_has_a_key() {
+        let cases = [
+            (
+                r#"{"type":"Root","accountId":"1","arn":"arn:aws:iam::1:root"}"#,
+                "arn:aws:iam::1:root",
+            ),
+            (
+                r#"{"type":"IAMUser","arn":"arn:aws:iam::1:user/bob"}"#,
+                "arn:aws:iam::1:user/bob",
+            ),
+            (
+                r#"{"type":"IAMUser","accountId":"1","userName":"bob"}"#,
+                "iamuser:1:bob",
+            ),
+            (
+                r#"{"type":"FederatedUser","arn":"arn:aws:sts::1:federated-user/bob"}"#,
+                "arn:aws:sts::1:federated-user/bob",
+            ),
+            (
+                r#"{"type":"AWSAccount","accountId":"2","principalId":"AROA:x"}"#,
+                "awsaccount:2:AROA",
+            ),
+            (
+                r#"{"type":"AWSService","invokedBy":"ec2.amazonaws.com"}"#,
+                "service:ec2.amazonaws.com",
+            ),
+            (
+                r#"{"type":"SAMLUser","userName":"ann","identityProvider":"idp"}"#,
+                "saml:idp:ann",
+            ),
+            (
+                r#"{"type":"WebIdentityUser","userName":"u","identityProvider":"accounts.google.com"}"#,
+                "webidentity:accounts.google.com:u",
+            ),
+            (
+                r#"{"type":"IdentityCenterUser","accountId":"1","onBehalfOf":{"userId":"u-1","identityStoreArn":"arn:store"}}"#,
+                "identitycenter:arn:store:u-1",
+            ),
+            (
+                r#"{"type":"Directory","accountId":"1","userName":"d"}"#,
+                "directory:1:d",
+            ),
+            (
+                r#"{"type":"Unknown","accountId":"1","userName":"x"}"#,
+                "unknown:1:x",
+            ),
+            (
+                r#"{"type":"Role","arn":"arn:aws:iam::1:role/R"}"#,
+                "arn:aws:iam::1:role/R",
+            ),
+            (
+                r#"{"type":"SomethingNew","accountId":"1","principalId":"p"}"#,
+                "somethingnew:1:p",
+            ),
+            (
+                r#"{"accountId":"1","invokedBy":"s3.amazonaws.com"}"#,
+                "service:s3.amazonaws.com",
+            ),
+            (r#"{"accountId":"1"}"#, "untyped:1:-"),
+            (r#"{}"#, "untyped:-:-"),
+        ];
+        for (identity, key) in cases {
+            let p = principal_of(&format!(r#"{{"userIdentity":{identity}}}"#));
+            assert_eq!(p.key, key, "for {identity}");
+        }
+    }
+
+    #[test]
+    fn missing_identity_is_anonymous_in_the_recipient_account() {
+        let p = principal_of(r#"{"recipientAccountId":"123"}"#);
+        assert_eq!(p.key, "anonymous:123");
+        let p = principal_of(r#"{"userIdentity":null}"#);
+        assert_eq!(p.key, "anonymous:-");
+    }
+}

@@ -1,0 +1,119 @@
+//! User-agent families: the product behind a `userAgent`, without versions.
+//!
+//! In: the `userAgent` text. Out: a short family name drawn from the product token, so that an SDK
+//! upgrade is not a new value but a switch from the CLI to a browser, or from an SDK to curl, is.
+//! A penetration-testing distribution named in the agent (Kali, Parrot, Pentoo) is appended, since
+//! the same SDK run from one is exactly the change a baseline should notice.
+
+use compact_str::{format_compact, CompactString};
+
+const MAX_FAMILY_LEN: usize = 32;
+
+/// The family of a user agent.
+pub fn family(agent: &str) -> CompactString {
+    let base = base_family(agent);
+    let lower_has = |needle: &str| contains_ignore_case(agent, needle);
+    match ["kali", "parrot", "pentoo"]
+        .into_iter()
+        .find(|os| lower_has(os))
+    {
+        Some(os) => format_compact!("{base} ({os})"),
+        None => base,
+    }
+}
+
+fn base_family(agent: &str) -> CompactString {
+    let trimmed = agent.trim().trim_start_matches('[');
+    if trimmed.is_empty() {
+        return "empty".into();
+    }
+    if trimmed == "AWS Internal" || trimmed.starts_with("aws-internal") {
+        return "aws-internal".into();
+    }
+    if trimmed.ends_with(".amazonaws.com") {
+        return if trimmed == "console.amazonaws.com" || trimmed == "signin.amazonaws.com" {
+            "console".into()
+        } else {
+            "aws-service".into()
+        };
+    }
+    if contains_ignore_case(trimmed, "terraform") {
+        return "terraform".into();
+    }
+    if trimmed.starts_with("Mozilla/") {
+        return "browser".into();
+    }
+    let token = trimmed
+        .split([' ', '/', ',', ']', '('])
+        .next()
+        .unwrap_or(trimmed);
+    let mut family: CompactString = token.chars().take(MAX_FAMILY_LEN).collect();
+    family.make_ascii_lowercase();
+    family
+}
+
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::family;
+
+    #[test]
+    fn families_ignore_versions() {
+        assert_eq!(
+            family("aws-cli/2.13.5 Python/3.11.4 Linux/5.15 exe/x86_64"),
+            "aws-cli"
+        );
+        assert_eq!(family("aws-cli/1.18.0 Python/2.7"), "aws-cli");
+        assert_eq!(
+            family("Boto3/1.28.0 md/Botocore#1.31.0 ua/2.0 os/linux#5.10"),
+            "boto3"
+        );
+        assert_eq!(
+            family("aws-sdk-go-v2/1.21.0 os/linux lang/go#1.21"),
+            "aws-sdk-go-v2"
+        );
+        assert_eq!(
+            family("[S3Console/0.4, aws-internal/3 aws-sdk-java/1.12]"),
+            "s3console"
+        );
+    }
+
+    #[test]
+    fn well_known_agents_have_fixed_families() {
+        assert_eq!(
+            family("Mozilla/5.0 (Windows NT 10.0; Win64; x64)"),
+            "browser"
+        );
+        assert_eq!(family("console.amazonaws.com"), "console");
+        assert_eq!(family("ec2.amazonaws.com"), "aws-service");
+        assert_eq!(family("AWS Internal"), "aws-internal");
+        assert_eq!(
+            family("APN/1.0 HashiCorp/1.0 Terraform/1.5.7 terraform-provider-aws/5.0"),
+            "terraform"
+        );
+        assert_eq!(family(""), "empty");
+    }
+
+    #[test]
+    fn pentest_distributions_are_marked() {
+        assert_eq!(
+            family("Boto3/1.28.0 md/Botocore#1.31.0 os/linux#6.5.0-kali3-amd64"),
+            "boto3 (kali)"
+        );
+        assert_eq!(
+            family("aws-cli/2.0 Python/3 Linux/6.1-parrot"),
+            "aws-cli (parrot)"
+        );
+    }
+
+    #[test]
+    fn long_tokens_are_capped() {
+        assert_eq!(family(&"x".repeat(500)).len(), 32);
+    }
+}

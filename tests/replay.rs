@@ -1,0 +1,391 @@
+//! End-to-end tests of `trailwatch generate` and `trailwatch replay`, running the real binary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use serde_json::Value;
+use trailwatch::decode::Decoder;
+use trailwatch::labels::Labels;
+
+const BIN: &str = env!("CARGO_BIN_EXE_trailwatch");
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "trailwatch panicked:\n{stderr}"
+    );
+    out
+}
+
+fn run_ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "trailwatch {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn replay_with_summary(inputs: &[&Path], dir: &Path) -> (Vec<Value>, Value) {
+    let anomalies = dir.join("anomalies.jsonl");
+    let summary = dir.join("summary.json");
+    let mut args = vec![
+        "replay".to_owned(),
+        "--output".into(),
+        path_str(&anomalies),
+        "--summary".into(),
+        path_str(&summary),
+    ];
+    args.extend(inputs.iter().map(|p| path_str(p)));
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let anomalies = std::fs::read_to_string(anomalies)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each anomaly line is JSON"))
+        .collect();
+    let summary = serde_json::from_slice(&std::fs::read(summary).unwrap()).unwrap();
+    (anomalies, summary)
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_str().expect("test paths are UTF-8").to_owned()
+}
+
+fn generate(dir: &Path, seed: u64, days: u32, principals: u32, per_day: u32) {
+    run_ok(&[
+        "generate",
+        "--out",
+        &path_str(dir),
+        "--seed",
+        &seed.to_string(),
+        "--days",
+        &days.to_string(),
+        "--principals",
+        &principals.to_string(),
+        "--events-per-day",
+        &per_day.to_string(),
+    ]);
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = walk(dir);
+    files.sort();
+    files
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn generated_incidents_are_all_found_with_under_one_false_positive_per_thousand_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trail = tmp.path().join("trail");
+    generate(&trail, 7, 12, 40, 120);
+    let (anomalies, summary) = replay_with_summary(&[&trail.join("AWSLogs")], tmp.path());
+
+    let labels = Labels::load(&trail.join("labels.jsonl")).unwrap();
+    let evidence: Vec<Vec<String>> = anomalies
+        .iter()
+        .map(|a| {
+            a["evidence"]["event_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect();
+    let score = labels.score_evidence(evidence.iter().map(Vec::as_slice));
+    assert_eq!(
+        score.found.len(),
+        trailwatch::generate::INCIDENTS.len(),
+        "labels name every incident"
+    );
+    assert!(
+        score.missed().is_empty(),
+        "missed incidents: {:?}",
+        score.missed()
+    );
+
+    // Benign events once principals are past learning (3 days by default).
+    let start = 1_772_409_600; // the generator's default first day
+    let learned = start + 3 * 86_400;
+    let mut decoder = Decoder::default();
+    let mut benign_after_learning = 0u64;
+    for file in files_under(&trail.join("AWSLogs")) {
+        let bytes = std::fs::read(&file).unwrap();
+        let decoded = decoder.decode(&Arc::from(path_str(&file)), &bytes);
+        benign_after_learning += decoded
+            .events
+            .iter()
+            .filter(|e| e.time >= learned && labels.incident_of(&e.event_id).is_none())
+            .count() as u64;
+    }
+    assert!(
+        benign_after_learning > 20_000,
+        "a trail big enough to measure: {benign_after_learning}"
+    );
+    assert!(
+        score.false_positives * 1000 < benign_after_learning,
+        "{} false positives on {benign_after_learning} benign events",
+        score.false_positives
+    );
+
+    // The generator's digests are skipped and its repeated records dropped, not counted twice.
+    assert!(summary["files"]["skipped"]["digest"].as_u64().unwrap() > 0);
+    assert!(summary["records"]["duplicates"].as_u64().unwrap() > 0);
+    assert_eq!(summary["files"]["failed"], serde_json::json!({}));
+}
+
+#[test]
+fn anomalies_carry_the_schema_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trail = tmp.path().join("trail");
+    generate(&trail, 3, 10, 12, 60);
+    let (anomalies, _) = replay_with_summary(&[&trail], tmp.path());
+    assert!(!anomalies.is_empty());
+    for a in &anomalies {
+        assert_eq!(a["schema"], "trailwatch.anomaly/v1");
+        assert_eq!(a["id"].as_str().unwrap().len(), 32);
+        for field in [
+            "kind",
+            "severity",
+            "score",
+            "detected_at",
+            "event_time",
+            "principal",
+            "baseline",
+            "evidence",
+            "count",
+        ] {
+            assert!(!a[field].is_null(), "{field} missing in {a}");
+        }
+        assert!(!a["principal"]["key"].as_str().unwrap().is_empty());
+        assert!(!a["evidence"]["event_ids"].as_array().unwrap().is_empty());
+        assert!(a["evidence"]["object"]
+            .as_str()
+            .unwrap()
+            .ends_with(".json.gz"));
+        if a["kind"] == "new_value" {
+            let dims = a["dimensions"].as_array().unwrap();
+            assert!(dims.iter().any(|d| d["novel"] == true), "{a}");
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    generate(&a, 11, 10, 10, 40);
+    generate(&b, 11, 10, 10, 40);
+    generate(&c, 12, 10, 10, 40);
+    let (fa, fb) = (files_under(&a), files_under(&b));
+    let rel = |root: &Path, files: &[PathBuf]| -> Vec<PathBuf> {
+        files
+            .iter()
+            .map(|f| f.strip_prefix(root).unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(rel(&a, &fa), rel(&b, &fb));
+    for (x, y) in fa.iter().zip(&fb) {
+        assert_eq!(
+            std::fs::read(x).unwrap(),
+            std::fs::read(y).unwrap(),
+            "{} differs",
+            x.display()
+        );
+    }
+    assert_ne!(
+        std::fs::read(a.join("labels.jsonl")).unwrap(),
+        std::fs::read(c.join("labels.jsonl")).unwrap()
+    );
+}
+
+#[test]
+fn replaying_the_same_input_gives_the_same_anomalies_and_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trail = tmp.path().join("trail");
+    generate(&trail, 5, 10, 16, 60);
+    let strip = |anomalies: Vec<Value>| -> Vec<String> {
+        let mut lines: Vec<String> = anomalies
+            .into_iter()
+            .map(|mut a| {
+                a.as_object_mut().unwrap().remove("detected_at");
+                a.to_string()
+            })
+            .collect();
+        lines.sort();
+        lines
+    };
+    let first = tmp.path().join("1");
+    let second = tmp.path().join("2");
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    let (a, _) = replay_with_summary(&[&trail], &first);
+    let (b, _) = replay_with_summary(&[&trail], &second);
+    assert!(!a.is_empty());
+    assert_eq!(strip(a), strip(b));
+}
+
+#[test]
+fn odd_and_broken_fixtures_are_reported_file_by_file_and_nothing_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = manifest_dir().join("tests/fixtures");
+    let (_, summary) = replay_with_summary(&[&fixtures], tmp.path());
+
+    let failed: BTreeMap<String, u64> =
+        serde_json::from_value(summary["files"]["failed"].clone()).unwrap();
+    let expected: BTreeMap<String, u64> = [
+        ("corrupt_gzip", 2),
+        ("invalid_json", 3),
+        ("not_cloudtrail", 1),
+        ("not_utf8", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(failed, expected);
+    let failures: Vec<&str> = summary["files"]["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    for (file, why) in [
+        ("truncated.json:", "after 1 records"),
+        ("truncated.json.gz:", "corrupt gzip"),
+        ("not-gzip.json.gz:", "corrupt gzip"),
+        ("no-records.json:", "no Records"),
+        ("records-not-array.json:", "invalid"),
+        ("empty.json:", "invalid JSON"),
+        ("binary.json:", "not UTF-8"),
+    ] {
+        assert!(
+            failures.iter().any(|f| f.contains(file) && f.contains(why)),
+            "no failure for {file} with {why:?} in {failures:#?}"
+        );
+    }
+    assert_eq!(summary["files"]["skipped"]["digest"], 2);
+    assert_eq!(summary["files"]["skipped"]["not_a_log_file"], 1);
+
+    let skipped: BTreeMap<String, u64> =
+        serde_json::from_value(summary["records"]["skipped"].clone()).unwrap();
+    for reason in [
+        "not_an_object",
+        "missing_event_time",
+        "bad_event_time",
+        "missing_event_source",
+        "insight_record",
+        "unreadable",
+    ] {
+        assert_eq!(skipped.get(reason), Some(&1), "{reason} in {skipped:?}");
+    }
+    // 17 distinct odd records, and the one record before the cut in truncated.json.
+    assert_eq!(summary["records"]["events"], 18);
+    // odd-01 twice in the log file, and the three JSON-lines records repeat log-file records.
+    assert_eq!(summary["records"]["duplicates"], 4);
+    let examples = summary["records"]["skipped_examples"].as_array().unwrap();
+    assert!(examples.iter().any(|e| e
+        .as_str()
+        .unwrap()
+        .contains("FixtureOddShapes1.json.gz record 18: not_an_object")));
+}
+
+#[test]
+fn every_file_in_the_shared_corpora_replays_without_stopping() {
+    let corpora = manifest_dir().join("../shared/corpora");
+    assert!(
+        corpora.is_dir(),
+        "the reference corpora are expected beside the repository at {}",
+        corpora.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, summary) = replay_with_summary(&[&corpora], tmp.path());
+    let total = files_under(&corpora).len() as u64;
+    let files = &summary["files"];
+    let sum = |m: &Value| {
+        m.as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        files["read"].as_u64().unwrap() + files["skipped"]["not_a_log_file"].as_u64().unwrap_or(0),
+        total
+    );
+    // Every file read is accounted for: decoded, skipped as a whole, or failed with a reason.
+    assert_eq!(
+        files["decoded"].as_u64().unwrap() + sum(&files["failed"]) + sum(&files["skipped"])
+            - files["skipped"]["not_a_log_file"].as_u64().unwrap_or(0),
+        files["read"].as_u64().unwrap()
+    );
+    assert!(summary["records"]["events"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_bad_config_value_is_an_error_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[baseline]\nwindow = \"fortnight\"\n[rate]\nfactor = 0\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "replay",
+        "--config",
+        &path_str(&config),
+        &path_str(&manifest_dir().join("tests/fixtures/odd")),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("baseline.window") && stderr.contains("rate.factor"),
+        "{stderr}"
+    );
+
+    std::fs::write(&config, "[baseline]\nwindw = \"3d\"\n").unwrap();
+    let out = run(&[
+        "replay",
+        "--config",
+        &path_str(&config),
+        &path_str(&manifest_dir().join("tests/fixtures/odd")),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("windw"));
+}
+
+#[test]
+fn a_missing_input_path_is_an_error_naming_it() {
+    let out = run(&["replay", "/nonexistent/trail"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/trail"));
+}
