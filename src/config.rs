@@ -461,7 +461,10 @@ mod tests {
     fn the_shipped_reference_file_states_the_defaults() {
         let text = include_str!("../deploy/trailwatch.toml");
         let from_file = Settings::from_toml(text, "deploy/trailwatch.toml").unwrap();
-        assert_eq!(format!("{:?}", from_file.detector), format!("{:?}", Settings::default().detector));
+        assert_eq!(
+            format!("{:?}", from_file.detector),
+            format!("{:?}", Settings::default().detector)
+        );
         assert_eq!(from_file.max_file_bytes, Settings::default().max_file_bytes);
         // Every key is written out: parsing with every section's keys required would fail on a gap.
         let table: toml::Table = toml::from_str(text).unwrap();

@@ -34,4 +34,5 @@ pub mod net;
 pub mod principal;
 pub mod record;
 pub mod replay;
+pub mod rules;
 pub mod useragent;

@@ -1,0 +1,532 @@
+//! Signature detections: Sigma rules over CloudTrail records.
+//!
+//! In: Sigma rule files (the shipped set in `rules/`, built into the binary, or a folder given by
+//! the user). Out: a [`RuleSet`] whose detection rules are evaluated on every record in the
+//! stateless half ([`RuleSet::evaluate`]) and whose correlation (threshold) rules run per shard in
+//! the stateful half ([`RuleSet::correlation_engine`]), since they count per principal.
+//!
+//! Evaluation uses `rsigma-eval` (see the README for why): rules are parsed and compiled once at
+//! start-up. A rule that does not parse is an error naming its file and line; a rule that uses a
+//! feature the evaluator does not support is reported by name and reason and left out, never
+//! dropped silently; rules for other log sources are skipped and counted.
+//!
+//! Rule files may carry their own test events under a `tests:` key (`match:` and `nomatch:`
+//! lists; for a correlation rule each item is a sequence of events), which
+//! [`RuleSet::run_tests`] checks.
+
+pub mod view;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use rsigma_eval::{CorrelationConfig, CorrelationEngine, Engine};
+use rsigma_parser::{CorrelationRule, Level, SigmaCollection, SigmaRule};
+use serde_json::Value;
+
+use crate::anomaly::Severity;
+use crate::event::parse_event_time;
+pub use view::RecordView;
+
+include!(concat!(env!("OUT_DIR"), "/builtin_rules.rs"));
+
+/// What the anomaly stream says of a rule.
+#[derive(Debug, Clone)]
+pub struct RuleInfo {
+    pub id: String,
+    pub title: String,
+    pub tags: Vec<String>,
+    pub level: Severity,
+    pub file: String,
+    /// A base rule that only feeds correlations: its own hits raise nothing.
+    pub feeds_correlation_only: bool,
+    pub is_correlation: bool,
+}
+
+/// Why rules could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid rules:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// A loaded, compiled rule set.
+pub struct RuleSet {
+    rules: Vec<RuleInfo>,
+    index: HashMap<String, usize>,
+    engine: Engine,
+    collection: SigmaCollection,
+    /// Rules and correlations left out, with their file, title and reason.
+    pub unsupported: Vec<String>,
+    /// Rules skipped because their log source is not AWS CloudTrail.
+    pub other_logsource: usize,
+    /// `(file, rule index, tests)` for every rule that carries tests.
+    tests: Vec<(String, usize, Value)>,
+    /// Rules that raise alerts but carry no tests.
+    pub untested: Vec<String>,
+}
+
+fn severity(level: Option<Level>) -> Severity {
+    match level {
+        Some(Level::Informational) => Severity::Info,
+        Some(Level::Low) => Severity::Low,
+        Some(Level::Medium) | None => Severity::Medium,
+        Some(Level::High) => Severity::High,
+        Some(Level::Critical) => Severity::Critical,
+    }
+}
+
+fn is_cloudtrail(rule: &SigmaRule) -> bool {
+    let eq =
+        |v: &Option<String>, want: &str| v.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(want));
+    eq(&rule.logsource.product, "aws")
+        && (rule.logsource.service.is_none() || eq(&rule.logsource.service, "cloudtrail"))
+}
+
+/// The line of the `condition:` whose text an error message quotes, if any.
+fn line_of_condition(text: &str, message: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix("condition:")
+                .map(str::trim)
+                .is_some_and(|c| !c.is_empty() && message.contains(c))
+        })
+        .map(|i| i + 1)
+}
+
+/// The line a YAML error message names, if any.
+fn line_of(message: &str) -> Option<usize> {
+    let at = message.find("line ")?;
+    message[at + 5..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("rules", &self.rules.len())
+            .field("unsupported", &self.unsupported)
+            .finish()
+    }
+}
+
+impl RuleSet {
+    /// The rules built into the binary.
+    pub fn builtin() -> Result<RuleSet, RuleError> {
+        RuleSet::from_sources(
+            BUILTIN
+                .iter()
+                .map(|(name, text)| (format!("rules/{name}"), (*text).to_owned()))
+                .collect(),
+        )
+    }
+
+    /// Every `.yml` and `.yaml` file under `dir`, recursively.
+    pub fn from_dir(dir: &Path) -> Result<RuleSet, RuleError> {
+        let mut sources = Vec::new();
+        for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+            let entry = entry.map_err(|e| RuleError::Read {
+                path: dir.display().to_string(),
+                source: e.into(),
+            })?;
+            let name = entry.file_name().to_string_lossy();
+            if entry.file_type().is_file() && (name.ends_with(".yml") || name.ends_with(".yaml")) {
+                let path = entry.path().display().to_string();
+                let text =
+                    std::fs::read_to_string(entry.path()).map_err(|source| RuleError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                sources.push((path, text));
+            }
+        }
+        RuleSet::from_sources(sources)
+    }
+
+    /// Parses and compiles rule files given as `(name, text)`.
+    pub fn from_sources(sources: Vec<(String, String)>) -> Result<RuleSet, RuleError> {
+        let mut errors = Vec::new();
+        let mut collection = SigmaCollection::new();
+        let mut rule_files = Vec::new();
+        let mut correlation_files = Vec::new();
+        let mut other_logsource = 0;
+        for (file, text) in sources {
+            let parsed = match rsigma_parser::parse_sigma_yaml(&text) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    let msg = e.to_string();
+                    errors.push(format!("{file}:{}: {msg}", line_of(&msg).unwrap_or(1)));
+                    continue;
+                }
+            };
+            for e in &parsed.errors {
+                let line = line_of_condition(&text, e)
+                    .or_else(|| line_of(e))
+                    .unwrap_or(1);
+                errors.push(format!("{file}:{line}: {e}"));
+            }
+            for rule in parsed.rules {
+                if is_cloudtrail(&rule) {
+                    rule_files.push(file.clone());
+                    collection.rules.push(rule);
+                } else {
+                    other_logsource += 1;
+                }
+            }
+            for correlation in parsed.correlations {
+                correlation_files.push(file.clone());
+                collection.correlations.push(correlation);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(RuleError::Invalid(errors));
+        }
+
+        let mut unsupported = Vec::new();
+        let mut engine = Engine::new();
+        let mut kept = SigmaCollection::new();
+        let mut kept_files = Vec::new();
+        for (rule, file) in collection.rules.into_iter().zip(rule_files) {
+            match engine.add_rule(&rule) {
+                Ok(()) => {
+                    kept.rules.push(rule);
+                    kept_files.push(file);
+                }
+                Err(e) => unsupported.push(format!("{file}: rule {:?}: {e}", rule.title)),
+            }
+        }
+        // A correlation is kept when every rule it counts was kept.
+        let known: HashSet<&str> = kept
+            .rules
+            .iter()
+            .flat_map(|r| [r.id.as_deref(), r.name.as_deref()])
+            .flatten()
+            .collect();
+        let mut kept_correlations: Vec<(CorrelationRule, String)> = Vec::new();
+        for (correlation, file) in collection.correlations.into_iter().zip(correlation_files) {
+            let missing: Vec<&String> = correlation
+                .rules
+                .iter()
+                .filter(|r| !known.contains(r.as_str()))
+                .collect();
+            if missing.is_empty() {
+                kept_correlations.push((correlation, file));
+            } else {
+                unsupported.push(format!(
+                    "{file}: correlation {:?}: refers to rules not loaded: {missing:?}",
+                    correlation.title
+                ));
+            }
+        }
+        let mut feeds_only: HashSet<String> = HashSet::new();
+        for (c, _) in &kept_correlations {
+            if !c.generate {
+                feeds_only.extend(c.rules.iter().cloned());
+            }
+        }
+
+        let mut rules = Vec::new();
+        let mut tests = Vec::new();
+        let mut untested = Vec::new();
+        for (rule, file) in kept.rules.iter().zip(&kept_files) {
+            let feeds = [rule.id.as_deref(), rule.name.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|k| feeds_only.contains(k));
+            let index = rules.len();
+            if let Some(t) = rule.custom_attributes.get("tests") {
+                tests.push((
+                    file.clone(),
+                    index,
+                    serde_json::to_value(t).unwrap_or(Value::Null),
+                ));
+            } else if !feeds {
+                untested.push(format!("{file}: {}", rule.title));
+            }
+            rules.push(RuleInfo {
+                id: rule.id.clone().unwrap_or_else(|| rule.title.clone()),
+                title: rule.title.clone(),
+                tags: rule.tags.clone(),
+                level: severity(rule.level),
+                file: file.clone(),
+                feeds_correlation_only: feeds,
+                is_correlation: false,
+            });
+        }
+        for (c, file) in &kept_correlations {
+            let index = rules.len();
+            match c.custom_attributes.get("tests") {
+                Some(t) => tests.push((
+                    file.clone(),
+                    index,
+                    serde_json::to_value(t).unwrap_or(Value::Null),
+                )),
+                None => untested.push(format!("{file}: {}", c.title)),
+            }
+            rules.push(RuleInfo {
+                id: c.id.clone().unwrap_or_else(|| c.title.clone()),
+                title: c.title.clone(),
+                tags: c.tags.clone(),
+                level: severity(c.level),
+                file: file.clone(),
+                feeds_correlation_only: false,
+                is_correlation: true,
+            });
+        }
+        kept.correlations = kept_correlations.into_iter().map(|(c, _)| c).collect();
+        let mut index = HashMap::new();
+        for (i, r) in rules.iter().enumerate() {
+            index.insert(r.id.clone(), i);
+            index.entry(r.title.clone()).or_insert(i);
+        }
+        Ok(RuleSet {
+            rules,
+            index,
+            engine,
+            collection: kept,
+            unsupported,
+            other_logsource,
+            tests,
+            untested,
+        })
+    }
+
+    /// An empty rule set.
+    pub fn empty() -> RuleSet {
+        RuleSet::from_sources(Vec::new()).expect("no rules cannot fail")
+    }
+
+    pub fn rules(&self) -> &[RuleInfo] {
+        &self.rules
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn correlations(&self) -> usize {
+        self.collection.correlations.len()
+    }
+
+    /// The rule a result names, by id or title.
+    pub fn lookup(&self, id: Option<&str>, title: &str) -> Option<usize> {
+        id.and_then(|id| self.index.get(id))
+            .or_else(|| self.index.get(title))
+            .copied()
+    }
+
+    /// Detection rules a record matches, as indices into [`RuleSet::rules`].
+    pub fn evaluate(&self, view: &RecordView<'_>, out: &mut Vec<u16>) {
+        for result in self.engine.evaluate(view) {
+            if let Some(i) =
+                self.lookup(result.header.rule_id.as_deref(), &result.header.rule_title)
+            {
+                out.push(i as u16);
+            }
+        }
+    }
+
+    /// A fresh correlation engine for one shard, when there are correlation rules.
+    pub fn correlation_engine(&self) -> Option<CorrelationEngine> {
+        if self.collection.correlations.is_empty() {
+            return None;
+        }
+        let config = CorrelationConfig {
+            emit_detections: false,
+            correlation_event_mode: rsigma_eval::CorrelationEventMode::Refs,
+            ..CorrelationConfig::default()
+        };
+        let mut engine = CorrelationEngine::new(config);
+        // Compilation already succeeded once for every kept rule.
+        engine.add_collection(&self.collection).ok()?;
+        Some(engine)
+    }
+
+    /// Runs every rule's embedded test events. Returns one line per failure.
+    pub fn run_tests(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for (file, index, tests) in &self.tests {
+            let rule = &self.rules[*index];
+            let name = format!("{file}: {}", rule.title);
+            let (matches, nomatches) = (tests.get("match"), tests.get("nomatch"));
+            for (want, cases) in [(true, matches), (false, nomatches)] {
+                let Some(cases) = cases.and_then(Value::as_array).filter(|c| !c.is_empty()) else {
+                    failures.push(format!(
+                        "{name}: no `{}` test events",
+                        if want { "match" } else { "nomatch" }
+                    ));
+                    continue;
+                };
+                for (n, case) in cases.iter().enumerate() {
+                    let got = if rule.is_correlation {
+                        let events = case
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_else(|| vec![case.clone()]);
+                        self.correlation_fires(*index, &events)
+                    } else {
+                        self.detection_fires(*index, case)
+                    };
+                    if got != want {
+                        failures.push(format!(
+                            "{name}: `{}` test {} {}",
+                            if want { "match" } else { "nomatch" },
+                            n + 1,
+                            if want { "did not match" } else { "matched" }
+                        ));
+                    }
+                }
+            }
+        }
+        failures
+    }
+
+    fn detection_fires(&self, index: usize, event: &Value) -> bool {
+        let text = event.to_string();
+        let Some(view) = RecordView::new(&text) else {
+            return false;
+        };
+        let mut hits = Vec::new();
+        self.evaluate(&view, &mut hits);
+        hits.contains(&(index as u16))
+    }
+
+    fn correlation_fires(&self, index: usize, events: &[Value]) -> bool {
+        let Some(mut engine) = self.correlation_engine() else {
+            return false;
+        };
+        let mut fired = false;
+        for event in events {
+            let text = event.to_string();
+            let Some(view) = RecordView::new(&text) else {
+                continue;
+            };
+            let time = event
+                .get("eventTime")
+                .and_then(Value::as_str)
+                .and_then(parse_event_time)
+                .unwrap_or(0);
+            for result in engine.process_event_at(&view, time) {
+                if result.is_correlation()
+                    && self.lookup(result.header.rule_id.as_deref(), &result.header.rule_title)
+                        == Some(index)
+                {
+                    fired = true;
+                }
+            }
+        }
+        fired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(files: &[(&str, &str)]) -> Result<RuleSet, RuleError> {
+        RuleSet::from_sources(
+            files
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect(),
+        )
+    }
+
+    const STOP: &str = "title: Stop\nid: r1\nlogsource: {product: aws, service: cloudtrail}\n\
+        detection:\n  sel:\n    eventName: StopLogging\n  condition: sel\nlevel: high\ntags: [attack.t1562.008]\n";
+
+    #[test]
+    fn the_shipped_rules_load_and_pass_their_tests() {
+        let rules = RuleSet::builtin().unwrap();
+        assert!(rules.unsupported.is_empty(), "{:?}", rules.unsupported);
+        assert!(rules.len() >= 25);
+        assert!(rules.correlations() >= 4);
+        assert_eq!(rules.run_tests(), Vec::<String>::new());
+        assert!(rules.untested.is_empty(), "{:?}", rules.untested);
+    }
+
+    #[test]
+    fn a_rule_matches_through_the_record_view() {
+        let rules = set(&[("stop.yml", STOP)]).unwrap();
+        let record = r#"{"eventName":"StopLogging","eventSource":"cloudtrail.amazonaws.com"}"#;
+        let mut hits = Vec::new();
+        rules.evaluate(&RecordView::new(record).unwrap(), &mut hits);
+        assert_eq!(hits, [0]);
+        assert_eq!(rules.rules()[0].level, Severity::High);
+        hits.clear();
+        rules.evaluate(
+            &RecordView::new(r#"{"eventName":"StartLogging"}"#).unwrap(),
+            &mut hits,
+        );
+        assert!(hits.is_empty());
+    }
+
+    #[test]
+    fn sigma_matching_is_case_insensitive_and_modifiers_work() {
+        let rule = "title: M\nlogsource: {product: aws, service: cloudtrail}\ndetection:\n  a:\n    userAgent|contains: KALI\n  \
+            b:\n    sourceIPAddress|cidr: 203.0.113.0/24\n  c:\n    errorCode|re: '^Access'\n  condition: a and b and c\n";
+        let rules = set(&[("m.yml", rule)]).unwrap();
+        let record = r#"{"userAgent":"x os/linux#6-kali1","sourceIPAddress":"203.0.113.9","errorCode":"AccessDenied"}"#;
+        let mut hits = Vec::new();
+        rules.evaluate(&RecordView::new(record).unwrap(), &mut hits);
+        assert_eq!(hits, [0]);
+    }
+
+    #[test]
+    fn a_rule_that_does_not_parse_names_the_file_and_line() {
+        let err = set(&[("bad.yml", "title: x\ndetection: [\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.yml:"), "{err}");
+        assert!(
+            err.contains("line") || err.contains(":2:") || err.contains(":3:"),
+            "{err}"
+        );
+        let err = set(&[("cond.yml", "title: x\nlogsource: {product: aws}\ndetection:\n  sel: {a: 1}\n  condition: sel and (\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cond.yml:5:"), "{err}");
+    }
+
+    #[test]
+    fn rules_for_other_log_sources_are_counted_not_loaded() {
+        let windows = "title: W\nlogsource: {product: windows, service: security}\ndetection:\n  s: {EventID: 4625}\n  condition: s\n";
+        let rules = set(&[("stop.yml", STOP), ("w.yml", windows)]).unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules.other_logsource, 1);
+    }
+
+    #[test]
+    fn a_wrong_test_verdict_is_reported_by_rule() {
+        let rule = format!("{STOP}tests:\n  match:\n    - {{eventName: StartLogging}}\n  nomatch:\n    - {{eventName: StopLogging}}\n");
+        let rules = set(&[("t.yml", &rule)]).unwrap();
+        let failures = rules.run_tests();
+        assert_eq!(failures.len(), 2, "{failures:?}");
+        assert!(failures[0].contains("t.yml: Stop: `match` test 1 did not match"));
+        assert!(failures[1].contains("`nomatch` test 1 matched"));
+    }
+
+    #[test]
+    fn a_correlation_over_missing_rules_is_reported() {
+        let corr = "title: C\ncorrelation:\n  type: event_count\n  rules: [nope]\n  group-by: [a]\n  timespan: 5m\n  condition: {gte: 2}\n";
+        let rules = set(&[("c.yml", corr)]).unwrap();
+        assert_eq!(rules.correlations(), 0);
+        assert!(
+            rules.unsupported[0].contains("c.yml: correlation \"C\""),
+            "{:?}",
+            rules.unsupported
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! A CloudTrail record as Sigma rules see it, read straight from its JSON text.
+//!
+//! In: one record's JSON text, borrowed from the inflated file. Out: field lookups by dotted path
+//! (`userIdentity.type`, `requestParameters.ipPermissions.items.ipRanges.items.cidrIp`) for the
+//! Sigma evaluator. Only the top level is indexed up front (a slice of key → raw value); nested
+//! objects are parsed when a rule asks for a path through them, and no `serde_json::Value` is
+//! built except for keyword rules, which need every string. A path through an array follows every
+//! element, so a rule matches when any element does.
+
+use std::borrow::Cow;
+
+use rsigma_eval::{Event, EventValue};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// Nesting followed at most; deeper paths resolve to nothing.
+const MAX_DEPTH: usize = 32;
+
+type Entries<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+/// One record, indexed at its top level.
+pub struct RecordView<'a> {
+    raw: &'a str,
+    top: Entries<'a>,
+}
+
+impl<'a> RecordView<'a> {
+    /// Indexes a record's top level. `None` when the text is not a JSON object.
+    pub fn new(raw: &'a str) -> Option<RecordView<'a>> {
+        let top = parse_object(raw)?;
+        Some(RecordView { raw, top })
+    }
+
+    pub fn raw(&self) -> &'a str {
+        self.raw
+    }
+}
+
+fn parse_object(raw: &str) -> Option<Entries<'_>> {
+    if !raw.trim_start().starts_with('{') {
+        return None;
+    }
+    // Keys in CloudTrail have no escapes, so they borrow; an escaped key still parses, owned.
+    let map: Vec<(Cow<'_, str>, &RawValue)> = serde_json::from_str::<ObjectEntries>(raw).ok()?.0;
+    Some(map)
+}
+
+/// An object's entries in order, values left raw.
+struct ObjectEntries<'a>(Entries<'a>);
+
+impl<'de> serde::Deserialize<'de> for ObjectEntries<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ObjectEntries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(24));
+                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    entries.push((k, v));
+                }
+                Ok(ObjectEntries(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn lookup<'e, 'a>(entries: &'e Entries<'a>, key: &str) -> Option<&'a RawValue> {
+    entries.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+}
+
+/// Converts a raw JSON value to the evaluator's value, borrowing strings without escapes.
+fn to_event_value(raw: &RawValue, depth: usize) -> EventValue<'_> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<Cow<'_, str>>(text)
+            .map(EventValue::Str)
+            .unwrap_or(EventValue::Null),
+        Some(b't') => EventValue::Bool(true),
+        Some(b'f') => EventValue::Bool(false),
+        Some(b'n') | None => EventValue::Null,
+        Some(b'[') if depth < MAX_DEPTH => serde_json::from_str::<Vec<&RawValue>>(text)
+            .map(|items| {
+                EventValue::Array(
+                    items
+                        .into_iter()
+                        .map(|i| to_event_value(i, depth + 1))
+                        .collect(),
+                )
+            })
+            .unwrap_or(EventValue::Null),
+        Some(b'{') if depth < MAX_DEPTH => parse_object(text)
+            .map(|entries| {
+                EventValue::Map(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k, to_event_value(v, depth + 1)))
+                        .collect(),
+                )
+            })
+            .unwrap_or(EventValue::Null),
+        Some(_) => match text.parse::<i64>() {
+            Ok(n) => EventValue::Int(n),
+            Err(_) => text
+                .parse::<f64>()
+                .map(EventValue::Float)
+                .unwrap_or(EventValue::Null),
+        },
+    }
+}
+
+/// Follows `path` from `raw`, collecting every value it reaches (several when it crosses arrays).
+fn follow<'a>(raw: &'a RawValue, path: &[&str], depth: usize, out: &mut Vec<EventValue<'a>>) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    let Some((first, rest)) = path.split_first() else {
+        out.push(to_event_value(raw, depth));
+        return;
+    };
+    match raw.get().as_bytes().first() {
+        Some(b'{') => {
+            if let Some(next) = parse_object(raw.get()).and_then(|entries| lookup(&entries, first))
+            {
+                follow(next, rest, depth + 1, out);
+            }
+        }
+        Some(b'[') => {
+            if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+                for item in items {
+                    follow(item, path, depth + 1, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Event for RecordView<'_> {
+    fn get_field(&self, path: &str) -> Option<EventValue<'_>> {
+        if let Some(v) = lookup(&self.top, path) {
+            return Some(to_event_value(v, 0));
+        }
+        let mut parts = path.split('.');
+        let first = parts.next()?;
+        let rest: Vec<&str> = parts.collect();
+        if rest.is_empty() {
+            return None;
+        }
+        let root = lookup(&self.top, first)?;
+        let mut found = Vec::new();
+        follow(root, &rest, 1, &mut found);
+        match found.len() {
+            0 => None,
+            1 => found.pop(),
+            _ => Some(EventValue::Array(found)),
+        }
+    }
+
+    fn any_string_value(&self, pred: &dyn Fn(&str) -> bool) -> bool {
+        self.all_string_values().iter().any(|s| pred(s))
+    }
+
+    fn all_string_values(&self) -> Vec<Cow<'_, str>> {
+        let mut out = Vec::new();
+        if let Ok(value) = serde_json::from_str::<Value>(self.raw) {
+            collect_strings(&value, &mut out, 0);
+        }
+        out
+    }
+
+    fn to_json(&self) -> Value {
+        serde_json::from_str(self.raw).unwrap_or(Value::Null)
+    }
+}
+
+fn collect_strings(value: &Value, out: &mut Vec<Cow<'_, str>>, depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    match value {
+        Value::String(s) => out.push(Cow::Owned(s.clone())),
+        Value::Array(items) => items
+            .iter()
+            .for_each(|v| collect_strings(v, out, depth + 1)),
+        Value::Object(map) => map
+            .values()
+            .for_each(|v| collect_strings(v, out, depth + 1)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECORD: &str = r#"{"eventName":"AuthorizeSecurityGroupIngress","userIdentity":{"type":"Root","n":5},
+        "requestParameters":{"ipPermissions":{"items":[
+            {"ipRanges":{"items":[{"cidrIp":"10.0.0.0/8"}]}},
+            {"ipRanges":{"items":[{"cidrIp":"0.0.0.0/0"}]}}]}},
+        "responseElements":null,"readOnly":false,"flat.key":"x","msg":"a\"b"}"#;
+
+    #[test]
+    fn top_level_and_nested_fields_resolve() {
+        let v = RecordView::new(RECORD).unwrap();
+        assert_eq!(
+            v.get_field("eventName"),
+            Some(EventValue::Str("AuthorizeSecurityGroupIngress".into()))
+        );
+        assert_eq!(
+            v.get_field("userIdentity.type"),
+            Some(EventValue::Str("Root".into()))
+        );
+        assert_eq!(v.get_field("userIdentity.n"), Some(EventValue::Int(5)));
+        assert_eq!(v.get_field("readOnly"), Some(EventValue::Bool(false)));
+        assert_eq!(v.get_field("responseElements"), Some(EventValue::Null));
+        assert_eq!(v.get_field("flat.key"), Some(EventValue::Str("x".into())));
+        assert_eq!(v.get_field("msg"), Some(EventValue::Str("a\"b".into())));
+    }
+
+    #[test]
+    fn missing_and_null_paths_resolve_to_nothing() {
+        let v = RecordView::new(RECORD).unwrap();
+        assert_eq!(v.get_field("nope"), None);
+        assert_eq!(v.get_field("userIdentity.arn"), None);
+        assert_eq!(v.get_field("responseElements.ConsoleLogin"), None);
+        assert_eq!(v.get_field("eventName.deeper"), None);
+    }
+
+    #[test]
+    fn paths_through_arrays_collect_every_element() {
+        let v = RecordView::new(RECORD).unwrap();
+        let got = v.get_field("requestParameters.ipPermissions.items.ipRanges.items.cidrIp");
+        assert_eq!(
+            got,
+            Some(EventValue::Array(vec![
+                EventValue::Str("10.0.0.0/8".into()),
+                EventValue::Str("0.0.0.0/0".into())
+            ]))
+        );
+    }
+
+    #[test]
+    fn keyword_search_sees_nested_strings() {
+        let v = RecordView::new(RECORD).unwrap();
+        assert!(v.any_string_value(&|s| s == "0.0.0.0/0"));
+        assert!(!v.any_string_value(&|s| s == "absent"));
+    }
+
+    #[test]
+    fn non_objects_have_no_view() {
+        assert!(RecordView::new("7").is_none());
+        assert!(RecordView::new("[1]").is_none());
+    }
+}
