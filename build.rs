@@ -12,9 +12,8 @@ fn main() {
         .filter(|n| n.ends_with(".yml") || n.ends_with(".yaml"))
         .collect();
     names.sort();
-    let mut out = String::from(
-        "/// The shipped rules: file name and text.\npub const BUILTIN: &[(&str, &str)] = &[\n",
-    );
+    let mut out =
+        String::from("/// The shipped rules: file name and text.\npub const BUILTIN: &[(&str, &str)] = &[\n");
     for name in names {
         let path = dir.join(&name);
         writeln!(

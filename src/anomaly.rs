@@ -77,6 +77,9 @@ pub struct Anomaly {
     pub score: f64,
     pub detected_at: String,
     pub event_time: String,
+    /// Event time of the first and last events folded into this anomaly.
+    pub first_seen: String,
+    pub last_seen: String,
     pub principal: PrincipalInfo,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleInfo>,

@@ -125,11 +125,7 @@ impl ValueSet {
                 .then(b.last_seen.cmp(&a.last_seen))
                 .then(a.value.cmp(&b.value))
         });
-        sorted
-            .into_iter()
-            .take(n)
-            .map(|v| v.value.as_str())
-            .collect()
+        sorted.into_iter().take(n).map(|v| v.value.as_str()).collect()
     }
 
     /// Forgets values unseen since `horizon`.
@@ -256,12 +252,7 @@ impl PrincipalBaseline {
 
     /// Approximate bytes held for this principal, excluding its key.
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self
-                .dimensions
-                .iter()
-                .map(ValueSet::heap_bytes)
-                .sum::<usize>()
+        std::mem::size_of::<Self>() + self.dimensions.iter().map(ValueSet::heap_bytes).sum::<usize>()
     }
 }
 
@@ -276,10 +267,7 @@ mod tests {
     fn first_use_is_novel_then_known() {
         let mut set = ValueSet::default();
         assert_eq!(set.observe("a", 100, DAY, 4), Seen::Novel);
-        assert_eq!(
-            set.observe("a", 200, DAY, 4),
-            Seen::Known { first_seen: 100 }
-        );
+        assert_eq!(set.observe("a", 200, DAY, 4), Seen::Known { first_seen: 100 });
     }
 
     #[test]
@@ -289,9 +277,7 @@ mod tests {
         assert_eq!(set.observe("a", 2 * DAY, DAY, 4), Seen::Novel);
         assert_eq!(
             set.observe("a", 2 * DAY + 1, DAY, 4),
-            Seen::Known {
-                first_seen: 2 * DAY
-            }
+            Seen::Known { first_seen: 2 * DAY }
         );
     }
 
@@ -303,10 +289,7 @@ mod tests {
         set.observe("old", 2, DAY, 2); // late event: last_seen stays the latest (2)
         set.observe("new", 4, DAY, 2);
         assert_eq!(set.len(), 2);
-        assert_eq!(
-            set.observe("recent", 5, DAY, 2),
-            Seen::Known { first_seen: 3 }
-        );
+        assert_eq!(set.observe("recent", 5, DAY, 2), Seen::Known { first_seen: 3 });
         assert_eq!(set.observe("old", 6, DAY, 2), Seen::Novel);
     }
 

@@ -4,11 +4,14 @@
 //! `deny_unknown_fields`, whose message names the key); validation reports every bad value at
 //! once, each with its dotted key name. Nothing here does I/O beyond reading the file.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::alert::{is_kind, parse_severity, AlertPolicy, Suppression};
 
 /// The file as written. Each field's doc line is its reference entry in the README.
 #[derive(Debug, Default, Deserialize)]
@@ -20,6 +23,55 @@ pub struct RawConfig {
     pub rate: RawRate,
     pub errors: RawErrors,
     pub dormant: RawDormant,
+    pub rules: RawRules,
+    pub alerts: RawAlerts,
+    /// Suppressions: an anomaly matching every condition of one entry is dropped.
+    pub suppress: Vec<RawSuppression>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRules {
+    /// Folder of Sigma rules replacing the shipped ones (`--rules` on the command line wins).
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAlerts {
+    /// Repeats of one (kind, rule, principal) within this much event time fold into one anomaly ("0s": emit each).
+    pub dedup_window: String,
+    /// Rules (id or title) evaluated and counted but not emitted.
+    pub shadow_rules: Vec<String>,
+    /// Severity per rule (id or title): info, low, medium, high or critical.
+    pub severity: BTreeMap<String, String>,
+}
+
+impl Default for RawAlerts {
+    fn default() -> Self {
+        RawAlerts {
+            dedup_window: "15m".into(),
+            shadow_rules: Vec::new(),
+            severity: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSuppression {
+    /// Only anomalies of these rules (id or title); empty: any.
+    pub rules: Vec<String>,
+    /// Only anomalies of these kinds (new_value, rate_spike, ...); empty: any.
+    pub kinds: Vec<String>,
+    /// Principal keys.
+    pub principals: Vec<String>,
+    /// Account IDs.
+    pub accounts: Vec<String>,
+    /// Source networks, as CIDRs.
+    pub cidrs: Vec<String>,
+    /// Substrings of the user agent.
+    pub user_agents: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +237,7 @@ impl Default for RawDormant {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub workers: NonZeroUsize,
+    pub rules_dir: Option<PathBuf>,
     pub max_file_bytes: usize,
     pub detector: DetectorSettings,
 }
@@ -206,6 +259,7 @@ pub struct DetectorSettings {
     pub dormant_min_events: u64,
     /// Rate interval, used by the rate and error detectors alike.
     pub interval: i64,
+    pub alerts: AlertPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -233,10 +287,7 @@ pub struct ErrorSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}: {source}")]
     Parse {
         path: String,
@@ -272,9 +323,7 @@ impl Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        RawConfig::default()
-            .validate()
-            .expect("the defaults are valid")
+        RawConfig::default().validate().expect("the defaults are valid")
     }
 }
 
@@ -302,6 +351,62 @@ impl RawConfig {
         let idle_expiry = duration("baseline.idle_expiry", &self.baseline.idle_expiry);
         let interval = duration("rate.interval", &self.rate.interval);
         let dormant_after = duration("dormant.after", &self.dormant.after);
+        let dedup_window = match humantime::parse_duration(&self.alerts.dedup_window) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => {
+                problems.push(format!(
+                    "alerts.dedup_window: not a duration ({e}), got {:?}",
+                    self.alerts.dedup_window
+                ));
+                0
+            }
+        };
+        let mut severity = std::collections::HashMap::new();
+        for (rule, level) in &self.alerts.severity {
+            match parse_severity(level) {
+                Some(s) => {
+                    severity.insert(rule.clone(), s);
+                }
+                None => problems.push(format!(
+                    "alerts.severity.{rule:?}: not a severity (info, low, medium, high, critical), got {level:?}"
+                )),
+            }
+        }
+        let mut suppressions = Vec::new();
+        for (i, raw) in self.suppress.iter().enumerate() {
+            let mut cidrs = Vec::new();
+            for cidr in &raw.cidrs {
+                match cidr
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                {
+                    Ok(net) => cidrs.push(net),
+                    Err(_) => problems.push(format!("suppress[{i}].cidrs: not a CIDR, got {cidr:?}")),
+                }
+            }
+            for kind in raw.kinds.iter().filter(|k| !is_kind(k)) {
+                problems.push(format!("suppress[{i}].kinds: not an anomaly kind, got {kind:?}"));
+            }
+            let empty = raw.principals.is_empty()
+                && raw.accounts.is_empty()
+                && cidrs.is_empty()
+                && raw.user_agents.is_empty()
+                && raw.rules.is_empty()
+                && raw.kinds.is_empty();
+            if empty {
+                problems.push(format!(
+                    "suppress[{i}]: names no condition, so it would drop every anomaly"
+                ));
+            }
+            suppressions.push(Suppression {
+                rules: raw.rules.iter().cloned().collect(),
+                kinds: raw.kinds.iter().cloned().collect(),
+                principals: raw.principals.iter().cloned().collect(),
+                accounts: raw.accounts.iter().cloned().collect(),
+                cidrs,
+                user_agents: raw.user_agents.clone(),
+            });
+        }
 
         let mut positive = |key: &str, value: u64| {
             if value == 0 {
@@ -313,14 +418,8 @@ impl RawConfig {
             "baseline.max_values_per_dimension",
             self.baseline.max_values_per_dimension as u64,
         );
-        positive(
-            "baseline.max_principals",
-            self.baseline.max_principals as u64,
-        );
-        positive(
-            "baseline.dedup_capacity",
-            self.baseline.dedup_capacity as u64,
-        );
+        positive("baseline.max_principals", self.baseline.max_principals as u64);
+        positive("baseline.dedup_capacity", self.baseline.dedup_capacity as u64);
         positive("rate.min_events", self.rate.min_events);
         positive("errors.min_errors", self.errors.min_errors);
 
@@ -349,10 +448,7 @@ impl RawConfig {
             }
         }
         if self.baseline.max_values_per_dimension > u16::MAX as usize {
-            problems.push(format!(
-                "baseline.max_values_per_dimension: at most {}",
-                u16::MAX
-            ));
+            problems.push(format!("baseline.max_values_per_dimension: at most {}", u16::MAX));
         }
         if self.dormant.enabled && idle_expiry <= dormant_after {
             problems.push(format!(
@@ -369,6 +465,7 @@ impl RawConfig {
             .unwrap_or(NonZeroUsize::MIN);
         Ok(Settings {
             workers,
+            rules_dir: self.rules.dir.clone(),
             max_file_bytes: self.replay.max_file_bytes,
             detector: DetectorSettings {
                 window,
@@ -402,6 +499,12 @@ impl RawConfig {
                 dormant_after: self.dormant.enabled.then_some(dormant_after),
                 dormant_min_events: self.dormant.min_events,
                 interval,
+                alerts: AlertPolicy {
+                    dedup_window,
+                    shadow_rules: self.alerts.shadow_rules.iter().cloned().collect(),
+                    severity,
+                    suppressions,
+                },
             },
         })
     }
@@ -425,9 +528,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("windw"), "{err}");
-        let err = Settings::from_toml("[nope]\n", "t")
-            .unwrap_err()
-            .to_string();
+        let err = Settings::from_toml("[nope]\n", "t").unwrap_err().to_string();
         assert!(err.contains("nope"), "{err}");
     }
 
@@ -469,7 +570,33 @@ mod tests {
         // Every key is written out: parsing with every section's keys required would fail on a gap.
         let table: toml::Table = toml::from_str(text).unwrap();
         let keys: usize = table.values().map(|v| v.as_table().unwrap().len()).sum();
-        assert_eq!(keys, 2 + 7 + 8 + 5 + 4 + 3);
+        assert_eq!(keys, 2 + 7 + 8 + 5 + 4 + 3 + 3);
+    }
+
+    #[test]
+    fn alert_settings_are_validated_by_key() {
+        let err = Settings::from_toml(
+            "[alerts]\ndedup_window = \"soon\"\n[alerts.severity]\nr1 = \"urgent\"\n[[suppress]]\ncidrs = [\"10.0.0.0/33\"]\nkinds = [\"odd\"]\n[[suppress]]\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "alerts.dedup_window",
+            "alerts.severity.\"r1\"",
+            "suppress[0].cidrs",
+            "suppress[0].kinds",
+            "suppress[1]",
+        ] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+        let ok = Settings::from_toml(
+            "[alerts]\nshadow_rules = [\"r2\"]\n[[suppress]]\ncidrs = [\"10.0.0.0/8\", \"192.0.2.1\"]\nrules = [\"r1\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(ok.detector.alerts.suppressions[0].cidrs.len(), 2);
+        assert!(ok.detector.alerts.shadow_rules.contains("r2"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use crate::event::{Event, RecordSkip};
 use crate::record::RawRecord;
+use crate::rules::{RecordView, RuleSet};
 
 /// Why an object is not decoded at all. A bounded set: these are metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,10 +48,7 @@ pub enum FileError {
     #[error("cannot read: {0}")]
     Io(#[from] std::io::Error),
     #[error("corrupt gzip after {inflated} bytes: {source}")]
-    Gzip {
-        inflated: usize,
-        source: std::io::Error,
-    },
+    Gzip { inflated: usize, source: std::io::Error },
     #[error("inflates to more than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("invalid JSON at line {line} column {column} (after {records} records): {message}")]
@@ -125,18 +123,33 @@ pub fn classify_key(key: &str) -> Option<FileSkip> {
     }
 }
 
-/// A decoder that keeps its inflate buffer between files.
+/// A decoder that keeps its inflate buffer between files, and evaluates detection rules on each
+/// record while it is still borrowed from that buffer.
 #[derive(Default)]
 pub struct Decoder {
     limits: DecodeLimits,
     buffer: Vec<u8>,
+    rules: Option<Arc<RuleSet>>,
+}
+
+/// What decoding one record needs besides the record.
+#[derive(Clone, Copy)]
+struct Context<'o> {
+    object: &'o Arc<str>,
+    rules: Option<&'o RuleSet>,
 }
 
 impl Decoder {
     pub fn new(limits: DecodeLimits) -> Self {
+        Decoder::with_rules(limits, None)
+    }
+
+    /// A decoder that also evaluates `rules` on every record.
+    pub fn with_rules(limits: DecodeLimits, rules: Option<Arc<RuleSet>>) -> Self {
         Decoder {
             limits,
             buffer: Vec::new(),
+            rules: rules.filter(|r| !r.is_empty()),
         }
     }
 
@@ -148,6 +161,7 @@ impl Decoder {
                 ..DecodedFile::default()
             };
         }
+        let rules = self.rules.clone();
         let text = match self.inflate(bytes) {
             Ok(text) => text,
             Err(error) => {
@@ -157,11 +171,15 @@ impl Decoder {
                 }
             }
         };
+        let ctx = Context {
+            object,
+            rules: rules.as_deref(),
+        };
         let json_lines = object.ends_with(".jsonl") || object.ends_with(".jsonl.gz");
         if json_lines {
-            decode_json_lines(object, text)
+            decode_json_lines(ctx, text)
         } else {
-            decode_records_object(object, text)
+            decode_records_object(ctx, text)
         }
     }
 
@@ -197,13 +215,10 @@ impl Decoder {
     }
 }
 
-fn decode_records_object(object: &Arc<str>, text: &str) -> DecodedFile {
+fn decode_records_object(ctx: Context<'_>, text: &str) -> DecodedFile {
     let mut out = DecodedFile::default();
     let mut de = serde_json::Deserializer::from_str(text);
-    let seed = LogFileSeed {
-        object,
-        out: &mut out,
-    };
+    let seed = LogFileSeed { ctx, out: &mut out };
     let shape = seed
         .deserialize(&mut de)
         .and_then(|shape| de.end().map(|()| shape));
@@ -223,14 +238,14 @@ fn decode_records_object(object: &Arc<str>, text: &str) -> DecodedFile {
     out
 }
 
-fn decode_json_lines(object: &Arc<str>, text: &str) -> DecodedFile {
+fn decode_json_lines(ctx: Context<'_>, text: &str) -> DecodedFile {
     let mut out = DecodedFile::default();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        push_record(object, line, n + 1, &mut out);
+        push_record(ctx, line, n + 1, &mut out);
     }
     // A JSON-lines file none of whose lines is a record is some other file, not a trail of bad
     // records: report it once, as the object form does.
@@ -242,17 +257,27 @@ fn decode_json_lines(object: &Arc<str>, text: &str) -> DecodedFile {
 }
 
 /// Decodes one record's JSON text into `out`.
-fn push_record(object: &Arc<str>, raw: &str, index: usize, out: &mut DecodedFile) {
+fn push_record(ctx: Context<'_>, raw: &str, index: usize, out: &mut DecodedFile) {
     let result = if raw.starts_with('{') {
         match serde_json::from_str::<RawRecord>(raw) {
-            Ok(record) => Event::from_record(&record, raw, object),
+            Ok(record) => Event::from_record(&record, raw, ctx.object),
             Err(_) => Err(RecordSkip::Unreadable),
         }
     } else {
         Err(RecordSkip::NotAnObject)
     };
     match result {
-        Ok(event) => out.events.push(event),
+        Ok(mut event) => {
+            if let Some(rules) = ctx.rules {
+                if let Some(view) = RecordView::new(raw) {
+                    rules.evaluate(&view, &mut event.rule_hits);
+                }
+                if !event.rule_hits.is_empty() {
+                    event.raw = Some(raw.into());
+                }
+            }
+            out.events.push(event)
+        }
         Err(reason) => out.skipped.push(SkippedRecord { index, reason }),
     }
 }
@@ -267,7 +292,7 @@ enum Shape {
 /// Walks the top-level object, decoding `Records` element by element into `out`, so that an
 /// error part-way leaves every earlier record decoded.
 struct LogFileSeed<'o> {
-    object: &'o Arc<str>,
+    ctx: Context<'o>,
     out: &'o mut DecodedFile,
 }
 
@@ -292,14 +317,12 @@ impl<'de, 'o> Visitor<'de> for LogFileSeed<'o> {
             match key.as_ref() {
                 "Records" => {
                     map.next_value_seed(RecordsSeed {
-                        object: self.object,
+                        ctx: self.ctx,
                         out: &mut *self.out,
                     })?;
                     shape = Shape::Records;
                 }
-                "digestStartTime" | "digestS3Object" | "logFiles"
-                    if !matches!(shape, Shape::Records) =>
-                {
+                "digestStartTime" | "digestS3Object" | "logFiles" if !matches!(shape, Shape::Records) => {
                     map.next_value::<IgnoredAny>()?;
                     shape = Shape::Digest;
                 }
@@ -337,7 +360,7 @@ impl<'de, 'o> Visitor<'de> for LogFileSeed<'o> {
 }
 
 struct RecordsSeed<'o> {
-    object: &'o Arc<str>,
+    ctx: Context<'o>,
     out: &'o mut DecodedFile,
 }
 
@@ -361,7 +384,7 @@ impl<'de, 'o> Visitor<'de> for RecordsSeed<'o> {
         // Each element is first taken as raw text (a syntax check, no allocation), then decoded
         // on its own, so a record with unexpected content is skipped alone.
         while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
-            push_record(self.object, raw.get(), index, self.out);
+            push_record(self.ctx, raw.get(), index, self.out);
             index += 1;
         }
         Ok(())
@@ -469,10 +492,7 @@ mod tests {
         );
         assert_eq!(by_content.skip, Some(FileSkip::Digest));
         assert!(by_content.error.is_none());
-        let insight = decode(
-            "AWSLogs/1/CloudTrail-Insight/us-east-1/2024/01/01/x.json.gz",
-            b"",
-        );
+        let insight = decode("AWSLogs/1/CloudTrail-Insight/us-east-1/2024/01/01/x.json.gz", b"");
         assert_eq!(insight.skip, Some(FileSkip::Insight));
     }
 

@@ -17,14 +17,20 @@
 use compact_str::CompactString;
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use std::sync::Arc;
+
+use rsigma_eval::{CorrelationEngine, ResultBody};
+
+use crate::alert::{AlertFolder, AlertStats};
 use crate::anomaly::{
-    anomaly_id, now_rfc3339, Anomaly, BaselineInfo, DimensionBaseline, DimensionReport, Evidence,
-    Kind, PrincipalInfo, Severity, SCHEMA,
+    anomaly_id, now_rfc3339, Anomaly, BaselineInfo, DimensionBaseline, DimensionReport, Evidence, Kind,
+    PrincipalInfo, Severity, SCHEMA,
 };
 use crate::baseline::{Dimension, PrincipalBaseline, Seen, DIMENSIONS};
 use crate::config::DetectorSettings;
 use crate::event::{format_time, Event};
 use crate::net::network_prefix;
+use crate::rules::{RecordView, RuleSet};
 use crate::useragent;
 
 /// The shard that owns a principal, out of `shards`.
@@ -50,24 +56,49 @@ pub struct Detector {
     /// Latest event time seen: the shard's clock.
     watermark: i64,
     next_sweep: i64,
+    rules: Option<Arc<RuleSet>>,
+    /// Threshold (correlation) rules: counted per shard, since they group by principal.
+    correlations: Option<CorrelationEngine>,
+    alerts: AlertFolder,
+    /// Anomalies raised by the current event, before the alert lifecycle.
+    raised: Vec<Anomaly>,
     pub stats: DetectorStats,
 }
 
 impl Detector {
     /// A detector for one shard of `shards`; capacities are divided between shards.
     pub fn new(settings: DetectorSettings, shards: usize) -> Self {
+        Detector::with_rules(settings, shards, None)
+    }
+
+    /// A detector that also raises `rule_match` anomalies for the rules records matched.
+    pub fn with_rules(settings: DetectorSettings, shards: usize, rules: Option<Arc<RuleSet>>) -> Self {
         let shards = shards.max(1);
         let mut settings = settings;
         settings.max_principals = (settings.max_principals / shards).max(1);
         let dedup = (settings.dedup_capacity / shards).max(1);
         Detector {
-            settings,
             principals: FxHashMap::default(),
             seen_ids: EventIdMemory::new(dedup),
             watermark: i64::MIN,
             next_sweep: i64::MIN,
+            correlations: rules.as_ref().and_then(|r| r.correlation_engine()),
+            rules,
+            alerts: AlertFolder::new(settings.alerts.clone()),
+            raised: Vec::new(),
+            settings,
             stats: DetectorStats::default(),
         }
+    }
+
+    /// What the alert lifecycle did.
+    pub fn alert_stats(&self) -> &AlertStats {
+        &self.alerts.stats
+    }
+
+    /// Emits every anomaly still held by the alert lifecycle (end of input, shutdown).
+    pub fn flush(&mut self, out: &mut Vec<Anomaly>) {
+        self.alerts.flush(out);
     }
 
     pub fn principals(&self) -> usize {
@@ -75,10 +106,7 @@ impl Detector {
     }
 
     pub fn values_held(&self) -> usize {
-        self.principals
-            .values()
-            .map(PrincipalBaseline::values_held)
-            .sum()
+        self.principals.values().map(PrincipalBaseline::values_held).sum()
     }
 
     /// Approximate bytes held by baselines, keys included.
@@ -101,7 +129,102 @@ impl Detector {
         }
         self.stats.events += 1;
         self.advance_clock(event.time);
+        let mut raised = std::mem::take(&mut self.raised);
+        self.judge(event, &mut raised);
+        self.match_rules(event, &mut raised);
+        for anomaly in raised.drain(..) {
+            self.alerts.admit(anomaly, event.time, out);
+        }
+        self.alerts.expire(self.watermark, out);
+        self.raised = raised;
+    }
 
+    /// Rule matches: one anomaly per matched rule (base rules of thresholds excepted), and the
+    /// thresholds the event completes.
+    fn match_rules(&mut self, event: &Event, out: &mut Vec<Anomaly>) {
+        let Some(rules) = &self.rules else { return };
+        if event.rule_hits.is_empty() {
+            return;
+        }
+        let baseline = self.principals.get(event.principal.key.as_str());
+        let info = |mature| {
+            baseline.map_or(
+                BaselineInfo {
+                    events: 0,
+                    since: format_time(event.time),
+                    mature,
+                },
+                |b| baseline_info(b, mature),
+            )
+        };
+        let mature = baseline
+            .is_some_and(|b| b.is_mature(self.settings.learning_period, self.settings.learning_events));
+        for &hit in &event.rule_hits {
+            let rule = &rules.rules()[usize::from(hit)];
+            if rule.feeds_correlation_only || rule.is_correlation {
+                continue;
+            }
+            let id = anomaly_id(&[Kind::RuleMatch.as_str(), &rule.id, &event.event_id]);
+            let reason = format!("matched rule {:?}", rule.title);
+            let mut a = anomaly(
+                event,
+                Kind::RuleMatch,
+                id,
+                level_score(rule.level),
+                info(mature),
+                reason,
+            );
+            a.severity = rule.level;
+            a.rule = Some(rule_info(rule));
+            out.push(a);
+        }
+        let (Some(engine), Some(raw)) = (&mut self.correlations, &event.raw) else {
+            return;
+        };
+        let Some(view) = RecordView::new(raw) else { return };
+        for result in engine.process_event_at(&view, event.time) {
+            let ResultBody::Correlation(body) = &result.body else {
+                continue;
+            };
+            let Some(index) = rules.lookup(result.header.rule_id.as_deref(), &result.header.rule_title)
+            else {
+                continue;
+            };
+            let rule = &rules.rules()[index];
+            let group: Vec<String> = body.group_key.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let id = anomaly_id(&[
+                Kind::RuleMatch.as_str(),
+                &rule.id,
+                &group.join(","),
+                &event.event_id,
+            ]);
+            let reason = format!(
+                "{} matching events within {}s ({})",
+                body.aggregated_value,
+                body.timespan_secs,
+                group.join(", ")
+            );
+            let mut a = anomaly(
+                event,
+                Kind::RuleMatch,
+                id,
+                level_score(rule.level),
+                info(mature),
+                reason,
+            );
+            a.severity = rule.level;
+            a.rule = Some(rule_info(rule));
+            a.count = body.aggregated_value.max(1.0) as u64;
+            let refs = body.event_refs.iter().flatten().filter_map(|r| r.id.clone());
+            let mut ids: Vec<String> = refs.filter(|id| *id != event.event_id).collect();
+            ids.truncate(crate::alert::MAX_EVENT_IDS - 1);
+            a.evidence.event_ids.extend(ids);
+            out.push(a);
+        }
+    }
+
+    /// The baseline detectors.
+    fn judge(&mut self, event: &Event, out: &mut Vec<Anomaly>) {
         let s = &self.settings;
         let baseline = match self.principals.get_mut(event.principal.key.as_str()) {
             Some(b) => b,
@@ -148,9 +271,7 @@ impl Detector {
                 let reports = Dimension::ALL
                     .iter()
                     .zip(values.iter().zip(seen))
-                    .filter_map(|(&d, (v, seen))| {
-                        Some(dimension_report(baseline, d, v.as_deref()?, seen?))
-                    })
+                    .filter_map(|(&d, (v, seen))| Some(dimension_report(baseline, d, v.as_deref()?, seen?)))
                     .collect();
                 out.push(new_value(event, baseline, score, reports));
             }
@@ -225,9 +346,7 @@ impl Detector {
         self.principals.retain(|_, b| b.last_seen >= idle_horizon);
         self.stats.principals_expired += (before - self.principals.len()) as u64;
         for b in self.principals.values_mut() {
-            b.dimensions
-                .iter_mut()
-                .for_each(|d| d.expire(value_horizon));
+            b.dimensions.iter_mut().for_each(|d| d.expire(value_horizon));
         }
     }
 
@@ -254,8 +373,7 @@ impl Detector {
 
 /// The event's value on each dimension, in [`Dimension::ALL`] order.
 fn dimension_values(event: &Event) -> [Option<CompactString>; DIMENSIONS] {
-    let mut api =
-        CompactString::with_capacity(event.event_source.len() + 1 + event.event_name.len());
+    let mut api = CompactString::with_capacity(event.event_source.len() + 1 + event.event_name.len());
     api.push_str(&event.event_source);
     api.push(':');
     api.push_str(&event.event_name);
@@ -300,6 +418,24 @@ fn dimension_report(
     }
 }
 
+fn level_score(level: Severity) -> f64 {
+    match level {
+        Severity::Info => 0.1,
+        Severity::Low => 0.3,
+        Severity::Medium => 0.5,
+        Severity::High => 0.8,
+        Severity::Critical => 0.95,
+    }
+}
+
+fn rule_info(rule: &crate::rules::RuleInfo) -> crate::anomaly::RuleInfo {
+    crate::anomaly::RuleInfo {
+        id: rule.id.clone(),
+        title: rule.title.clone(),
+        tags: rule.tags.clone(),
+    }
+}
+
 fn baseline_info(baseline: &PrincipalBaseline, mature: bool) -> BaselineInfo {
     BaselineInfo {
         events: baseline.events,
@@ -324,6 +460,8 @@ fn anomaly(
         score: (score * 1000.0).round() / 1000.0,
         detected_at: now_rfc3339(),
         event_time: format_time(event.time),
+        first_seen: format_time(event.time),
+        last_seen: format_time(event.time),
         principal: PrincipalInfo::of(event),
         rule: None,
         dimensions: Vec::new(),
@@ -343,11 +481,7 @@ fn new_value(
     let novel: Vec<&str> = reports.iter().filter(|r| r.novel).map(|r| r.name).collect();
     let reason = format!("first use by this principal of: {}", novel.join(", "));
     reports.sort_by_key(|r| !r.novel);
-    let id = anomaly_id(&[
-        Kind::NewValue.as_str(),
-        &event.principal.key,
-        &event.event_id,
-    ]);
+    let id = anomaly_id(&[Kind::NewValue.as_str(), &event.principal.key, &event.event_id]);
     let mut a = anomaly(
         event,
         Kind::NewValue,
@@ -402,19 +536,8 @@ fn rate_spike(
         "{count} {what} in the interval from {} against a mean of {mean:.1} per active interval ({ratio:.0}x)",
         format_time(interval_index * interval)
     );
-    let id = anomaly_id(&[
-        kind.as_str(),
-        &event.principal.key,
-        &interval_index.to_string(),
-    ]);
-    let mut a = anomaly(
-        event,
-        kind,
-        id,
-        score,
-        baseline_info(baseline, true),
-        reason,
-    );
+    let id = anomaly_id(&[kind.as_str(), &event.principal.key, &interval_index.to_string()]);
+    let mut a = anomaly(event, kind, id, score, baseline_info(baseline, true), reason);
     a.count = count;
     a
 }
@@ -465,6 +588,7 @@ mod tests {
 
     fn settings() -> DetectorSettings {
         let mut s = Settings::default().detector;
+        s.alerts.dedup_window = 0;
         s.learning_period = DAY;
         s.learning_events = 10;
         s
@@ -489,6 +613,8 @@ mod tests {
                 session: None,
             },
             object: Arc::from("f"),
+            rule_hits: Vec::new(),
+            raw: None,
         }
     }
 
@@ -515,12 +641,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         let a = &out[0];
         assert_eq!(a.kind, Kind::NewValue);
-        let novel: Vec<&str> = a
-            .dimensions
-            .iter()
-            .filter(|d| d.novel)
-            .map(|d| d.name)
-            .collect();
+        let novel: Vec<&str> = a.dimensions.iter().filter(|d| d.novel).map(|d| d.name).collect();
         assert_eq!(
             novel,
             [
@@ -531,11 +652,7 @@ mod tests {
             ]
         );
         assert_eq!(a.evidence.event_ids, ["x1"]);
-        let ip = a
-            .dimensions
-            .iter()
-            .find(|d| d.name == "sourceIPAddress")
-            .unwrap();
+        let ip = a.dimensions.iter().find(|d| d.name == "sourceIPAddress").unwrap();
         assert_eq!(ip.baseline.top, ["198.51.100.1"]);
     }
 
@@ -680,10 +797,7 @@ mod tests {
         let mut e = event("a", 0, "GetObject", "198.51.100.1");
         e.principal.key = "idle".into();
         d.process(&e, &mut out);
-        d.process(
-            &event("b", 200 * DAY, "GetObject", "198.51.100.1"),
-            &mut out,
-        );
+        d.process(&event("b", 200 * DAY, "GetObject", "198.51.100.1"), &mut out);
         assert_eq!(d.principals(), 1);
         assert_eq!(d.stats.principals_expired, 1);
     }
@@ -694,10 +808,7 @@ mod tests {
             let mut d = Detector::new(settings(), 1);
             trained(&mut d);
             let mut out = Vec::new();
-            d.process(
-                &event("x1", 49 * HOUR, "DeleteBucket", "203.0.113.9"),
-                &mut out,
-            );
+            d.process(&event("x1", 49 * HOUR, "DeleteBucket", "203.0.113.9"), &mut out);
             out.into_iter().map(|a| a.id).collect::<Vec<_>>()
         };
         assert_eq!(run(), run());

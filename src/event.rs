@@ -32,6 +32,10 @@ pub struct Event {
     pub principal: Principal,
     /// The object the event was read from, shared by every event of a file.
     pub object: Arc<str>,
+    /// Detection rules the record matched (indices into the rule set).
+    pub rule_hits: Vec<u16>,
+    /// The record's JSON, kept only when it matched a rule (correlations read it again).
+    pub raw: Option<Box<str>>,
 }
 
 /// Why a record was not turned into an event. A bounded set: these are metric labels.
@@ -66,27 +70,14 @@ impl RecordSkip {
 impl Event {
     /// Validates a record and builds its event. `raw` is the record's JSON text, used only to name
     /// records that carry no `eventID`.
-    pub fn from_record(
-        record: &RawRecord<'_>,
-        raw: &str,
-        object: &Arc<str>,
-    ) -> Result<Event, RecordSkip> {
+    pub fn from_record(record: &RawRecord<'_>, raw: &str, object: &Arc<str>) -> Result<Event, RecordSkip> {
         if record.event_type.get() == Some("AwsCloudTrailInsight") {
             return Err(RecordSkip::InsightRecord);
         }
-        let time_text = record
-            .event_time
-            .get()
-            .ok_or(RecordSkip::MissingEventTime)?;
+        let time_text = record.event_time.get().ok_or(RecordSkip::MissingEventTime)?;
         let time = parse_event_time(time_text).ok_or(RecordSkip::BadEventTime)?;
-        let event_source = record
-            .event_source
-            .get()
-            .ok_or(RecordSkip::MissingEventSource)?;
-        let event_name = record
-            .event_name
-            .get()
-            .ok_or(RecordSkip::MissingEventName)?;
+        let event_source = record.event_source.get().ok_or(RecordSkip::MissingEventSource)?;
+        let event_name = record.event_name.get().ok_or(RecordSkip::MissingEventName)?;
         let event_id = match record.event_id.get() {
             Some(id) => CompactString::from(id),
             None => format_compact!("nid-{:032x}", xxhash_rust::xxh3::xxh3_128(raw.as_bytes())),
@@ -108,6 +99,8 @@ impl Event {
             error_code: record.error_code.get().map(Into::into),
             principal,
             object: Arc::clone(object),
+            rule_hits: Vec::new(),
+            raw: None,
         })
     }
 
@@ -178,10 +171,7 @@ mod tests {
     #[test]
     fn event_times_parse_in_both_forms() {
         assert_eq!(parse_event_time("1970-01-01T00:01:00Z"), Some(60));
-        assert_eq!(
-            parse_event_time("2024-02-29T12:00:00Z"),
-            Some(1_709_208_000)
-        );
+        assert_eq!(parse_event_time("2024-02-29T12:00:00Z"), Some(1_709_208_000));
         assert_eq!(
             parse_event_time("2024-02-29T12:00:00.250+00:00"),
             Some(1_709_208_000)
@@ -210,8 +200,7 @@ mod tests {
             RecordSkip::MissingEventName
         );
         assert_eq!(
-            event(r#"{"eventType":"AwsCloudTrailInsight","eventTime":"2024-01-01T00:00:00Z"}"#)
-                .unwrap_err(),
+            event(r#"{"eventType":"AwsCloudTrailInsight","eventTime":"2024-01-01T00:00:00Z"}"#).unwrap_err(),
             RecordSkip::InsightRecord
         );
     }
@@ -236,11 +225,7 @@ mod tests {
         ] {
             assert!(is_denied_code(code), "{code}");
         }
-        for code in [
-            "NoSuchBucket",
-            "ThrottlingException",
-            "InvalidParameterValue",
-        ] {
+        for code in ["NoSuchBucket", "ThrottlingException", "InvalidParameterValue"] {
             assert!(!is_denied_code(code), "{code}");
         }
     }

@@ -109,11 +109,7 @@ const CATALOG: &[(&str, &[&str])] = &[
     ("sts.amazonaws.com", &["GetCallerIdentity", "AssumeRole"]),
     (
         "lambda.amazonaws.com",
-        &[
-            "ListFunctions20150331",
-            "GetFunction",
-            "GetFunctionConfiguration",
-        ],
+        &["ListFunctions20150331", "GetFunction", "GetFunctionConfiguration"],
     ),
     (
         "dynamodb.amazonaws.com",
@@ -141,11 +137,7 @@ const CATALOG: &[(&str, &[&str])] = &[
     ),
     (
         "ecr.amazonaws.com",
-        &[
-            "GetAuthorizationToken",
-            "BatchGetImage",
-            "DescribeRepositories",
-        ],
+        &["GetAuthorizationToken", "BatchGetImage", "DescribeRepositories"],
     ),
 ];
 
@@ -378,12 +370,7 @@ fn pick_call(
 
 /// Events for each hour the persona works: office hours on weekdays for humans, every hour for
 /// the rest. The first active hour uses every habit once.
-fn plan_habits(
-    rng: &mut ChaCha8Rng,
-    options: &GenerateOptions,
-    persona: &Persona,
-    out: &mut Vec<Planned>,
-) {
+fn plan_habits(rng: &mut ChaCha8Rng, options: &GenerateOptions, persona: &Persona, out: &mut Vec<Planned>) {
     let per_day = f64::from(options.events_per_day) * persona.volume;
     let mut first = true;
     for day in persona.active.clone() {
@@ -403,8 +390,7 @@ fn plan_habits(
                     for ip in &persona.ips {
                         for agent in &persona.agents {
                             let t = hour_start + rng.gen_range(0..600);
-                            let r =
-                                record(rng, persona, t, service, name, ip, agent, persona.region);
+                            let r = record(rng, persona, t, service, name, ip, agent, persona.region);
                             out.push(Planned {
                                 time: t,
                                 record: r,
@@ -418,11 +404,7 @@ fn plan_habits(
             for _ in 0..n {
                 let t = hour_start + rng.gen_range(0..HOUR);
                 let (service, name) = pick_call(rng, &persona.calls);
-                let ip = persona
-                    .ips
-                    .choose(rng)
-                    .expect("a persona has an address")
-                    .clone();
+                let ip = persona.ips.choose(rng).expect("a persona has an address").clone();
                 let agent = persona
                     .agents
                     .choose(rng)
@@ -580,14 +562,9 @@ fn inject_incidents(
     let t3 = incident_day(2) + 4 * HOUR;
     let tamperer = &personas[4];
     let (ip, agent) = (tamperer.ips[0].clone(), tamperer.agents[0].clone());
-    for (i, name) in [
-        "PutEventSelectors",
-        "UpdateTrail",
-        "StopLogging",
-        "DeleteTrail",
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, name) in ["PutEventSelectors", "UpdateTrail", "StopLogging", "DeleteTrail"]
+        .into_iter()
+        .enumerate()
     {
         push(
             out,
@@ -741,10 +718,7 @@ fn write_trail(
             .as_str()
             .unwrap_or("000000000000")
             .to_owned();
-        let region = p.record["awsRegion"]
-            .as_str()
-            .unwrap_or("us-east-1")
-            .to_owned();
+        let region = p.record["awsRegion"].as_str().unwrap_or("us-east-1").to_owned();
         let mut s = p.time.div_euclid(slot);
         if rng.gen_bool(0.02) {
             s += 1; // delivered a file late
@@ -783,8 +757,7 @@ fn write_trail(
         let unique: String = (0..16)
             .map(|_| {
                 char::from(
-                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-                        [rng.gen_range(0..62)],
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..62)],
                 )
             })
             .collect();
@@ -804,11 +777,10 @@ fn write_trail(
         ));
     }
     for (date, stamp, account, region) in digests {
-        let dir = options.out.join(format!(
-            "AWSLogs/{account}/CloudTrail-Digest/{region}/{date}"
-        ));
-        let name =
-            format!("{account}_CloudTrail-Digest_{region}_org-trail_{region}_{stamp}.json.gz");
+        let dir = options
+            .out
+            .join(format!("AWSLogs/{account}/CloudTrail-Digest/{region}/{date}"));
+        let name = format!("{account}_CloudTrail-Digest_{region}_org-trail_{region}_{stamp}.json.gz");
         let digest = json!({"awsAccountId": account, "digestStartTime": stamp, "digestEndTime": stamp,
             "digestS3Bucket": "trail-bucket", "digestSignatureAlgorithm": "SHA256withRSA", "logFiles": []});
         write_gz(&dir, &name, &digest)?;
@@ -819,10 +791,8 @@ fn write_trail(
 fn write_gz(dir: &Path, name: &str, value: &Value) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let file = std::fs::File::create(dir.join(name))?;
-    let mut gz = flate2::GzBuilder::new().write(
-        std::io::BufWriter::new(file),
-        flate2::Compression::default(),
-    );
+    let mut gz =
+        flate2::GzBuilder::new().write(std::io::BufWriter::new(file), flate2::Compression::default());
     serde_json::to_writer(&mut gz, value)?;
     gz.finish()?.flush()
 }

@@ -45,11 +45,7 @@ impl Labels {
     pub fn load(path: &Path) -> std::io::Result<Labels> {
         let text = std::fs::read_to_string(path)?;
         let mut incident_of = HashMap::new();
-        for (n, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let label: Label = serde_json::from_str(line).map_err(|e| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -76,11 +72,7 @@ impl Labels {
     /// Scores anomalies: each is credited to the incidents whose events it names, or counted as
     /// a false positive when it names none.
     pub fn score<'a>(&self, anomalies: impl IntoIterator<Item = &'a Anomaly>) -> Score {
-        self.score_evidence(
-            anomalies
-                .into_iter()
-                .map(|a| a.evidence.event_ids.as_slice()),
-        )
+        self.score_evidence(anomalies.into_iter().map(|a| a.evidence.event_ids.as_slice()))
     }
 
     /// As [`Labels::score`], given each anomaly's `evidence.event_ids`.

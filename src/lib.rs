@@ -16,12 +16,15 @@
 //! - [`baseline`]: per-principal value sets and rate history, bounded in memory.
 //! - [`detect`]: the detectors (new value, rate and error spikes, dormant principal), one
 //!   [`detect::Detector`] per shard of principals.
+//! - [`rules`]: Sigma rules, evaluated on each record (detections) and per shard (thresholds).
+//! - [`alert`]: the alert lifecycle: shadow mode, suppressions, severity overrides, folding repeats.
 //! - [`anomaly`]: the output schema and deterministic anomaly ids.
 //! - [`replay`]: the batch pipeline over files on disk, on every core.
 //! - [`generate`]: synthetic trails with labelled incidents, for demos, tests and benchmarks.
 //! - [`labels`]: scoring anomalies against a generated trail's labels.
 //! - [`config`]: the TOML configuration, validated into typed settings.
 
+pub mod alert;
 pub mod anomaly;
 pub mod baseline;
 pub mod config;

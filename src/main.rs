@@ -3,6 +3,7 @@
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -13,6 +14,7 @@ use trailwatch::decode::FileSkip;
 use trailwatch::generate::{generate, GenerateOptions};
 use trailwatch::labels::Labels;
 use trailwatch::replay::{list_inputs, replay, Summary};
+use trailwatch::rules::RuleSet;
 
 #[derive(Parser)]
 #[command(
@@ -32,7 +34,7 @@ enum Command {
         /// TOML configuration; every key has a default.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Folder of detection rules (signature rules are not evaluated by this version).
+        /// Folder of Sigma rules replacing the shipped ones.
         #[arg(long)]
         rules: Option<PathBuf>,
         /// Where to write anomalies (default: standard output).
@@ -47,6 +49,11 @@ enum Command {
     },
     /// Write a synthetic trail with injected incidents and their labels.
     Generate(GenerateArgs),
+    /// Validate rules, or run the test events embedded in them.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
     /// Generate a trail, replay it, and report which injected incidents were found.
     Demo {
         /// Where to write the trail (default: a temporary folder, removed afterwards).
@@ -57,6 +64,23 @@ enum Command {
         output: Option<PathBuf>,
         #[command(flatten)]
         trail: TrailArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesAction {
+    /// Parse and compile rules; report bad ones with file, line and reason.
+    Check {
+        /// Folder of rules (default: the shipped rules).
+        dir: Option<PathBuf>,
+    },
+    /// Run every rule's embedded test events; fail on a wrong verdict.
+    Test {
+        /// Folder of rules (default: the shipped rules).
+        dir: Option<PathBuf>,
+        /// Also fail when a rule that raises alerts has no tests.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -138,13 +162,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             paths,
         } => {
             let settings = load_settings(config.as_ref())?;
-            if let Some(rules) = rules {
-                eprintln!(
-                    "warning: --rules {}: signature rules are not evaluated by this version",
-                    rules.display()
-                );
-            }
-            let summary = replay_paths(&paths, &settings, output.as_ref())?;
+            let rules = load_rules(rules.as_ref().or(settings.rules_dir.as_ref()))?;
+            let summary = replay_paths(&paths, &settings, rules, output.as_ref())?;
             eprint!("{}", summary.render());
             if let Some(path) = summary_path {
                 std::fs::write(&path, serde_json::to_vec_pretty(&summary.to_json())?)
@@ -166,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { out, output, trail } => demo(out, output, trail),
+        Command::Rules { action } => rules_command(action),
     }
 }
 
@@ -176,9 +196,60 @@ fn load_settings(path: Option<&PathBuf>) -> anyhow::Result<Settings> {
     })
 }
 
+/// The rules in `dir`, or the shipped ones; reports what was left out on standard error.
+fn load_rules(dir: Option<&PathBuf>) -> anyhow::Result<Arc<RuleSet>> {
+    let rules = match dir {
+        Some(dir) => RuleSet::from_dir(dir).with_context(|| format!("rules in {}", dir.display()))?,
+        None => RuleSet::builtin()?,
+    };
+    for problem in &rules.unsupported {
+        eprintln!("warning: rule left out: {problem}");
+    }
+    if rules.other_logsource > 0 {
+        eprintln!(
+            "note: {} rules for other log sources skipped",
+            rules.other_logsource
+        );
+    }
+    Ok(Arc::new(rules))
+}
+
+fn rules_command(action: RulesAction) -> anyhow::Result<()> {
+    let (dir, strict, test) = match action {
+        RulesAction::Check { dir } => (dir, false, false),
+        RulesAction::Test { dir, strict } => (dir, strict, true),
+    };
+    let rules = load_rules(dir.as_ref())?;
+    println!(
+        "{} rules loaded ({} thresholds), {} left out, {} for other log sources",
+        rules.len(),
+        rules.correlations(),
+        rules.unsupported.len(),
+        rules.other_logsource
+    );
+    let mut failed = !rules.unsupported.is_empty();
+    if test {
+        let failures = rules.run_tests();
+        for failure in &failures {
+            println!("FAIL {failure}");
+        }
+        for untested in &rules.untested {
+            println!(
+                "{} {untested}: no test events",
+                if strict { "FAIL" } else { "note" }
+            );
+        }
+        failed |= !failures.is_empty() || (strict && !rules.untested.is_empty());
+        println!("rule tests: {} failed", failures.len());
+    }
+    anyhow::ensure!(!failed, "rules did not pass");
+    Ok(())
+}
+
 fn replay_paths(
     paths: &[PathBuf],
     settings: &Settings,
+    rules: Arc<RuleSet>,
     output: Option<&PathBuf>,
 ) -> anyhow::Result<Summary> {
     let (files, not_log_files) = list_inputs(paths)?;
@@ -199,7 +270,7 @@ fn replay_paths(
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
     let progress = |n| bar.inc(n);
-    let mut summary = replay(files, settings, &mut sink, &progress)?;
+    let mut summary = replay(files, settings, Some(rules), &mut sink, &progress)?;
     bar.finish_and_clear();
     if not_log_files > 0 {
         summary
@@ -224,6 +295,7 @@ fn demo(out: Option<PathBuf>, output: Option<PathBuf>, trail: TrailArgs) -> anyh
     let summary = replay_paths(
         &[dir.join("AWSLogs")],
         &Settings::default(),
+        load_rules(None)?,
         Some(&anomalies_path),
     )?;
     eprint!("{}", summary.render());
@@ -241,19 +313,12 @@ fn demo(out: Option<PathBuf>, output: Option<PathBuf>, trail: TrailArgs) -> anyh
         .map(|a| {
             a["evidence"]["event_ids"]
                 .as_array()
-                .map(|ids| {
-                    ids.iter()
-                        .filter_map(|i| i.as_str().map(String::from))
-                        .collect()
-                })
+                .map(|ids| ids.iter().filter_map(|i| i.as_str().map(String::from)).collect())
                 .unwrap_or_default()
         })
         .collect();
     for (a, ids) in anomalies.iter().zip(&evidence) {
-        let incident = ids
-            .iter()
-            .find_map(|id| labels.incident_of(id))
-            .unwrap_or("-");
+        let incident = ids.iter().find_map(|id| labels.incident_of(id)).unwrap_or("-");
         writeln!(
             out,
             "{:<17} {:<8} {:<48} {}  [incident: {incident}]",

@@ -77,10 +77,7 @@ mod tests {
 
     #[test]
     fn prefixes_are_slash_24_and_slash_64() {
-        assert_eq!(
-            network_prefix("203.0.113.7".parse().unwrap()),
-            "203.0.113.0/24"
-        );
+        assert_eq!(network_prefix("203.0.113.7".parse().unwrap()), "203.0.113.0/24");
         assert_eq!(
             network_prefix("2001:db8:1:2:3::9".parse().unwrap()),
             "2001:db8:1:2::/64"

@@ -111,17 +111,11 @@ pub fn derive(identity: Option<&UserIdentity<'_>>, recipient_account: Option<&st
         }
         Some("AWSService") => (
             "AWSService",
-            format_compact!(
-                "service:{}",
-                id.invoked_by.get().or(principal_id).unwrap_or("-")
-            ),
+            format_compact!("service:{}", id.invoked_by.get().or(principal_id).unwrap_or("-")),
         ),
         Some("SAMLUser") => (
             "SAMLUser",
-            format_compact!(
-                "saml:{}:{name_or_id}",
-                id.identity_provider.get().unwrap_or("-")
-            ),
+            format_compact!("saml:{}:{name_or_id}", id.identity_provider.get().unwrap_or("-")),
         ),
         Some("WebIdentityUser") => (
             "WebIdentityUser",
@@ -132,9 +126,7 @@ pub fn derive(identity: Option<&UserIdentity<'_>>, recipient_account: Option<&st
         ),
         Some("IdentityCenterUser") => {
             let behalf = id.on_behalf_of.as_ref().map(|b| &b.0);
-            let store = behalf
-                .and_then(|b| b.identity_store_arn.get())
-                .unwrap_or("-");
+            let store = behalf.and_then(|b| b.identity_store_arn.get()).unwrap_or("-");
             let user = behalf
                 .and_then(|b| b.user_id.get())
                 .or(principal_id)
@@ -144,10 +136,7 @@ pub fn derive(identity: Option<&UserIdentity<'_>>, recipient_account: Option<&st
                 format_compact!("identitycenter:{store}:{user}"),
             )
         }
-        Some("Directory") => (
-            "Directory",
-            format_compact!("directory:{acct}:{name_or_id}"),
-        ),
+        Some("Directory") => ("Directory", format_compact!("directory:{acct}:{name_or_id}")),
         Some("Unknown") => ("Unknown", format_compact!("unknown:{acct}:{name_or_id}")),
         Some(other) => match (other, arn) {
             ("Role", Some(arn)) => ("Role", arn.into()),
@@ -197,9 +186,7 @@ fn role_arn_from_session_arn(arn: &str) -> Option<CompactString> {
     let account = parts.next()?;
     let resource = parts.next()?.strip_prefix("assumed-role/")?;
     let role = resource.split('/').next().filter(|r| !r.is_empty())?;
-    Some(format_compact!(
-        "arn:{partition}:iam::{account}:role/{role}"
-    ))
+    Some(format_compact!("arn:{partition}:iam::{account}:role/{role}"))
 }
 
 #[cfg(test)]

@@ -292,10 +292,7 @@ mod tests {
         .unwrap();
         assert!(r.user_identity.unwrap().0.kind.get().is_none());
         assert!(r.response_elements.is_none());
-        assert_eq!(
-            r.additional_event_data.unwrap().0.mfa_used.get(),
-            Some("No")
-        );
+        assert_eq!(r.additional_event_data.unwrap().0.mfa_used.get(), Some("No"));
     }
 
     #[test]

@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use crate::alert::AlertStats;
 use crate::anomaly::{Anomaly, Kind};
 use crate::config::Settings;
 use crate::decode::{DecodeLimits, DecodedFile, Decoder};
 use crate::detect::{shard_of, Detector, DetectorStats};
 use crate::event::{Event, RecordSkip};
+use crate::rules::RuleSet;
 
 /// A file to replay and the name it goes by in reports.
 #[derive(Debug, Clone)]
@@ -50,21 +52,14 @@ pub fn list_inputs(inputs: &[PathBuf]) -> Result<(Vec<InputFile>, usize), std::i
                 continue;
             }
             let name = entry.file_name().to_string_lossy();
-            if [".json", ".jsonl", ".gz"]
-                .iter()
-                .any(|ext| name.ends_with(ext))
-            {
+            if [".json", ".jsonl", ".gz"].iter().any(|ext| name.ends_with(ext)) {
                 files.push(entry.into_path());
             } else {
                 not_log_files += 1;
             }
         }
     }
-    files.sort_by(|a, b| {
-        delivery_time(a)
-            .cmp(delivery_time(b))
-            .then_with(|| a.cmp(b))
-    });
+    files.sort_by(|a, b| delivery_time(a).cmp(delivery_time(b)).then_with(|| a.cmp(b)));
     files.dedup();
     let files = files
         .into_iter()
@@ -104,6 +99,9 @@ pub struct Summary {
     pub values_held: usize,
     pub bytes_held: usize,
     pub anomalies: BTreeMap<Kind, u64>,
+    /// Emitted rule matches by rule id.
+    pub rule_matches: BTreeMap<String, u64>,
+    pub alerts: AlertStats,
     pub elapsed: Duration,
 }
 
@@ -152,11 +150,8 @@ impl Summary {
             .iter()
             .map(|(k, v)| (k.as_str(), *v))
             .collect();
-        let anomalies: BTreeMap<&'static str, u64> = self
-            .anomalies
-            .iter()
-            .map(|(k, v)| (k.as_str(), *v))
-            .collect();
+        let anomalies: BTreeMap<&'static str, u64> =
+            self.anomalies.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         serde_json::json!({
             "files": {"read": self.files, "decoded": self.files_decoded, "skipped": self.files_skipped,
                       "failed": self.files_failed, "failures": self.failures},
@@ -166,6 +161,8 @@ impl Summary {
             "baseline_values": self.values_held,
             "baseline_bytes": self.bytes_held,
             "anomalies": anomalies,
+            "rule_matches": self.rule_matches,
+            "alerts": {"folded": self.alerts.folded, "suppressed": self.alerts.suppressed, "shadowed": self.alerts.shadowed},
             "elapsed_seconds": self.elapsed.as_secs_f64(),
             "events_per_second": self.events_per_second(),
         })
@@ -211,15 +208,16 @@ impl Summary {
             self.values_held,
             self.bytes_held / 1024
         );
-        let anomalies: BTreeMap<&'static str, u64> = self
-            .anomalies
-            .iter()
-            .map(|(k, v)| (k.as_str(), *v))
-            .collect();
+        let anomalies: BTreeMap<&'static str, u64> =
+            self.anomalies.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         s += &format!(
             "anomalies: {} [{}]\n",
             anomalies.values().sum::<u64>(),
             join(&anomalies)
+        );
+        s += &format!(
+            "alerts: {} repeats folded, {} suppressed, {} shadowed\n",
+            self.alerts.folded, self.alerts.suppressed, self.alerts.shadowed
         );
         s += &format!(
             "throughput: {:.0} events/s ({} records in {:.2}s)\n",
@@ -236,6 +234,7 @@ impl Summary {
 pub fn replay(
     files: Vec<InputFile>,
     settings: &Settings,
+    rules: Option<Arc<RuleSet>>,
     sink: &mut dyn Write,
     progress: &(dyn Fn(u64) + Sync),
 ) -> std::io::Result<Summary> {
@@ -254,7 +253,8 @@ pub fn replay(
         scope.spawn(move || dispatch(files, work_tx, order_tx));
         for _ in 0..workers {
             let work_rx = work_rx.clone();
-            scope.spawn(move || decode_worker(work_rx, limits));
+            let rules = rules.clone();
+            scope.spawn(move || decode_worker(work_rx, limits, rules));
         }
         drop(work_rx);
 
@@ -264,7 +264,7 @@ pub fn replay(
             let (tx, rx) = bounded::<Vec<Event>>(8);
             shard_txs.push(tx);
             let anomaly_tx = anomaly_tx.clone();
-            let detector = Detector::new(settings.detector.clone(), shards);
+            let detector = Detector::with_rules(settings.detector.clone(), shards, rules.clone());
             shard_handles.push(scope.spawn(move || run_shard(detector, rx, anomaly_tx)));
         }
         drop(anomaly_tx);
@@ -272,10 +272,14 @@ pub fn replay(
         let router = scope.spawn(move || route(order_rx, shard_txs, progress));
 
         let mut anomalies = BTreeMap::new();
+        let mut rule_matches: BTreeMap<String, u64> = BTreeMap::new();
         let mut write_result = Ok(());
         for batch in anomaly_rx {
             for anomaly in batch {
                 *anomalies.entry(anomaly.kind).or_default() += 1;
+                if let Some(rule) = &anomaly.rule {
+                    *rule_matches.entry(rule.id.clone()).or_default() += 1;
+                }
                 if write_result.is_ok() {
                     write_result = serde_json::to_writer(&mut *sink, &anomaly)
                         .map_err(std::io::Error::from)
@@ -288,14 +292,18 @@ pub fn replay(
 
         let mut summary = router.join().expect("the router does not panic");
         for handle in shard_handles {
-            let (stats, principals, values, bytes) = handle.join().expect("a shard does not panic");
-            summary.events += stats.events;
-            summary.duplicates += stats.duplicates;
-            summary.principals += principals;
-            summary.values_held += values;
-            summary.bytes_held += bytes;
+            let report = handle.join().expect("a shard does not panic");
+            summary.events += report.stats.events;
+            summary.duplicates += report.stats.duplicates;
+            summary.principals += report.principals;
+            summary.values_held += report.values;
+            summary.bytes_held += report.bytes;
+            summary.alerts.shadowed += report.alerts.shadowed;
+            summary.alerts.suppressed += report.alerts.suppressed;
+            summary.alerts.folded += report.alerts.folded;
         }
         summary.anomalies = anomalies;
+        summary.rule_matches = rule_matches;
         summary.elapsed = started.elapsed();
         Ok(summary)
     })
@@ -316,8 +324,12 @@ fn dispatch(
     }
 }
 
-fn decode_worker(work: Receiver<(InputFile, Sender<DecodedFile>)>, limits: DecodeLimits) {
-    let mut decoder = Decoder::new(limits);
+fn decode_worker(
+    work: Receiver<(InputFile, Sender<DecodedFile>)>,
+    limits: DecodeLimits,
+    rules: Option<Arc<RuleSet>>,
+) {
+    let mut decoder = Decoder::with_rules(limits, rules);
     for (file, result) in work {
         let decoded = match std::fs::read(&file.path) {
             Ok(bytes) => decoder.decode(&file.name, &bytes),
@@ -358,11 +370,20 @@ fn route(
     summary
 }
 
+/// What a shard reports at the end.
+struct ShardReport {
+    stats: DetectorStats,
+    alerts: AlertStats,
+    principals: usize,
+    values: usize,
+    bytes: usize,
+}
+
 fn run_shard(
     mut detector: Detector,
     events: Receiver<Vec<Event>>,
     anomalies: Sender<Vec<Anomaly>>,
-) -> (DetectorStats, usize, usize, usize) {
+) -> ShardReport {
     let mut out = Vec::new();
     for batch in events {
         for event in &batch {
@@ -372,10 +393,16 @@ fn run_shard(
             break;
         }
     }
-    (
-        detector.stats.clone(),
-        detector.principals(),
-        detector.values_held(),
-        detector.bytes_held(),
-    )
+    detector.flush(&mut out);
+    if !out.is_empty() {
+        // The sink may have stopped on a write error, which replay reports.
+        let _ = anomalies.send(out);
+    }
+    ShardReport {
+        stats: detector.stats.clone(),
+        alerts: detector.alert_stats().clone(),
+        principals: detector.principals(),
+        values: detector.values_held(),
+        bytes: detector.bytes_held(),
+    }
 }

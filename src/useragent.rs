@@ -13,10 +13,7 @@ const MAX_FAMILY_LEN: usize = 32;
 pub fn family(agent: &str) -> CompactString {
     let base = base_family(agent);
     let lower_has = |needle: &str| contains_ignore_case(agent, needle);
-    match ["kali", "parrot", "pentoo"]
-        .into_iter()
-        .find(|os| lower_has(os))
-    {
+    match ["kali", "parrot", "pentoo"].into_iter().find(|os| lower_has(os)) {
         Some(os) => format_compact!("{base} ({os})"),
         None => base,
     }
@@ -43,10 +40,7 @@ fn base_family(agent: &str) -> CompactString {
     if trimmed.starts_with("Mozilla/") {
         return "browser".into();
     }
-    let token = trimmed
-        .split([' ', '/', ',', ']', '('])
-        .next()
-        .unwrap_or(trimmed);
+    let token = trimmed.split([' ', '/', ',', ']', '(']).next().unwrap_or(trimmed);
     let mut family: CompactString = token.chars().take(MAX_FAMILY_LEN).collect();
     family.make_ascii_lowercase();
     family
@@ -86,10 +80,7 @@ mod tests {
 
     #[test]
     fn well_known_agents_have_fixed_families() {
-        assert_eq!(
-            family("Mozilla/5.0 (Windows NT 10.0; Win64; x64)"),
-            "browser"
-        );
+        assert_eq!(family("Mozilla/5.0 (Windows NT 10.0; Win64; x64)"), "browser");
         assert_eq!(family("console.amazonaws.com"), "console");
         assert_eq!(family("ec2.amazonaws.com"), "aws-service");
         assert_eq!(family("AWS Internal"), "aws-internal");

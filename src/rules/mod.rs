@@ -46,10 +46,7 @@ pub struct RuleInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("invalid rules:\n  {}", .0.join("\n  "))]
     Invalid(Vec<String>),
 }
@@ -81,8 +78,7 @@ fn severity(level: Option<Level>) -> Severity {
 }
 
 fn is_cloudtrail(rule: &SigmaRule) -> bool {
-    let eq =
-        |v: &Option<String>, want: &str| v.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(want));
+    let eq = |v: &Option<String>, want: &str| v.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(want));
     eq(&rule.logsource.product, "aws")
         && (rule.logsource.service.is_none() || eq(&rule.logsource.service, "cloudtrail"))
 }
@@ -140,11 +136,10 @@ impl RuleSet {
             let name = entry.file_name().to_string_lossy();
             if entry.file_type().is_file() && (name.ends_with(".yml") || name.ends_with(".yaml")) {
                 let path = entry.path().display().to_string();
-                let text =
-                    std::fs::read_to_string(entry.path()).map_err(|source| RuleError::Read {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let text = std::fs::read_to_string(entry.path()).map_err(|source| RuleError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
                 sources.push((path, text));
             }
         }
@@ -168,9 +163,7 @@ impl RuleSet {
                 }
             };
             for e in &parsed.errors {
-                let line = line_of_condition(&text, e)
-                    .or_else(|| line_of(e))
-                    .unwrap_or(1);
+                let line = line_of_condition(&text, e).or_else(|| line_of(e)).unwrap_or(1);
                 errors.push(format!("{file}:{line}: {e}"));
             }
             for rule in parsed.rules {
@@ -330,9 +323,7 @@ impl RuleSet {
     /// Detection rules a record matches, as indices into [`RuleSet::rules`].
     pub fn evaluate(&self, view: &RecordView<'_>, out: &mut Vec<u16>) {
         for result in self.engine.evaluate(view) {
-            if let Some(i) =
-                self.lookup(result.header.rule_id.as_deref(), &result.header.rule_title)
-            {
+            if let Some(i) = self.lookup(result.header.rule_id.as_deref(), &result.header.rule_title) {
                 out.push(i as u16);
             }
         }
@@ -371,10 +362,7 @@ impl RuleSet {
                 };
                 for (n, case) in cases.iter().enumerate() {
                     let got = if rule.is_correlation {
-                        let events = case
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_else(|| vec![case.clone()]);
+                        let events = case.as_array().cloned().unwrap_or_else(|| vec![case.clone()]);
                         self.correlation_fires(*index, &events)
                     } else {
                         self.detection_fires(*index, case)
@@ -420,8 +408,7 @@ impl RuleSet {
                 .unwrap_or(0);
             for result in engine.process_event_at(&view, time) {
                 if result.is_correlation()
-                    && self.lookup(result.header.rule_id.as_deref(), &result.header.rule_title)
-                        == Some(index)
+                    && self.lookup(result.header.rule_id.as_deref(), &result.header.rule_title) == Some(index)
                 {
                     fired = true;
                 }
@@ -494,9 +481,12 @@ mod tests {
             err.contains("line") || err.contains(":2:") || err.contains(":3:"),
             "{err}"
         );
-        let err = set(&[("cond.yml", "title: x\nlogsource: {product: aws}\ndetection:\n  sel: {a: 1}\n  condition: sel and (\n")])
-            .unwrap_err()
-            .to_string();
+        let err = set(&[(
+            "cond.yml",
+            "title: x\nlogsource: {product: aws}\ndetection:\n  sel: {a: 1}\n  condition: sel and (\n",
+        )])
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("cond.yml:5:"), "{err}");
     }
 

@@ -56,10 +56,7 @@ impl<'de> serde::Deserialize<'de> for ObjectEntries<'de> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(24));
                 while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
                     entries.push((k, v));
@@ -86,14 +83,7 @@ fn to_event_value(raw: &RawValue, depth: usize) -> EventValue<'_> {
         Some(b'f') => EventValue::Bool(false),
         Some(b'n') | None => EventValue::Null,
         Some(b'[') if depth < MAX_DEPTH => serde_json::from_str::<Vec<&RawValue>>(text)
-            .map(|items| {
-                EventValue::Array(
-                    items
-                        .into_iter()
-                        .map(|i| to_event_value(i, depth + 1))
-                        .collect(),
-                )
-            })
+            .map(|items| EventValue::Array(items.into_iter().map(|i| to_event_value(i, depth + 1)).collect()))
             .unwrap_or(EventValue::Null),
         Some(b'{') if depth < MAX_DEPTH => parse_object(text)
             .map(|entries| {
@@ -126,8 +116,7 @@ fn follow<'a>(raw: &'a RawValue, path: &[&str], depth: usize, out: &mut Vec<Even
     };
     match raw.get().as_bytes().first() {
         Some(b'{') => {
-            if let Some(next) = parse_object(raw.get()).and_then(|entries| lookup(&entries, first))
-            {
+            if let Some(next) = parse_object(raw.get()).and_then(|entries| lookup(&entries, first)) {
                 follow(next, rest, depth + 1, out);
             }
         }
@@ -175,8 +164,16 @@ impl Event for RecordView<'_> {
         out
     }
 
+    /// The record as JSON, with `id` set to its `eventID`: the evaluator names events in
+    /// threshold results by an `id` field, and CloudTrail calls it `eventID`.
     fn to_json(&self) -> Value {
-        serde_json::from_str(self.raw).unwrap_or(Value::Null)
+        let mut value: Value = serde_json::from_str(self.raw).unwrap_or(Value::Null);
+        if let Some(map) = value.as_object_mut() {
+            if let Some(id) = map.get("eventID").cloned() {
+                map.entry("id").or_insert(id);
+            }
+        }
+        value
     }
 }
 
@@ -186,12 +183,8 @@ fn collect_strings(value: &Value, out: &mut Vec<Cow<'_, str>>, depth: usize) {
     }
     match value {
         Value::String(s) => out.push(Cow::Owned(s.clone())),
-        Value::Array(items) => items
-            .iter()
-            .for_each(|v| collect_strings(v, out, depth + 1)),
-        Value::Object(map) => map
-            .values()
-            .for_each(|v| collect_strings(v, out, depth + 1)),
+        Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out, depth + 1)),
+        Value::Object(map) => map.values().for_each(|v| collect_strings(v, out, depth + 1)),
         _ => {}
     }
 }
