@@ -68,7 +68,7 @@ impl<'de> serde::Deserialize<'de> for ObjectEntries<'de> {
     }
 }
 
-fn lookup<'e, 'a>(entries: &'e Entries<'a>, key: &str) -> Option<&'a RawValue> {
+fn lookup<'a>(entries: &Entries<'a>, key: &str) -> Option<&'a RawValue> {
     entries.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
 }
 

@@ -1,0 +1,111 @@
+//! Helpers shared by the end-to-end tests: run the real binary, generate trails, read results.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_trailwatch");
+
+pub fn run(args: &[&str]) -> Output {
+    let out = Command::new(BIN).args(args).output().expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "trailwatch panicked:\n{stderr}");
+    out
+}
+
+pub fn run_ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "trailwatch {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn replay_with_summary(inputs: &[&Path], dir: &Path) -> (Vec<Value>, Value) {
+    replay_with(inputs, dir, &[])
+}
+
+/// Replays `inputs` with `extra` arguments; returns the anomalies and the JSON summary.
+pub fn replay_with(inputs: &[&Path], dir: &Path, extra: &[&str]) -> (Vec<Value>, Value) {
+    let anomalies = dir.join("anomalies.jsonl");
+    let summary = dir.join("summary.json");
+    let mut args = vec![
+        "replay".to_owned(),
+        "--output".into(),
+        path_str(&anomalies),
+        "--summary".into(),
+        path_str(&summary),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(inputs.iter().map(|p| path_str(p)));
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let anomalies = std::fs::read_to_string(anomalies)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each anomaly line is JSON"))
+        .collect();
+    let summary = serde_json::from_slice(&std::fs::read(summary).unwrap()).unwrap();
+    (anomalies, summary)
+}
+
+/// Each anomaly's `evidence.event_ids`.
+pub fn evidence(anomalies: &[Value]) -> Vec<Vec<String>> {
+    anomalies
+        .iter()
+        .map(|a| {
+            a["evidence"]["event_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.to_str().expect("test paths are UTF-8").to_owned()
+}
+
+pub fn generate(dir: &Path, seed: u64, days: u32, principals: u32, per_day: u32) {
+    run_ok(&[
+        "generate",
+        "--out",
+        &path_str(dir),
+        "--seed",
+        &seed.to_string(),
+        "--days",
+        &days.to_string(),
+        "--principals",
+        &principals.to_string(),
+        "--events-per-day",
+        &per_day.to_string(),
+    ]);
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = walk(dir);
+    files.sort();
+    files
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

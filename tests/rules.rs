@@ -1,0 +1,222 @@
+//! End-to-end tests of the rule commands and of rules in a replay, running the real binary.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+use trailwatch::labels::Labels;
+
+fn rule_fixtures() -> std::path::PathBuf {
+    manifest_dir().join("tests/rule_fixtures")
+}
+
+#[test]
+fn every_shipped_rule_passes_its_tests_and_has_both_verdicts() {
+    let out = run_ok(&[
+        "rules",
+        "test",
+        &path_str(&manifest_dir().join("rules")),
+        "--strict",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("rule tests: 0 failed"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    // The built-in copy is the same set.
+    let builtin = run_ok(&["rules", "test", "--strict"]);
+    let builtin = String::from_utf8_lossy(&builtin.stdout);
+    assert_eq!(stdout.lines().next(), builtin.lines().next());
+}
+
+#[test]
+fn a_rule_that_does_not_parse_fails_check_with_file_and_line() {
+    let out = run(&["rules", "check", &path_str(&rule_fixtures().join("broken"))]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad_condition.yml:9:"), "{stderr}");
+}
+
+#[test]
+fn a_rule_the_evaluator_cannot_compile_is_reported_by_name_and_reason() {
+    let out = run(&["rules", "check", &path_str(&rule_fixtures().join("uncompilable"))]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad_regex.yml") && stderr.contains("Rule With An Invalid Regular Expression"),
+        "{stderr}"
+    );
+    assert!(stderr.to_lowercase().contains("regex"), "{stderr}");
+}
+
+#[test]
+fn a_wrong_test_verdict_fails_and_names_the_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(manifest_dir().join("rules/aws_leave_organization.yml")).unwrap();
+    // Swap the verdicts.
+    let swapped = text
+        .replace("  match:", "  was_match:")
+        .replace("  nomatch:", "  match:")
+        .replace("  was_match:", "  nomatch:");
+    std::fs::write(tmp.path().join("swapped.yml"), swapped).unwrap();
+    let out = run(&["rules", "test", &path_str(tmp.path())]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAIL") && stdout.contains("AWS Account Left the Organization"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("`match` test 1 did not match"), "{stdout}");
+}
+
+fn write_log(dir: &Path, records: &[Value]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let body = serde_json::json!({ "Records": records });
+    std::fs::write(
+        dir.join("111122223333_CloudTrail_us-east-1_20260302T1000Z_Test.json"),
+        body.to_string(),
+    )
+    .unwrap();
+}
+
+fn record(id: &str, source: &str, name: &str, agent: &str) -> Value {
+    serde_json::json!({
+        "eventVersion": "1.09", "eventTime": "2026-03-02T10:00:00Z", "eventID": id,
+        "eventSource": source, "eventName": name, "awsRegion": "us-east-1",
+        "sourceIPAddress": "198.51.100.7", "userAgent": agent,
+        "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/alice",
+                         "accountId": "111122223333", "userName": "alice"},
+        "recipientAccountId": "111122223333"
+    })
+}
+
+#[test]
+fn a_sigma_rule_written_elsewhere_loads_and_matches_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    write_log(
+        &logs,
+        &[
+            record("e-1", "sts.amazonaws.com", "GetSessionToken", "Mozilla/5.0"),
+            record("e-2", "sts.amazonaws.com", "GetSessionToken", "aws-cli/2.15.0"),
+        ],
+    );
+    let foreign = rule_fixtures().join("foreign");
+    let out = run_ok(&["rules", "check", &path_str(&foreign)]);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("1 rules loaded (0 thresholds), 0 left out, 1 for other log sources"));
+    let (anomalies, summary) = replay_with(&[&logs], tmp.path(), &["--rules", &path_str(&foreign)]);
+    let matches: Vec<&Value> = anomalies.iter().filter(|a| a["kind"] == "rule_match").collect();
+    assert_eq!(matches.len(), 1, "{anomalies:#?}");
+    assert_eq!(matches[0]["rule"]["id"], "9c1b9a3e-3f7a-4b8e-9d5e-2f1c6a0b7e41");
+    assert_eq!(matches[0]["evidence"]["event_ids"][0], "e-1");
+    assert_eq!(summary["rule_matches"]["9c1b9a3e-3f7a-4b8e-9d5e-2f1c6a0b7e41"], 1);
+}
+
+#[test]
+fn suppressions_and_shadow_mode_keep_rule_matches_out_of_the_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    write_log(
+        &logs,
+        &[
+            record(
+                "e-1",
+                "organizations.amazonaws.com",
+                "LeaveOrganization",
+                "aws-cli/2.15.0",
+            ),
+            record(
+                "e-2",
+                "kms.amazonaws.com",
+                "ScheduleKeyDeletion",
+                "aws-cli/2.15.0",
+            ),
+        ],
+    );
+    let (anomalies, _) = replay_with(&[&logs], tmp.path(), &[]);
+    let titles = |anomalies: &[Value]| -> Vec<String> {
+        let mut t: Vec<String> = anomalies
+            .iter()
+            .filter_map(|a| a["rule"]["title"].as_str().map(String::from))
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(
+        titles(&anomalies),
+        [
+            "AWS Account Left the Organization",
+            "AWS KMS Key Deletion Scheduled or Key Disabled"
+        ]
+    );
+
+    let config = tmp.path().join("trailwatch.toml");
+    std::fs::write(
+        &config,
+        "[alerts]\nshadow_rules = [\"AWS Account Left the Organization\"]\n\
+         [alerts.severity]\n\"AWS KMS Key Deletion Scheduled or Key Disabled\" = \"critical\"\n\
+         [[suppress]]\ncidrs = [\"198.51.100.0/24\"]\nkinds = [\"new_value\"]\n",
+    )
+    .unwrap();
+    let run_dir = tmp.path().join("configured");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let (anomalies, summary) = replay_with(&[&logs], &run_dir, &["--config", &path_str(&config)]);
+    assert_eq!(
+        titles(&anomalies),
+        ["AWS KMS Key Deletion Scheduled or Key Disabled"]
+    );
+    assert_eq!(
+        anomalies.iter().find(|a| a["rule"].is_object()).unwrap()["severity"],
+        "critical"
+    );
+    assert_eq!(summary["alerts"]["shadowed"], 1);
+
+    std::fs::write(
+        &config,
+        "[[suppress]]\nprincipals = [\"arn:aws:iam::111122223333:user/alice\"]\n",
+    )
+    .unwrap();
+    let run_dir = tmp.path().join("suppressed");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let (anomalies, summary) = replay_with(&[&logs], &run_dir, &["--config", &path_str(&config)]);
+    assert!(anomalies.is_empty(), "{anomalies:#?}");
+    assert_eq!(summary["alerts"]["suppressed"], 2);
+}
+
+#[test]
+fn injected_tampering_root_and_mfa_incidents_raise_rule_matches_with_rule_details() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trail = tmp.path().join("trail");
+    generate(&trail, 21, 12, 20, 60);
+    let (anomalies, _) = replay_with_summary(&[&trail.join("AWSLogs")], tmp.path());
+    let labels = Labels::load(&trail.join("labels.jsonl")).unwrap();
+    for (incident, rule_title) in [
+        (
+            "cloudtrail_tampering",
+            "AWS CloudTrail Logging Stopped or Trail Deleted",
+        ),
+        ("root_usage", "AWS Root Console Login"),
+        ("console_login_no_mfa", "AWS Console Login Without MFA"),
+    ] {
+        let hit = anomalies.iter().find(|a| {
+            a["kind"] == "rule_match"
+                && a["rule"]["title"] == rule_title
+                && a["evidence"]["event_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|id| labels.incident_of(id.as_str().unwrap()) == Some(incident))
+        });
+        let hit = hit.unwrap_or_else(|| panic!("no {rule_title:?} match for {incident}"));
+        assert!(!hit["rule"]["id"].as_str().unwrap().is_empty());
+        assert!(
+            hit["rule"]["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t.as_str().unwrap().starts_with("attack.t")),
+            "{hit}"
+        );
+    }
+}
