@@ -19,6 +19,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use crate::event::{Event, RecordSkip};
 use crate::record::RawRecord;
+use crate::rules::view::{object_text, Element};
 use crate::rules::{RecordView, RuleSet};
 
 /// Why an object is not decoded at all. A bounded set: these are metric labels.
@@ -136,6 +137,8 @@ pub struct Decoder {
 #[derive(Clone, Copy)]
 struct Context<'o> {
     object: &'o Arc<str>,
+    /// The whole inflated file, which records borrow from.
+    text: &'o str,
     rules: Option<&'o RuleSet>,
 }
 
@@ -173,6 +176,7 @@ impl Decoder {
         };
         let ctx = Context {
             object,
+            text,
             rules: rules.as_deref(),
         };
         let json_lines = object.ends_with(".jsonl") || object.ends_with(".jsonl.gz");
@@ -258,26 +262,34 @@ fn decode_json_lines(ctx: Context<'_>, text: &str) -> DecodedFile {
 
 /// Decodes one record's JSON text into `out`.
 fn push_record(ctx: Context<'_>, raw: &str, index: usize, out: &mut DecodedFile) {
-    let result = if raw.starts_with('{') {
-        match serde_json::from_str::<RawRecord>(raw) {
-            Ok(record) => Event::from_record(&record, raw, ctx.object),
-            Err(_) => Err(RecordSkip::Unreadable),
+    match RecordView::new(raw) {
+        Some(view) => push_view(ctx, view, index, out),
+        None => {
+            let reason = if raw.starts_with('{') {
+                RecordSkip::Unreadable
+            } else {
+                RecordSkip::NotAnObject
+            };
+            out.skipped.push(SkippedRecord { index, reason });
         }
-    } else {
-        Err(RecordSkip::NotAnObject)
-    };
-    match result {
-        Ok(mut event) => {
-            if let Some(rules) = ctx.rules {
-                if let Some(view) = RecordView::new(raw) {
-                    rules.evaluate(&view, &mut event.rule_hits);
-                }
-                if !event.rule_hits.is_empty() {
-                    event.raw = Some(raw.into());
-                }
+    }
+}
+
+/// Decodes one indexed record into `out`. The engine's fields are read from the index and the
+/// rules evaluated against it, so the record is not scanned a second time.
+fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut DecodedFile) {
+    let record = RawRecord::from_entries(view.entries());
+    let result = Event::from_record(&record, view.raw(), ctx.object).map(|mut event| {
+        if let Some(rules) = ctx.rules {
+            rules.evaluate(&view, &mut event.rule_hits);
+            if !event.rule_hits.is_empty() {
+                event.raw = Some(view.raw().into());
             }
-            out.events.push(event)
         }
+        event
+    });
+    match result {
+        Ok(event) => out.events.push(event),
         Err(reason) => out.skipped.push(SkippedRecord { index, reason }),
     }
 }
@@ -381,10 +393,19 @@ impl<'de, 'o> Visitor<'de> for RecordsSeed<'o> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut index = 0;
-        // Each element is first taken as raw text (a syntax check, no allocation), then decoded
-        // on its own, so a record with unexpected content is skipped alone.
-        while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
-            push_record(self.ctx, raw.get(), index, self.out);
+        // One pass per element indexes its top level, values left raw; a record with unexpected
+        // content is then skipped alone. The record's own text is found from its entries.
+        while let Some(element) = seq.next_element::<Element<'de>>()? {
+            match element {
+                Element::Object(entries) => match object_text(self.ctx.text, &entries) {
+                    Some(raw) => push_view(self.ctx, RecordView::from_entries(raw, entries), index, self.out),
+                    None => push_record(self.ctx, "{}", index, self.out),
+                },
+                Element::Other => self.out.skipped.push(SkippedRecord {
+                    index,
+                    reason: RecordSkip::NotAnObject,
+                }),
+            }
             index += 1;
         }
         Ok(())

@@ -62,6 +62,8 @@ pub struct Detector {
     alerts: AlertFolder,
     /// Anomalies raised by the current event, before the alert lifecycle.
     raised: Vec<Anomaly>,
+    dimension_values: DimensionValues,
+    agents: AgentFamilies,
     pub stats: DetectorStats,
 }
 
@@ -86,6 +88,8 @@ impl Detector {
             rules,
             alerts: AlertFolder::new(settings.alerts.clone()),
             raised: Vec::new(),
+            dimension_values: DimensionValues::default(),
+            agents: AgentFamilies::default(),
             settings,
             stats: DetectorStats::default(),
         }
@@ -225,6 +229,7 @@ impl Detector {
 
     /// The baseline detectors.
     fn judge(&mut self, event: &Event, out: &mut Vec<Anomaly>) {
+        self.dimension_values.fill(event, &mut self.agents);
         let s = &self.settings;
         let baseline = match self.principals.get_mut(event.principal.key.as_str()) {
             Some(b) => b,
@@ -247,10 +252,10 @@ impl Detector {
             }
         }
 
-        let values = dimension_values(event);
+        let values = &self.dimension_values;
         let mut seen: [Option<Seen>; DIMENSIONS] = [None; DIMENSIONS];
-        for (i, value) in values.iter().enumerate() {
-            if let Some(value) = value {
+        for i in 0..DIMENSIONS {
+            if let Some(value) = values.get(i) {
                 seen[i] = Some(baseline.dimensions[i].observe(
                     value,
                     event.time,
@@ -270,8 +275,9 @@ impl Detector {
             if score >= novelty.min_score && score > 0.0 {
                 let reports = Dimension::ALL
                     .iter()
-                    .zip(values.iter().zip(seen))
-                    .filter_map(|(&d, (v, seen))| Some(dimension_report(baseline, d, v.as_deref()?, seen?)))
+                    .zip(seen)
+                    .enumerate()
+                    .filter_map(|(i, (&d, seen))| Some(dimension_report(baseline, d, values.get(i)?, seen?)))
                     .collect();
                 out.push(new_value(event, baseline, score, reports));
             }
@@ -371,20 +377,69 @@ impl Detector {
     }
 }
 
-/// The event's value on each dimension, in [`Dimension::ALL`] order.
-fn dimension_values(event: &Event) -> [Option<CompactString>; DIMENSIONS] {
-    let mut api = CompactString::with_capacity(event.event_source.len() + 1 + event.event_name.len());
-    api.push_str(&event.event_source);
-    api.push(':');
-    api.push_str(&event.event_name);
-    [
-        Some(event.event_source.clone()),
-        Some(api),
-        event.source.clone(),
-        event.ip.map(network_prefix),
-        event.user_agent.as_deref().map(useragent::family),
-        event.aws_region.clone(),
-    ]
+/// One event's value on each dimension, in [`Dimension::ALL`] order, in buffers reused from
+/// event to event so that building them allocates nothing.
+#[derive(Default)]
+struct DimensionValues {
+    values: [String; DIMENSIONS],
+    present: [bool; DIMENSIONS],
+}
+
+impl DimensionValues {
+    fn fill(&mut self, event: &Event, agents: &mut AgentFamilies) {
+        use std::fmt::Write;
+        let v = &mut self.values;
+        v.iter_mut().for_each(String::clear);
+        v[0].push_str(&event.event_source);
+        v[1].push_str(&event.event_source);
+        v[1].push(':');
+        v[1].push_str(&event.event_name);
+        if let Some(source) = &event.source {
+            v[2].push_str(source);
+        }
+        if let Some(ip) = event.ip {
+            let _ = write!(v[3], "{}", network_prefix(ip));
+        }
+        if let Some(agent) = &event.user_agent {
+            v[4].push_str(agents.family(agent));
+        }
+        if let Some(region) = &event.aws_region {
+            v[5].push_str(region);
+        }
+        self.present = [
+            true,
+            true,
+            event.source.is_some(),
+            event.ip.is_some(),
+            event.user_agent.is_some(),
+            event.aws_region.is_some(),
+        ];
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        self.present[i].then(|| self.values[i].as_str())
+    }
+}
+
+/// User-agent families by agent. Agents repeat heavily and classifying one scans it several
+/// times, so families are remembered; the memory is cleared when it holds `AGENTS_REMEMBERED`.
+#[derive(Default)]
+struct AgentFamilies {
+    families: FxHashMap<Box<str>, CompactString>,
+}
+
+const AGENTS_REMEMBERED: usize = 4096;
+
+impl AgentFamilies {
+    fn family(&mut self, agent: &str) -> &str {
+        if !self.families.contains_key(agent) {
+            if self.families.len() >= AGENTS_REMEMBERED {
+                self.families.clear();
+            }
+            self.families.insert(agent.into(), useragent::family(agent));
+        }
+        &self.families[agent]
+    }
 }
 
 /// Describes one dimension of an event against the baseline it met. Called after the event was

@@ -14,6 +14,7 @@ use std::marker::PhantomData;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// A JSON scalar read as text: strings as they are (borrowed when unescaped), numbers and booleans
 /// rendered, `null` as absent. Objects and arrays are skipped and read as absent, because no field
@@ -169,6 +170,42 @@ pub struct RawRecord<'a> {
     pub additional_event_data: Option<Lenient<AdditionalEventData<'a>>>,
 }
 
+impl<'a> RawRecord<'a> {
+    /// Reads the fields from a record's top-level entries (see [`crate::rules::RecordView`]),
+    /// parsing only the values the engine uses: the rest of the record is not scanned again.
+    pub fn from_entries(entries: &[(Cow<'a, str>, &'a RawValue)]) -> RawRecord<'a> {
+        fn text<'a>(v: &'a RawValue) -> Text<'a> {
+            serde_json::from_str(v.get()).unwrap_or_default()
+        }
+        fn nested<'a, T: Deserialize<'a> + Default>(v: &'a RawValue) -> Option<Lenient<T>> {
+            serde_json::from_str::<Option<Lenient<T>>>(v.get()).ok().flatten()
+        }
+        let mut r = RawRecord::default();
+        for (key, value) in entries {
+            let value: &'a RawValue = value;
+            match key.as_ref() {
+                "eventVersion" => r.event_version = text(value),
+                "eventTime" => r.event_time = text(value),
+                "eventSource" => r.event_source = text(value),
+                "eventName" => r.event_name = text(value),
+                "eventType" => r.event_type = text(value),
+                "eventID" => r.event_id = text(value),
+                "awsRegion" => r.aws_region = text(value),
+                "sourceIPAddress" => r.source_ip = text(value),
+                "userAgent" => r.user_agent = text(value),
+                "errorCode" => r.error_code = text(value),
+                "recipientAccountId" => r.recipient_account_id = text(value),
+                "requestID" => r.request_id = text(value),
+                "userIdentity" => r.user_identity = nested(value),
+                "responseElements" => r.response_elements = nested(value),
+                "additionalEventData" => r.additional_event_data = nested(value),
+                _ => {}
+            }
+        }
+        r
+    }
+}
+
 /// `userIdentity`, with every documented type's fields (see [`crate::principal`]).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -293,6 +330,18 @@ mod tests {
         assert!(r.user_identity.unwrap().0.kind.get().is_none());
         assert!(r.response_elements.is_none());
         assert_eq!(r.additional_event_data.unwrap().0.mfa_used.get(), Some("No"));
+    }
+
+    #[test]
+    fn reading_from_entries_agrees_with_a_full_parse() {
+        let json = r#"{"eventTime":"2024-01-01T00:00:00Z","eventSource":"s3.amazonaws.com","eventName":7,
+            "requestParameters":{"deep":{"x":[1,2]}},"userIdentity":{"type":"AssumedRole",
+            "sessionContext":{"sessionIssuer":{"arn":"arn:aws:iam::1:role/R"}}},"responseElements":null,
+            "additionalEventData":{"MFAUsed":"No"},"userAgent":"a\"b"}"#;
+        let full: RawRecord = serde_json::from_str(json).unwrap();
+        let view = crate::rules::RecordView::new(json).unwrap();
+        let fast = RawRecord::from_entries(view.entries());
+        assert_eq!(format!("{full:?}"), format!("{fast:?}"));
     }
 
     #[test]

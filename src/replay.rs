@@ -357,7 +357,8 @@ fn route(
         });
         summary.add_file(&file, &decoded);
         progress(1);
-        let mut batches: Vec<Vec<Event>> = vec![Vec::new(); shards.len()];
+        let per_shard = decoded.events.len() / shards.len() + 16;
+        let mut batches: Vec<Vec<Event>> = (0..shards.len()).map(|_| Vec::with_capacity(per_shard)).collect();
         for event in decoded.events {
             batches[shard_of(&event.principal.key, shards.len())].push(event);
         }

@@ -16,7 +16,7 @@ use serde_json::Value;
 /// Nesting followed at most; deeper paths resolve to nothing.
 const MAX_DEPTH: usize = 32;
 
-type Entries<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+pub type Entries<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
 
 /// One record, indexed at its top level.
 pub struct RecordView<'a> {
@@ -31,8 +31,18 @@ impl<'a> RecordView<'a> {
         Some(RecordView { raw, top })
     }
 
+    /// A view of an object already indexed, whose text is `raw`.
+    pub fn from_entries(raw: &'a str, top: Entries<'a>) -> RecordView<'a> {
+        RecordView { raw, top }
+    }
+
     pub fn raw(&self) -> &'a str {
         self.raw
+    }
+
+    /// The top-level entries, in order, values unparsed.
+    pub fn entries(&self) -> &[(Cow<'a, str>, &'a RawValue)] {
+        &self.top
     }
 }
 
@@ -56,16 +66,112 @@ impl<'de> serde::Deserialize<'de> for ObjectEntries<'de> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(24));
-                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    entries.push((k, v));
-                }
-                Ok(ObjectEntries(entries))
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                ObjectEntries::visit(map)
             }
         }
         d.deserialize_map(V)
     }
+}
+
+/// An object key, borrowed when it has no escapes (serde's own `Cow` always copies).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> ObjectEntries<'de> {
+    fn visit<A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(24));
+        while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+            entries.push((k.0, v));
+        }
+        Ok(ObjectEntries(entries))
+    }
+}
+
+/// One element of a `Records` array: an object's entries, or anything else.
+pub enum Element<'a> {
+    Object(Entries<'a>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Element<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Element<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                ObjectEntries::visit(map).map(|e| Element::Object(e.0))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Element::Other)
+            }
+            fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Self::Value, E> {
+                Ok(Element::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Element::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Element::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Element::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Element::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Element::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Element::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The text of an object within `file`, found from its entries, which borrow from `file`: from
+/// the `{` before the first key to the `}` after the last value. `None` when the entries do not
+/// point into `file` (an escaped first key, or an empty object).
+pub fn object_text<'a>(file: &'a str, entries: &Entries<'a>) -> Option<&'a str> {
+    let base = file.as_ptr() as usize;
+    let within = |p: usize| p >= base && p <= base + file.len();
+    let (first_key, _) = entries.first()?;
+    let Cow::Borrowed(first_key) = first_key else {
+        return None;
+    };
+    let (_, last_value) = entries.last()?;
+    let key_at = first_key.as_ptr() as usize;
+    let value_end = last_value.get().as_ptr() as usize + last_value.get().len();
+    if !within(key_at) || !within(value_end) {
+        return None;
+    }
+    let start = file[..key_at - base].rfind('{')?;
+    let end = value_end - base + file[value_end - base..].find('}')? + 1;
+    Some(&file[start..end])
 }
 
 fn lookup<'a>(entries: &Entries<'a>, key: &str) -> Option<&'a RawValue> {
@@ -244,6 +350,24 @@ mod tests {
         let v = RecordView::new(RECORD).unwrap();
         assert!(v.any_string_value(&|s| s == "0.0.0.0/0"));
         assert!(!v.any_string_value(&|s| s == "absent"));
+    }
+
+    #[test]
+    fn an_object_is_found_in_its_file_from_its_entries() {
+        let file = r#"{"Records":[ {"a":1,"b":{"c":"}"}} ,{ "d" : [2] }]}"#;
+        let elements: Vec<Element> =
+            serde_json::from_str::<std::collections::BTreeMap<&str, Vec<Element>>>(file)
+                .unwrap()
+                .remove("Records")
+                .unwrap();
+        let texts: Vec<&str> = elements
+            .iter()
+            .map(|e| match e {
+                Element::Object(entries) => object_text(file, entries).unwrap(),
+                Element::Other => "",
+            })
+            .collect();
+        assert_eq!(texts, [r#"{"a":1,"b":{"c":"}"}}"#, r#"{ "d" : [2] }"#]);
     }
 
     #[test]

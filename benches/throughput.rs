@@ -1,0 +1,286 @@
+//! Throughput, side by side in one run: the floor (inflate and typed parsing of the records and
+//! nothing else) on one core and on all cores, rule evaluation alone, and the full replay with
+//! every detector and the shipped rules; then memory per principal.
+//!
+//! `cargo bench --bench throughput -- [--records N] [--runs N] [--trail DIR]`
+//!
+//! The trail is generated once (or read from `--trail`); every measurement reads the same files,
+//! which the first pass leaves in the page cache. Figures are medians of `--runs` runs.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use trailwatch::config::Settings;
+use trailwatch::detect::Detector;
+use trailwatch::event::Event;
+use trailwatch::generate::{generate, GenerateOptions};
+use trailwatch::principal::Principal;
+use trailwatch::record::RawRecord;
+use trailwatch::replay::{list_inputs, replay, InputFile};
+use trailwatch::rules::{RecordView, RuleSet};
+
+#[derive(Deserialize)]
+struct FloorFile<'a> {
+    #[serde(rename = "Records", borrow)]
+    records: Vec<RawRecord<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawFile<'a> {
+    #[serde(rename = "Records", borrow)]
+    records: Vec<&'a serde_json::value::RawValue>,
+}
+
+fn inflate(bytes: &[u8], out: &mut Vec<u8>) {
+    use std::io::Read;
+    out.clear();
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::MultiGzDecoder::new(bytes)
+            .read_to_end(out)
+            .expect("generated files inflate");
+    } else {
+        out.extend_from_slice(bytes);
+    }
+}
+
+/// Inflate and typed parse of every record, on `threads` threads; returns the records seen.
+fn floor(files: &[InputFile], threads: usize) -> usize {
+    let next = AtomicUsize::new(0);
+    let total = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut buf = Vec::new();
+                let mut n = 0;
+                while let Some(file) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let bytes = std::fs::read(&file.path).expect("readable");
+                    inflate(&bytes, &mut buf);
+                    if let Ok(f) = serde_json::from_slice::<FloorFile>(&buf) {
+                        n += f.records.len();
+                    }
+                }
+                total.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+    });
+    total.into_inner()
+}
+
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+fn measure(label: &str, runs: usize, mut f: impl FnMut() -> usize) -> (f64, usize) {
+    let mut times = Vec::new();
+    let mut records = 0;
+    for _ in 0..runs {
+        let start = Instant::now();
+        records = f();
+        times.push(start.elapsed());
+    }
+    let m = median(times);
+    let rate = records as f64 / m.as_secs_f64();
+    println!(
+        "{label:<34} {rate:>12.0} records/s   (median {:.3}s of {runs}, {records} records)",
+        m.as_secs_f64()
+    );
+    (rate, records)
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Feeds `principals` synthetic principals with a typical habit (20 events over 4 days: 3
+/// services, 6 calls, 2 addresses, 1 agent, 1 region) and reports bytes held per principal.
+fn memory_per_principal(principals: usize) -> (f64, u64) {
+    let mut settings = Settings::default().detector;
+    settings.max_principals = principals * 2;
+    let mut detector = Detector::new(settings, 1);
+    let object: Arc<str> = Arc::from("bench");
+    let mut out = Vec::new();
+    let calls = [
+        ("s3.amazonaws.com", "GetObject"),
+        ("s3.amazonaws.com", "PutObject"),
+        ("kms.amazonaws.com", "Decrypt"),
+        ("kms.amazonaws.com", "GenerateDataKey"),
+        ("sts.amazonaws.com", "AssumeRole"),
+        ("sts.amazonaws.com", "GetCallerIdentity"),
+    ];
+    for p in 0..principals {
+        let key = format!("arn:aws:iam::111122223333:role/service-role-{p:07}");
+        for e in 0..20u32 {
+            let (source, name) = calls[e as usize % calls.len()];
+            let ip = format!("10.{}.{}.{}", (p >> 16) & 255, (p >> 8) & 255, 1 + (e % 2));
+            let event = Event {
+                event_id: format!("{p}-{e}").into(),
+                time: 1_772_409_600 + i64::from(e) * 18_000,
+                event_source: source.into(),
+                event_name: name.into(),
+                aws_region: Some("eu-west-1".into()),
+                ip: ip.parse().ok(),
+                source: Some(ip.into()),
+                user_agent: Some("aws-sdk-go-v2/1.25.3 os/linux lang/go#1.22.1".into()),
+                error_code: None,
+                principal: Principal {
+                    key: key.as_str().into(),
+                    kind: "AssumedRole".into(),
+                    account_id: Some("111122223333".into()),
+                    arn: None,
+                    session: None,
+                },
+                object: Arc::clone(&object),
+                rule_hits: Vec::new(),
+                raw: None,
+            };
+            detector.process(&event, &mut out);
+        }
+    }
+    (
+        detector.bytes_held() as f64 / detector.principals() as f64,
+        peak_rss_kib(),
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let records: u32 = arg("--records").map_or(1_000_000, |v| v.parse().expect("--records N"));
+    let runs: usize = arg("--runs").map_or(5, |v| v.parse().expect("--runs N"));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let temp = tempfile::tempdir().expect("a temporary folder");
+    let trail = match arg("--trail") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let dir = temp.path().join("trail");
+            // About 0.9 records per principal-day-event: see the generator's rhythms.
+            let principals = (records / (14 * 270)).max(8);
+            let options = GenerateOptions {
+                out: dir.clone(),
+                principals,
+                events_per_day: 270,
+                ..GenerateOptions::default()
+            };
+            let started = Instant::now();
+            let report = generate(&options).expect("the trail is written");
+            eprintln!(
+                "generated {} records in {} files in {:.1}s",
+                report.records,
+                report.files,
+                started.elapsed().as_secs_f64()
+            );
+            dir
+        }
+    };
+    let (files, _) = list_inputs(&[trail.join("AWSLogs")]).expect("the trail lists");
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(&f.path).map_or(0, |m| m.len()))
+        .sum();
+    println!(
+        "machine: {threads} cores; trail: {} files, {:.1} MiB compressed",
+        files.len(),
+        bytes as f64 / 1048576.0
+    );
+
+    let (floor_one, n) = measure("floor, 1 core (inflate + parse)", runs, || floor(&files, 1));
+    let (floor_all, _) = measure(&format!("floor, {threads} cores"), runs, || {
+        floor(&files, threads)
+    });
+
+    // Rule evaluation alone, on records already inflated and split.
+    let rules = Arc::new(RuleSet::builtin().expect("the shipped rules load"));
+    let mut texts = Vec::new();
+    let mut buf = Vec::new();
+    for file in &files {
+        inflate(&std::fs::read(&file.path).expect("readable"), &mut buf);
+        texts.push(String::from_utf8(buf.clone()).expect("UTF-8"));
+    }
+    let raws: Vec<&str> = texts
+        .iter()
+        .flat_map(|t| {
+            serde_json::from_str::<RawFile>(t)
+                .map(|f| f.records)
+                .unwrap_or_default()
+        })
+        .map(|r| r.get())
+        .collect();
+    let (rules_rate, _) = measure(
+        &format!("rule evaluation alone, 1 core ({} rules)", rules.len()),
+        runs,
+        || {
+            let mut hits = Vec::new();
+            for raw in &raws {
+                if let Some(view) = RecordView::new(raw) {
+                    rules.evaluate(&view, &mut hits);
+                    hits.clear();
+                }
+            }
+            raws.len()
+        },
+    );
+    drop(raws);
+    drop(texts);
+
+    let settings = Settings::default();
+    let (full, _) = measure(&format!("full replay, {threads} cores"), runs, || {
+        let mut sink = std::io::sink();
+        let summary = replay(
+            files.clone(),
+            &settings,
+            Some(Arc::clone(&rules)),
+            &mut sink,
+            &|_| {},
+        )
+        .expect("replay runs");
+        summary.records as usize
+    });
+    let (baselines_only, _) = measure(&format!("replay without rules, {threads} cores"), runs, || {
+        let mut sink = std::io::sink();
+        let summary = replay(files.clone(), &settings, None, &mut sink, &|_| {}).expect("replay runs");
+        summary.records as usize
+    });
+    println!();
+    println!("records per run: {n}");
+    println!("full / floor ({threads} cores): {:.2}", full / floor_all);
+    println!(
+        "replay without rules / floor ({threads} cores): {:.2}",
+        baselines_only / floor_all
+    );
+    println!(
+        "floor scaling, {threads} cores / 1 core: {:.2}",
+        floor_all / floor_one
+    );
+    println!(
+        "rule evaluation alone / floor (1 core): {:.2}",
+        rules_rate / floor_one
+    );
+
+    for principals in [100_000, 1_000_000] {
+        if args.iter().any(|a| a == "--skip-memory") {
+            break;
+        }
+        let (per, rss) = memory_per_principal(principals);
+        println!(
+            "memory: {principals} principals: {per:.0} bytes per principal held; peak RSS so far {:.0} MiB",
+            rss as f64 / 1024.0
+        );
+    }
+}
