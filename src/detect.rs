@@ -253,17 +253,10 @@ impl Detector {
         }
 
         let values = &self.dimension_values;
-        let mut seen: [Option<Seen>; DIMENSIONS] = [None; DIMENSIONS];
-        for i in 0..DIMENSIONS {
-            if let Some(value) = values.get(i) {
-                seen[i] = Some(baseline.dimensions[i].observe(
-                    value,
-                    event.time,
-                    s.window,
-                    s.max_values_per_dimension,
-                ));
-            }
-        }
+        let seen: [Option<Seen>; DIMENSIONS] = std::array::from_fn(|i| {
+            let value = values.get(i)?;
+            Some(baseline.dimensions[i].observe(value, event.time, s.window, s.max_values_per_dimension))
+        });
         if let (true, Some(novelty)) = (mature, &s.novelty) {
             let score = 1.0
                 - seen
