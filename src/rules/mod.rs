@@ -472,6 +472,23 @@ mod tests {
     }
 
     #[test]
+    fn keyword_rules_search_every_string_in_the_record() {
+        let rule = "title: K\nlogsource: {product: aws, service: cloudtrail}\ndetection:\n  keywords:\n    - 'mimikatz'\n  condition: keywords\n";
+        let rules = set(&[("k.yml", rule)]).unwrap();
+        let mut hits = Vec::new();
+        let record =
+            r#"{"eventName":"RunInstances","requestParameters":{"userData":{"script":"run Mimikatz now"}}}"#;
+        rules.evaluate(&RecordView::new(record).unwrap(), &mut hits);
+        assert_eq!(hits, [0]);
+        hits.clear();
+        rules.evaluate(
+            &RecordView::new(r#"{"eventName":"RunInstances"}"#).unwrap(),
+            &mut hits,
+        );
+        assert!(hits.is_empty());
+    }
+
+    #[test]
     fn a_rule_that_does_not_parse_names_the_file_and_line() {
         let err = set(&[("bad.yml", "title: x\ndetection: [\n")])
             .unwrap_err()

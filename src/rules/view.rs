@@ -74,7 +74,8 @@ impl<'de> serde::Deserialize<'de> for ObjectEntries<'de> {
     }
 }
 
-/// An object key, borrowed when it has no escapes (serde's own `Cow` always copies).
+/// A JSON string (an object key, or a value), borrowed when it has no escapes (serde's own `Cow`
+/// always copies).
 struct Key<'a>(Cow<'a, str>);
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
@@ -182,8 +183,8 @@ fn lookup<'a>(entries: &Entries<'a>, key: &str) -> Option<&'a RawValue> {
 fn to_event_value(raw: &RawValue, depth: usize) -> EventValue<'_> {
     let text = raw.get();
     match text.as_bytes().first() {
-        Some(b'"') => serde_json::from_str::<Cow<'_, str>>(text)
-            .map(EventValue::Str)
+        Some(b'"') => serde_json::from_str::<Key<'_>>(text)
+            .map(|k| EventValue::Str(k.0))
             .unwrap_or(EventValue::Null),
         Some(b't') => EventValue::Bool(true),
         Some(b'f') => EventValue::Bool(false),
