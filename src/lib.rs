@@ -7,6 +7,7 @@
 //! # Layout
 //! The modules are the stages of the data flow, in order:
 //!
+//! - [`notification`]: delivery notifications (SNS, SQS, S3 events, EventBridge) → objects to fetch.
 //! - [`decode`]: one object's bytes (gzip or not) → events, with skipped records and file
 //!   failures reported by file, index and reason.
 //! - [`record`]: the borrowed, lenient view of one CloudTrail record the decoder parses into.
@@ -34,6 +35,7 @@ pub mod event;
 pub mod generate;
 pub mod labels;
 pub mod net;
+pub mod notification;
 pub mod principal;
 pub mod record;
 pub mod replay;
