@@ -8,6 +8,7 @@
 //! The modules are the stages of the data flow, in order:
 //!
 //! - [`notification`]: delivery notifications (SNS, SQS, S3 events, EventBridge) → objects to fetch.
+//! - [`fetch`]: objects from S3 (or a local folder) through `object_store`, bounded and retried.
 //! - [`decode`]: one object's bytes (gzip or not) → events, with skipped records and file
 //!   failures reported by file, index and reason.
 //! - [`record`]: the borrowed, lenient view of one CloudTrail record the decoder parses into.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod event;
+pub mod fetch;
 pub mod generate;
 pub mod labels;
 pub mod net;

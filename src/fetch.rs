@@ -1,0 +1,194 @@
+//! Fetching log files named by notifications, through the `object_store` crate.
+//!
+//! In: an [`ObjectRef`] (bucket and key). Out: the object's bytes, or a [`FetchError`] that says
+//! whether the failure is poison (the object is missing, access is denied, the key is invalid:
+//! dead-letter it and move on) or transient (retried with backoff by `object_store`; still
+//! failing: do not commit, try again later).
+//!
+//! Stores: S3 (or any S3-compatible store via `endpoint`), with the standard credential sources
+//! `object_store` reads (environment, web identity, container and instance credentials), one
+//! client per bucket; or a local folder laid out like a bucket, for the embedded mode. Concurrency
+//! is bounded by a semaphore, so a burst of notifications cannot open unbounded requests.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+use tokio::sync::Semaphore;
+
+use crate::notification::ObjectRef;
+
+/// Where objects come from.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// S3 or an S3-compatible store.
+    S3 {
+        /// Region; `None`: from the environment (`AWS_REGION`), else `us-east-1`.
+        region: Option<String>,
+        /// Endpoint URL for S3-compatible stores; `None`: AWS.
+        endpoint: Option<String>,
+        /// Allow plain HTTP (for a local S3-compatible store).
+        allow_http: bool,
+    },
+    /// A folder holding objects by key; the bucket name is ignored.
+    Local(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    pub store: StoreSettings,
+    /// Requests in flight at most.
+    pub concurrency: usize,
+    /// Retries of a transient failure before giving up on this attempt.
+    pub retries: usize,
+    /// Longest wait between retries.
+    pub max_backoff: Duration,
+    /// Largest object fetched, in bytes.
+    pub max_object_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("object s3://{bucket}/{key} not found")]
+    NotFound { bucket: String, key: String },
+    #[error("access to s3://{bucket}/{key} denied: {message}")]
+    Denied { bucket: String, key: String, message: String },
+    #[error("object s3://{bucket}/{key} is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { bucket: String, key: String, size: usize, limit: usize },
+    #[error("invalid object key {key:?}: {message}")]
+    InvalidKey { key: String, message: String },
+    #[error("fetching s3://{bucket}/{key} failed: {message}")]
+    Transient { bucket: String, key: String, message: String },
+    #[error("store for bucket {bucket}: {message}")]
+    Store { bucket: String, message: String },
+}
+
+impl FetchError {
+    /// Poison: retrying will not help; dead-letter and commit.
+    pub fn is_poison(&self) -> bool {
+        !matches!(self, FetchError::Transient { .. } | FetchError::Store { .. })
+    }
+
+    /// A bounded label for metrics and dead letters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FetchError::NotFound { .. } => "missing_object",
+            FetchError::Denied { .. } => "access_denied",
+            FetchError::TooLarge { .. } => "object_too_large",
+            FetchError::InvalidKey { .. } => "invalid_key",
+            FetchError::Transient { .. } => "fetch_failed",
+            FetchError::Store { .. } => "store_unavailable",
+        }
+    }
+}
+
+/// Fetches objects with bounded concurrency.
+pub struct Fetcher {
+    settings: FetchSettings,
+    stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    permits: Semaphore,
+}
+
+impl Fetcher {
+    pub fn new(settings: FetchSettings) -> Fetcher {
+        let permits = Semaphore::new(settings.concurrency.max(1));
+        Fetcher { settings, stores: Mutex::new(HashMap::new()), permits }
+    }
+
+    fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, FetchError> {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = stores.get(bucket) {
+            return Ok(Arc::clone(store));
+        }
+        let retry = RetryConfig {
+            backoff: BackoffConfig { max_backoff: self.settings.max_backoff, ..BackoffConfig::default() },
+            max_retries: self.settings.retries,
+            retry_timeout: self.settings.max_backoff * (self.settings.retries as u32 + 1) * 2,
+        };
+        let store: Arc<dyn ObjectStore> = match &self.settings.store {
+            StoreSettings::Local(root) => Arc::new(
+                LocalFileSystem::new_with_prefix(root)
+                    .map_err(|e| FetchError::Store { bucket: bucket.into(), message: e.to_string() })?,
+            ),
+            StoreSettings::S3 { region, endpoint, allow_http } => {
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
+                if let Some(region) = region {
+                    builder = builder.with_region(region);
+                }
+                if let Some(endpoint) = endpoint {
+                    builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
+                }
+                builder = builder.with_allow_http(*allow_http);
+                Arc::new(builder.build().map_err(|e| FetchError::Store { bucket: bucket.into(), message: e.to_string() })?)
+            }
+        };
+        stores.insert(bucket.to_owned(), Arc::clone(&store));
+        Ok(store)
+    }
+
+    /// Fetches one object's bytes.
+    pub async fn fetch(&self, object: &ObjectRef) -> Result<bytes::Bytes, FetchError> {
+        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+        let (bucket, key) = (object.bucket.clone(), object.key.clone());
+        let path = ObjectPath::parse(&object.key)
+            .map_err(|e| FetchError::InvalidKey { key: key.clone(), message: e.to_string() })?;
+        let store = self.store(&object.bucket)?;
+        let classify = |e: object_store::Error| match e {
+            object_store::Error::NotFound { .. } => FetchError::NotFound { bucket: bucket.clone(), key: key.clone() },
+            object_store::Error::PermissionDenied { source, .. } | object_store::Error::Unauthenticated { source, .. } => {
+                FetchError::Denied { bucket: bucket.clone(), key: key.clone(), message: source.to_string() }
+            }
+            other => FetchError::Transient { bucket: bucket.clone(), key: key.clone(), message: other.to_string() },
+        };
+        let result = store.get(&path).await.map_err(classify)?;
+        let size = result.meta.size as usize;
+        if size > self.settings.max_object_bytes {
+            return Err(FetchError::TooLarge { bucket, key, size, limit: self.settings.max_object_bytes });
+        }
+        result.bytes().await.map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(root: PathBuf) -> Fetcher {
+        Fetcher::new(FetchSettings {
+            store: StoreSettings::Local(root),
+            concurrency: 2,
+            retries: 0,
+            max_backoff: Duration::from_millis(10),
+            max_object_bytes: 1000,
+        })
+    }
+
+    #[tokio::test]
+    async fn local_objects_are_read_by_key_and_missing_ones_are_poison() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("AWSLogs/1")).unwrap();
+        std::fs::write(dir.path().join("AWSLogs/1/f.json"), b"{}").unwrap();
+        std::fs::write(dir.path().join("big.json"), vec![b' '; 2000]).unwrap();
+        let f = local(dir.path().to_owned());
+        let got = f.fetch(&ObjectRef { bucket: "any".into(), key: "AWSLogs/1/f.json".into() }).await.unwrap();
+        assert_eq!(&got[..], b"{}");
+        let missing = f.fetch(&ObjectRef { bucket: "any".into(), key: "AWSLogs/1/none.json".into() }).await.unwrap_err();
+        assert_eq!(missing.reason(), "missing_object");
+        assert!(missing.is_poison());
+        let big = f.fetch(&ObjectRef { bucket: "any".into(), key: "big.json".into() }).await.unwrap_err();
+        assert_eq!(big.reason(), "object_too_large");
+    }
+
+    #[tokio::test]
+    async fn keys_that_escape_the_root_are_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = local(dir.path().to_owned());
+        let err = f.fetch(&ObjectRef { bucket: "b".into(), key: "../etc/passwd".into() }).await.unwrap_err();
+        assert_eq!(err.reason(), "invalid_key");
+    }
+}
