@@ -9,6 +9,7 @@
 //! and replaced, and rate history is a handful of running figures, not a series.
 
 use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
 
 /// The dimensions a baseline is kept on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +48,7 @@ impl Dimension {
 }
 
 /// One value of one dimension, as a principal has used it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ValueSeen {
     hash: u64,
     pub value: CompactString,
@@ -57,7 +58,7 @@ pub struct ValueSeen {
 }
 
 /// The values one principal has used on one dimension.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ValueSet {
     values: Vec<ValueSeen>,
 }
@@ -153,7 +154,7 @@ fn value_hash(value: &str) -> u64 {
 ///
 /// Two intervals are open at once (the current and the one before it) so that events arriving a
 /// little late still count where they belong; an interval joins the history when it closes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RateCounter {
     open: [IntervalCount; 2],
     /// Active intervals folded into the history.
@@ -164,7 +165,7 @@ pub struct RateCounter {
     pub mean_denied: f64,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct IntervalCount {
     /// Interval number (event time / interval length); 0 = unused.
     pub index: i64,
@@ -221,7 +222,7 @@ impl RateCounter {
 }
 
 /// Everything held for one principal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrincipalBaseline {
     pub first_seen: i64,
     pub last_seen: i64,

@@ -38,6 +38,15 @@ pub fn shard_of(principal_key: &str, shards: usize) -> usize {
     (xxhash_rust::xxh3::xxh3_64(principal_key.as_bytes()) % shards as u64) as usize
 }
 
+/// A shard's baselines, as a checkpoint holds them.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct DetectorState {
+    pub principals: Vec<(CompactString, PrincipalBaseline)>,
+    /// Hashes of the eventIDs remembered for de-duplication.
+    pub seen_ids: Vec<u64>,
+    pub watermark: i64,
+}
+
 /// Counters a detector keeps about itself.
 #[derive(Debug, Clone, Default)]
 pub struct DetectorStats {
@@ -93,6 +102,27 @@ impl Detector {
             settings,
             stats: DetectorStats::default(),
         }
+    }
+
+    /// The shard's state, for a checkpoint. Open alerts are not part of it: flush them first.
+    pub fn snapshot(&self) -> DetectorState {
+        let mut principals: Vec<(CompactString, PrincipalBaseline)> =
+            self.principals.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        principals.sort_by(|a, b| a.0.cmp(&b.0));
+        DetectorState {
+            principals,
+            seen_ids: self.seen_ids.current.iter().chain(&self.seen_ids.previous).copied().collect(),
+            watermark: self.watermark,
+        }
+    }
+
+    /// Adds a checkpoint's state (or the part of it this shard owns).
+    pub fn restore(&mut self, principals: impl IntoIterator<Item = (CompactString, PrincipalBaseline)>, seen_ids: &[u64], watermark: i64) {
+        self.principals.extend(principals);
+        for id in seen_ids {
+            self.seen_ids.insert_hash(*id);
+        }
+        self.watermark = self.watermark.max(watermark);
     }
 
     /// What the alert lifecycle did.
@@ -610,7 +640,10 @@ impl EventIdMemory {
 
     /// Remembers `id`; false when it was already remembered.
     fn insert(&mut self, id: &str) -> bool {
-        let hash = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
+        self.insert_hash(xxhash_rust::xxh3::xxh3_64(id.as_bytes()))
+    }
+
+    fn insert_hash(&mut self, hash: u64) -> bool {
         if self.previous.contains(&hash) {
             return false;
         }
@@ -848,6 +881,27 @@ mod tests {
         d.process(&event("b", 200 * DAY, "GetObject", "198.51.100.1"), &mut out);
         assert_eq!(d.principals(), 1);
         assert_eq!(d.stats.principals_expired, 1);
+    }
+
+    #[test]
+    fn a_restored_snapshot_continues_where_the_original_stopped() {
+        let mut original = Detector::new(settings(), 1);
+        trained(&mut original);
+        let state = original.snapshot();
+        let json = serde_json::to_string(&state).unwrap();
+        let state: DetectorState = serde_json::from_str(&json).unwrap();
+        let mut restored = Detector::new(settings(), 1);
+        restored.restore(state.principals, &state.seen_ids, state.watermark);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (d, out) in [(&mut original, &mut a), (&mut restored, &mut b)] {
+            // A duplicate of a trained event, then a novel one.
+            d.process(&event("h3", 3 * HOUR, "GetObject", "198.51.100.1"), out);
+            d.process(&event("x", 49 * HOUR, "DeleteBucket", "203.0.113.9"), out);
+        }
+        assert_eq!(a.len(), 1);
+        assert_eq!(b.len(), 1);
+        assert_eq!(a[0].id, b[0].id);
+        assert_eq!(restored.stats.duplicates, 1);
     }
 
     #[test]
