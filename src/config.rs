@@ -27,6 +27,156 @@ pub struct RawConfig {
     pub alerts: RawAlerts,
     /// Suppressions: an anomaly matching every condition of one entry is dropped.
     pub suppress: Vec<RawSuppression>,
+    pub source: RawSource,
+    pub sink: RawSink,
+    pub kafka: RawKafka,
+    pub s3: RawS3,
+    pub fetch: RawFetch,
+    pub checkpoint: RawCheckpoint,
+    pub batch: RawBatch,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSource {
+    /// Where `run` reads notifications: "kafka" (the notifications topic) or "folder" (watch `folder`).
+    pub kind: String,
+    /// The folder watched when `kind = "folder"`.
+    pub folder: Option<PathBuf>,
+    /// How often the folder is listed for new files.
+    pub poll_interval: String,
+}
+
+impl Default for RawSource {
+    fn default() -> Self {
+        RawSource {
+            kind: "kafka".into(),
+            folder: None,
+            poll_interval: "5s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSink {
+    /// Where `run` writes anomalies: "kafka" (the anomalies topic), "file" (`path`) or "stdout".
+    pub kind: String,
+    /// The JSON-lines file when `kind = "file"`.
+    pub path: Option<PathBuf>,
+    /// Dead letters for the file and stdout sinks, as JSON lines (default: standard error).
+    pub dead_letters: Option<PathBuf>,
+}
+
+impl Default for RawSink {
+    fn default() -> Self {
+        RawSink {
+            kind: "kafka".into(),
+            path: None,
+            dead_letters: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKafka {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Consumer group of the `run` processes.
+    pub group_id: String,
+    /// Topic of CloudTrail delivery notifications.
+    pub notifications_topic: String,
+    /// Topic anomalies are produced to, keyed by principal.
+    pub anomalies_topic: String,
+    /// Topic of dead letters: input that could not be processed, with the reason.
+    pub dead_letter_topic: String,
+    /// librdkafka properties passed through unchanged (security.protocol, sasl.*, ssl.*, ...).
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for RawKafka {
+    fn default() -> Self {
+        RawKafka {
+            brokers: "localhost:9092".into(),
+            group_id: "trailwatch".into(),
+            notifications_topic: "cloudtrail-notifications".into(),
+            anomalies_topic: "trailwatch-anomalies".into(),
+            dead_letter_topic: "trailwatch-dead-letters".into(),
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawS3 {
+    /// Region of the log buckets (default: AWS_REGION, else us-east-1).
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible store (default: AWS).
+    pub endpoint: Option<String>,
+    /// Allow plain HTTP to `endpoint`.
+    pub allow_http: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFetch {
+    /// Objects fetched at once, at most.
+    pub concurrency: usize,
+    /// Retries of a transient fetch failure, with backoff.
+    pub retries: usize,
+    /// Longest wait between retries.
+    pub max_backoff: String,
+    /// Pause before a notification whose object still failed is tried again.
+    pub retry_pause: String,
+}
+
+impl Default for RawFetch {
+    fn default() -> Self {
+        RawFetch {
+            concurrency: 16,
+            retries: 5,
+            max_backoff: "10s".into(),
+            retry_pause: "5s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCheckpoint {
+    /// Where state is checkpointed: a folder, "file:///path" or "s3://bucket/prefix"; empty: nowhere.
+    pub url: String,
+    /// How often state is checkpointed and offsets committed.
+    pub interval: String,
+}
+
+impl Default for RawCheckpoint {
+    fn default() -> Self {
+        RawCheckpoint {
+            url: String::new(),
+            interval: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBatch {
+    /// Notifications processed together, at most.
+    pub max_messages: usize,
+    /// Longest wait to fill a batch.
+    pub max_wait: String,
+}
+
+impl Default for RawBatch {
+    fn default() -> Self {
+        RawBatch {
+            max_messages: 256,
+            max_wait: "1s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,6 +386,7 @@ impl Default for RawDormant {
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub run: crate::run::RunSettings,
     pub workers: NonZeroUsize,
     pub rules_dir: Option<PathBuf>,
     pub max_file_bytes: usize,
@@ -460,10 +611,15 @@ impl RawConfig {
             return Err(problems);
         }
 
+        let run = self.run_settings(&mut problems);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         let workers = NonZeroUsize::new(self.replay.workers)
             .or_else(|| std::thread::available_parallelism().ok())
             .unwrap_or(NonZeroUsize::MIN);
         Ok(Settings {
+            run,
             workers,
             rules_dir: self.rules.dir.clone(),
             max_file_bytes: self.replay.max_file_bytes,
@@ -507,6 +663,108 @@ impl RawConfig {
                 },
             },
         })
+    }
+}
+
+impl RawConfig {
+    fn run_settings(&self, problems: &mut Vec<String>) -> crate::run::RunSettings {
+        use crate::fetch::{FetchSettings, StoreSettings};
+        use crate::run::{KafkaSettings, RunSettings, Sink, Source};
+        let mut duration = |key: &str, text: &str| match humantime::parse_duration(text) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("{key}: not a duration ({e}), got {text:?}"));
+                Duration::from_secs(1)
+            }
+        };
+        let poll = duration("source.poll_interval", &self.source.poll_interval);
+        let max_backoff = duration("fetch.max_backoff", &self.fetch.max_backoff);
+        let retry_pause = duration("fetch.retry_pause", &self.fetch.retry_pause);
+        let checkpoint_interval = duration("checkpoint.interval", &self.checkpoint.interval);
+        let batch_max_wait = duration("batch.max_wait", &self.batch.max_wait);
+        let source = match (self.source.kind.as_str(), &self.source.folder) {
+            ("kafka", _) => Source::Kafka,
+            ("folder", Some(path)) => Source::Folder {
+                path: path.clone(),
+                poll,
+            },
+            ("folder", None) => {
+                problems.push("source.folder: required when source.kind = \"folder\"".into());
+                Source::Kafka
+            }
+            (other, _) => {
+                problems.push(format!("source.kind: \"kafka\" or \"folder\", got {other:?}"));
+                Source::Kafka
+            }
+        };
+        let sink = match (self.sink.kind.as_str(), &self.sink.path) {
+            ("kafka", _) => Sink::Kafka,
+            ("stdout", _) => Sink::Stdout,
+            ("file", Some(path)) => Sink::File(path.clone()),
+            ("file", None) => {
+                problems.push("sink.path: required when sink.kind = \"file\"".into());
+                Sink::Stdout
+            }
+            (other, _) => {
+                problems.push(format!(
+                    "sink.kind: \"kafka\", \"file\" or \"stdout\", got {other:?}"
+                ));
+                Sink::Stdout
+            }
+        };
+        for (key, value) in [
+            ("fetch.concurrency", self.fetch.concurrency),
+            ("batch.max_messages", self.batch.max_messages),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be greater than 0"));
+            }
+        }
+        let k = &self.kafka;
+        for (key, value) in [
+            ("kafka.brokers", &k.brokers),
+            ("kafka.group_id", &k.group_id),
+            ("kafka.notifications_topic", &k.notifications_topic),
+            ("kafka.anomalies_topic", &k.anomalies_topic),
+            ("kafka.dead_letter_topic", &k.dead_letter_topic),
+        ] {
+            if value.trim().is_empty() {
+                problems.push(format!("{key}: must not be empty"));
+            }
+        }
+        let store = match &source {
+            Source::Folder { path, .. } => StoreSettings::Local(path.clone()),
+            Source::Kafka => StoreSettings::S3 {
+                region: self.s3.region.clone(),
+                endpoint: self.s3.endpoint.clone(),
+                allow_http: self.s3.allow_http,
+            },
+        };
+        RunSettings {
+            source,
+            sink,
+            dead_letter_file: self.sink.dead_letters.clone(),
+            kafka: KafkaSettings {
+                brokers: k.brokers.clone(),
+                group_id: k.group_id.clone(),
+                notifications_topic: k.notifications_topic.clone(),
+                anomalies_topic: k.anomalies_topic.clone(),
+                dead_letter_topic: k.dead_letter_topic.clone(),
+                options: k.librdkafka.clone(),
+            },
+            fetch: FetchSettings {
+                store,
+                concurrency: self.fetch.concurrency.max(1),
+                retries: self.fetch.retries,
+                max_backoff,
+                max_object_bytes: self.replay.max_file_bytes,
+            },
+            checkpoint_url: Some(self.checkpoint.url.clone()).filter(|u| !u.trim().is_empty()),
+            checkpoint_interval,
+            batch_max_messages: self.batch.max_messages.max(1),
+            batch_max_wait,
+            retry_pause,
+        }
     }
 }
 
@@ -567,10 +825,15 @@ mod tests {
             format!("{:?}", Settings::default().detector)
         );
         assert_eq!(from_file.max_file_bytes, Settings::default().max_file_bytes);
-        // Every key is written out: parsing with every section's keys required would fail on a gap.
+        // Every key with a default is written out (keys with no default are shown commented out).
         let table: toml::Table = toml::from_str(text).unwrap();
         let keys: usize = table.values().map(|v| v.as_table().unwrap().len()).sum();
-        assert_eq!(keys, 2 + 7 + 8 + 5 + 4 + 3 + 3);
+        let per_section = [
+            2, 7, 8, 5, 4, 3, /* rules */ 0, /* alerts */ 3, /* source */ 2,
+            /* sink */ 1, /* kafka */ 6, /* s3 */ 1, /* fetch */ 4,
+            /* checkpoint */ 2, /* batch */ 2,
+        ];
+        assert_eq!(keys, per_section.iter().sum::<usize>());
     }
 
     #[test]
@@ -597,6 +860,28 @@ mod tests {
         .unwrap();
         assert_eq!(ok.detector.alerts.suppressions[0].cidrs.len(), 2);
         assert!(ok.detector.alerts.shadow_rules.contains("r2"));
+    }
+
+    #[test]
+    fn run_settings_are_validated_by_key() {
+        let err = Settings::from_toml(
+            "[source]\nkind = \"folder\"\n[sink]\nkind = \"file\"\n[kafka]\nbrokers = \"\"\n[fetch]\nconcurrency = 0\n[batch]\nmax_wait = \"soon\"\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "source.folder",
+            "sink.path",
+            "kafka.brokers",
+            "fetch.concurrency",
+            "batch.max_wait",
+        ] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+        let ok =
+            Settings::from_toml("[kafka.librdkafka]\n\"security.protocol\" = \"SASL_SSL\"\n", "t").unwrap();
+        assert_eq!(ok.run.kafka.options["security.protocol"], "SASL_SSL");
     }
 
     #[test]

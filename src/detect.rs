@@ -106,18 +106,32 @@ impl Detector {
 
     /// The shard's state, for a checkpoint. Open alerts are not part of it: flush them first.
     pub fn snapshot(&self) -> DetectorState {
-        let mut principals: Vec<(CompactString, PrincipalBaseline)> =
-            self.principals.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut principals: Vec<(CompactString, PrincipalBaseline)> = self
+            .principals
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         principals.sort_by(|a, b| a.0.cmp(&b.0));
         DetectorState {
             principals,
-            seen_ids: self.seen_ids.current.iter().chain(&self.seen_ids.previous).copied().collect(),
+            seen_ids: self
+                .seen_ids
+                .current
+                .iter()
+                .chain(&self.seen_ids.previous)
+                .copied()
+                .collect(),
             watermark: self.watermark,
         }
     }
 
     /// Adds a checkpoint's state (or the part of it this shard owns).
-    pub fn restore(&mut self, principals: impl IntoIterator<Item = (CompactString, PrincipalBaseline)>, seen_ids: &[u64], watermark: i64) {
+    pub fn restore(
+        &mut self,
+        principals: impl IntoIterator<Item = (CompactString, PrincipalBaseline)>,
+        seen_ids: &[u64],
+        watermark: i64,
+    ) {
         self.principals.extend(principals);
         for id in seen_ids {
             self.seen_ids.insert_hash(*id);

@@ -57,13 +57,26 @@ pub enum FetchError {
     #[error("object s3://{bucket}/{key} not found")]
     NotFound { bucket: String, key: String },
     #[error("access to s3://{bucket}/{key} denied: {message}")]
-    Denied { bucket: String, key: String, message: String },
+    Denied {
+        bucket: String,
+        key: String,
+        message: String,
+    },
     #[error("object s3://{bucket}/{key} is {size} bytes, over the {limit}-byte limit")]
-    TooLarge { bucket: String, key: String, size: usize, limit: usize },
+    TooLarge {
+        bucket: String,
+        key: String,
+        size: usize,
+        limit: usize,
+    },
     #[error("invalid object key {key:?}: {message}")]
     InvalidKey { key: String, message: String },
     #[error("fetching s3://{bucket}/{key} failed: {message}")]
-    Transient { bucket: String, key: String, message: String },
+    Transient {
+        bucket: String,
+        key: String,
+        message: String,
+    },
     #[error("store for bucket {bucket}: {message}")]
     Store { bucket: String, message: String },
 }
@@ -97,7 +110,11 @@ pub struct Fetcher {
 impl Fetcher {
     pub fn new(settings: FetchSettings) -> Fetcher {
         let permits = Semaphore::new(settings.concurrency.max(1));
-        Fetcher { settings, stores: Mutex::new(HashMap::new()), permits }
+        Fetcher {
+            settings,
+            stores: Mutex::new(HashMap::new()),
+            permits,
+        }
     }
 
     fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, FetchError> {
@@ -106,49 +123,87 @@ impl Fetcher {
             return Ok(Arc::clone(store));
         }
         let retry = RetryConfig {
-            backoff: BackoffConfig { max_backoff: self.settings.max_backoff, ..BackoffConfig::default() },
+            backoff: BackoffConfig {
+                max_backoff: self.settings.max_backoff,
+                ..BackoffConfig::default()
+            },
             max_retries: self.settings.retries,
             retry_timeout: self.settings.max_backoff * (self.settings.retries as u32 + 1) * 2,
         };
-        let store: Arc<dyn ObjectStore> = match &self.settings.store {
-            StoreSettings::Local(root) => Arc::new(
-                LocalFileSystem::new_with_prefix(root)
-                    .map_err(|e| FetchError::Store { bucket: bucket.into(), message: e.to_string() })?,
-            ),
-            StoreSettings::S3 { region, endpoint, allow_http } => {
-                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
-                if let Some(region) = region {
-                    builder = builder.with_region(region);
+        let store: Arc<dyn ObjectStore> =
+            match &self.settings.store {
+                StoreSettings::Local(root) => Arc::new(LocalFileSystem::new_with_prefix(root).map_err(
+                    |e| FetchError::Store {
+                        bucket: bucket.into(),
+                        message: e.to_string(),
+                    },
+                )?),
+                StoreSettings::S3 {
+                    region,
+                    endpoint,
+                    allow_http,
+                } => {
+                    let mut builder = AmazonS3Builder::from_env()
+                        .with_bucket_name(bucket)
+                        .with_retry(retry);
+                    if let Some(region) = region {
+                        builder = builder.with_region(region);
+                    }
+                    if let Some(endpoint) = endpoint {
+                        builder = builder
+                            .with_endpoint(endpoint)
+                            .with_virtual_hosted_style_request(false);
+                    }
+                    builder = builder.with_allow_http(*allow_http);
+                    Arc::new(builder.build().map_err(|e| FetchError::Store {
+                        bucket: bucket.into(),
+                        message: e.to_string(),
+                    })?)
                 }
-                if let Some(endpoint) = endpoint {
-                    builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
-                }
-                builder = builder.with_allow_http(*allow_http);
-                Arc::new(builder.build().map_err(|e| FetchError::Store { bucket: bucket.into(), message: e.to_string() })?)
-            }
-        };
+            };
         stores.insert(bucket.to_owned(), Arc::clone(&store));
         Ok(store)
     }
 
     /// Fetches one object's bytes.
     pub async fn fetch(&self, object: &ObjectRef) -> Result<bytes::Bytes, FetchError> {
-        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let (bucket, key) = (object.bucket.clone(), object.key.clone());
-        let path = ObjectPath::parse(&object.key)
-            .map_err(|e| FetchError::InvalidKey { key: key.clone(), message: e.to_string() })?;
+        let path = ObjectPath::parse(&object.key).map_err(|e| FetchError::InvalidKey {
+            key: key.clone(),
+            message: e.to_string(),
+        })?;
         let store = self.store(&object.bucket)?;
         let classify = |e: object_store::Error| match e {
-            object_store::Error::NotFound { .. } => FetchError::NotFound { bucket: bucket.clone(), key: key.clone() },
-            object_store::Error::PermissionDenied { source, .. } | object_store::Error::Unauthenticated { source, .. } => {
-                FetchError::Denied { bucket: bucket.clone(), key: key.clone(), message: source.to_string() }
-            }
-            other => FetchError::Transient { bucket: bucket.clone(), key: key.clone(), message: other.to_string() },
+            object_store::Error::NotFound { .. } => FetchError::NotFound {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            },
+            object_store::Error::PermissionDenied { source, .. }
+            | object_store::Error::Unauthenticated { source, .. } => FetchError::Denied {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                message: source.to_string(),
+            },
+            other => FetchError::Transient {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                message: other.to_string(),
+            },
         };
         let result = store.get(&path).await.map_err(classify)?;
         let size = result.meta.size as usize;
         if size > self.settings.max_object_bytes {
-            return Err(FetchError::TooLarge { bucket, key, size, limit: self.settings.max_object_bytes });
+            return Err(FetchError::TooLarge {
+                bucket,
+                key,
+                size,
+                limit: self.settings.max_object_bytes,
+            });
         }
         result.bytes().await.map_err(classify)
     }
@@ -175,12 +230,30 @@ mod tests {
         std::fs::write(dir.path().join("AWSLogs/1/f.json"), b"{}").unwrap();
         std::fs::write(dir.path().join("big.json"), vec![b' '; 2000]).unwrap();
         let f = local(dir.path().to_owned());
-        let got = f.fetch(&ObjectRef { bucket: "any".into(), key: "AWSLogs/1/f.json".into() }).await.unwrap();
+        let got = f
+            .fetch(&ObjectRef {
+                bucket: "any".into(),
+                key: "AWSLogs/1/f.json".into(),
+            })
+            .await
+            .unwrap();
         assert_eq!(&got[..], b"{}");
-        let missing = f.fetch(&ObjectRef { bucket: "any".into(), key: "AWSLogs/1/none.json".into() }).await.unwrap_err();
+        let missing = f
+            .fetch(&ObjectRef {
+                bucket: "any".into(),
+                key: "AWSLogs/1/none.json".into(),
+            })
+            .await
+            .unwrap_err();
         assert_eq!(missing.reason(), "missing_object");
         assert!(missing.is_poison());
-        let big = f.fetch(&ObjectRef { bucket: "any".into(), key: "big.json".into() }).await.unwrap_err();
+        let big = f
+            .fetch(&ObjectRef {
+                bucket: "any".into(),
+                key: "big.json".into(),
+            })
+            .await
+            .unwrap_err();
         assert_eq!(big.reason(), "object_too_large");
     }
 
@@ -188,7 +261,13 @@ mod tests {
     async fn keys_that_escape_the_root_are_invalid() {
         let dir = tempfile::tempdir().unwrap();
         let f = local(dir.path().to_owned());
-        let err = f.fetch(&ObjectRef { bucket: "b".into(), key: "../etc/passwd".into() }).await.unwrap_err();
+        let err = f
+            .fetch(&ObjectRef {
+                bucket: "b".into(),
+                key: "../etc/passwd".into(),
+            })
+            .await
+            .unwrap_err();
         assert_eq!(err.reason(), "invalid_key");
     }
 }

@@ -42,4 +42,5 @@ pub mod principal;
 pub mod record;
 pub mod replay;
 pub mod rules;
+pub mod run;
 pub mod useragent;

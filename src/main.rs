@@ -47,6 +47,15 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// The streaming service: notifications in (Kafka or a folder), anomalies out, until SIGTERM.
+    Run {
+        /// TOML configuration (see deploy/trailwatch.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Folder of Sigma rules replacing the shipped ones.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
     /// Write a synthetic trail with injected incidents and their labels.
     Generate(GenerateArgs),
     /// Validate rules, or run the test events embedded in them.
@@ -186,7 +195,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { out, output, trail } => demo(out, output, trail),
         Command::Rules { action } => rules_command(action),
+        Command::Run { config, rules } => {
+            let settings = Settings::load(&config)?;
+            let rules = load_rules(rules.as_ref().or(settings.rules_dir.as_ref()))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(async {
+                let run = settings.run.clone();
+                trailwatch::run::run(settings, run, Some(rules), shutdown_signal()).await
+            })?;
+            eprintln!(
+                "stopped: {} notifications, {} files, {} records, {} anomalies, {} checkpoints, dead letters {:?}",
+                report.notifications, report.files, report.records, report.anomalies, report.checkpoints, report.dead_letters
+            );
+            Ok(())
+        }
     }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down: finishing the batch in hand, then checkpointing");
 }
 
 fn load_settings(path: Option<&PathBuf>) -> anyhow::Result<Settings> {

@@ -72,15 +72,23 @@ pub struct Notice {
 
 impl Notice {
     fn problem(&mut self, reason: &'static str, detail: impl Into<String>) {
-        self.problems.push(Problem { reason, detail: detail.into() });
+        self.problems.push(Problem {
+            reason,
+            detail: detail.into(),
+        });
     }
 
     fn object(&mut self, bucket: &str, key: String) {
         match classify_key(&key) {
             Some(crate::decode::FileSkip::Digest) => *self.ignored.entry(Ignored::Digest).or_default() += 1,
             Some(crate::decode::FileSkip::Insight) => *self.ignored.entry(Ignored::Insight).or_default() += 1,
-            _ if bucket.is_empty() || key.is_empty() => self.problem("missing_bucket_or_key", format!("bucket {bucket:?}, key {key:?}")),
-            _ => self.objects.push(ObjectRef { bucket: bucket.to_owned(), key }),
+            _ if bucket.is_empty() || key.is_empty() => {
+                self.problem("missing_bucket_or_key", format!("bucket {bucket:?}, key {key:?}"))
+            }
+            _ => self.objects.push(ObjectRef {
+                bucket: bucket.to_owned(),
+                key,
+            }),
         }
     }
 }
@@ -104,13 +112,19 @@ fn decode_value(value: &Value, depth: usize, notice: &mut Notice) {
         Value::String(inner) => {
             match serde_json::from_str::<Value>(inner) {
                 Ok(v) => decode_value(&v, depth + 1, notice),
-                Err(e) => notice.problem("malformed_notification", format!("embedded message is not JSON: {e}")),
+                Err(e) => notice.problem(
+                    "malformed_notification",
+                    format!("embedded message is not JSON: {e}"),
+                ),
             }
             return;
         }
         Value::Object(obj) => obj,
         other => {
-            notice.problem("unknown_shape", format!("a JSON {} is no notification", kind(other)));
+            notice.problem(
+                "unknown_shape",
+                format!("a JSON {} is no notification", kind(other)),
+            );
             return;
         }
     };
@@ -130,7 +144,10 @@ fn decode_value(value: &Value, depth: usize, notice: &mut Notice) {
             Value::String(k) => notice.object(bucket, k.clone()),
             _ => notice.problem("unknown_shape", "s3ObjectKey is neither a list nor a string"),
         }
-    } else if let Some(message) = obj.get("Message").filter(|_| obj.contains_key("Type") || obj.contains_key("TopicArn")) {
+    } else if let Some(message) = obj
+        .get("Message")
+        .filter(|_| obj.contains_key("Type") || obj.contains_key("TopicArn"))
+    {
         decode_value(message, depth + 1, notice);
     } else if let Some(sns) = obj.get("Sns").or_else(|| obj.get("sns")) {
         match sns.get("Message") {
@@ -170,12 +187,23 @@ fn decode_record(record: &Value, depth: usize, notice: &mut Notice) {
         match s3.pointer("/object/key").and_then(Value::as_str) {
             Some(key) => match url_decode(key) {
                 Some(key) => notice.object(bucket, key),
-                None => notice.problem("malformed_notification", format!("key is not valid URL encoding: {key:?}")),
+                None => notice.problem(
+                    "malformed_notification",
+                    format!("key is not valid URL encoding: {key:?}"),
+                ),
             },
             None => notice.problem("missing_bucket_or_key", "S3 event without s3.object.key"),
         }
-    } else if record.get("eventVersion").is_some() && record.get("eventSource").and_then(Value::as_str).is_some_and(|s| !s.starts_with("aws:")) {
-        notice.problem("unknown_shape", "a CloudTrail record, not a delivery notification");
+    } else if record.get("eventVersion").is_some()
+        && record
+            .get("eventSource")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.starts_with("aws:"))
+    {
+        notice.problem(
+            "unknown_shape",
+            "a CloudTrail record, not a delivery notification",
+        );
     } else {
         decode_value(record, depth, notice);
     }
@@ -183,7 +211,10 @@ fn decode_record(record: &Value, depth: usize, notice: &mut Notice) {
 
 fn decode_eventbridge(obj: &serde_json::Map<String, Value>, detail_type: &str, notice: &mut Notice) {
     if obj.get("source").and_then(Value::as_str) != Some("aws.s3") {
-        notice.problem("unknown_shape", format!("EventBridge {detail_type:?} event, not from aws.s3"));
+        notice.problem(
+            "unknown_shape",
+            format!("EventBridge {detail_type:?} event, not from aws.s3"),
+        );
         return;
     }
     if detail_type != "Object Created" {
@@ -191,11 +222,20 @@ fn decode_eventbridge(obj: &serde_json::Map<String, Value>, detail_type: &str, n
         return;
     }
     let detail = obj.get("detail");
-    let bucket = detail.and_then(|d| d.pointer("/bucket/name")).and_then(Value::as_str).unwrap_or("");
-    match detail.and_then(|d| d.pointer("/object/key")).and_then(Value::as_str) {
+    let bucket = detail
+        .and_then(|d| d.pointer("/bucket/name"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    match detail
+        .and_then(|d| d.pointer("/object/key"))
+        .and_then(Value::as_str)
+    {
         // EventBridge keys are not URL-encoded.
         Some(key) => notice.object(bucket, key.to_owned()),
-        None => notice.problem("missing_bucket_or_key", "EventBridge event without detail.object.key"),
+        None => notice.problem(
+            "missing_bucket_or_key",
+            "EventBridge event without detail.object.key",
+        ),
     }
 }
 
@@ -246,7 +286,10 @@ mod tests {
     #[test]
     fn cloudtrail_sns_message_lists_keys() {
         let p = format!(r#"{{"s3Bucket":"trail","s3ObjectKey":["{KEY}","{KEY}2"]}}"#);
-        assert_eq!(objects(&p), [("trail".into(), KEY.into()), ("trail".into(), format!("{KEY}2"))]);
+        assert_eq!(
+            objects(&p),
+            [("trail".into(), KEY.into()), ("trail".into(), format!("{KEY}2"))]
+        );
     }
 
     #[test]
@@ -266,7 +309,13 @@ mod tests {
             {"eventSource":"aws:s3","eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"a+b%3Dc.json.gz"}}},
             {"eventSource":"aws:s3","eventName":"ObjectRemoved:Delete","s3":{"bucket":{"name":"b"},"object":{"key":"x"}}}]}"#;
         let n = decode_notification(p.as_bytes());
-        assert_eq!(n.objects, [ObjectRef { bucket: "b".into(), key: "a b=c.json.gz".into() }]);
+        assert_eq!(
+            n.objects,
+            [ObjectRef {
+                bucket: "b".into(),
+                key: "a b=c.json.gz".into()
+            }]
+        );
         assert_eq!(n.ignored[&Ignored::NotCreation], 1);
     }
 
@@ -278,7 +327,10 @@ mod tests {
         let p = r#"{"s3Bucket":"b","s3ObjectKey":["AWSLogs/1/CloudTrail-Digest/us-east-1/2026/03/02/d.json.gz","AWSLogs/1/CloudTrail-Insight/us-east-1/2026/03/02/i.json.gz"]}"#;
         let n = decode_notification(p.as_bytes());
         assert!(n.objects.is_empty());
-        assert_eq!((n.ignored[&Ignored::Digest], n.ignored[&Ignored::Insight]), (1, 1));
+        assert_eq!(
+            (n.ignored[&Ignored::Digest], n.ignored[&Ignored::Insight]),
+            (1, 1)
+        );
     }
 
     #[test]
@@ -286,7 +338,10 @@ mod tests {
         let p = r#"{"detail-type":"Object Created","source":"aws.s3","detail":{"bucket":{"name":"b"},"object":{"key":"k+1.json.gz"}}}"#;
         assert_eq!(objects(p), [("b".into(), "k+1.json.gz".into())]);
         let deleted = r#"{"detail-type":"Object Deleted","source":"aws.s3","detail":{"bucket":{"name":"b"},"object":{"key":"k"}}}"#;
-        assert_eq!(decode_notification(deleted.as_bytes()).ignored[&Ignored::NotCreation], 1);
+        assert_eq!(
+            decode_notification(deleted.as_bytes()).ignored[&Ignored::NotCreation],
+            1
+        );
     }
 
     #[test]
@@ -306,14 +361,25 @@ mod tests {
             ("42", "unknown_shape"),
             (r#"{"hello":"world"}"#, "unknown_shape"),
             (r#"{"Records":[]}"#, "unknown_shape"),
-            (r#"{"Records":[{"eventVersion":"1.08","eventSource":"s3.amazonaws.com","eventName":"GetObject"}]}"#, "unknown_shape"),
+            (
+                r#"{"Records":[{"eventVersion":"1.08","eventSource":"s3.amazonaws.com","eventName":"GetObject"}]}"#,
+                "unknown_shape",
+            ),
             (r#"{"Messagess":"x","Type":"Notification"}"#, "unknown_shape"),
             (r#"{"s3Bucket":"b","s3ObjectKey":[""]}"#, "missing_bucket_or_key"),
-            (r#"{"detail-type":"Object Created","source":"aws.ec2","detail":{}}"#, "unknown_shape"),
+            (
+                r#"{"detail-type":"Object Created","source":"aws.ec2","detail":{}}"#,
+                "unknown_shape",
+            ),
         ] {
             let n = decode_notification(payload.as_bytes());
             assert!(n.objects.is_empty(), "{payload}");
-            assert_eq!(n.problems.first().map(|p| p.reason), Some(reason), "{payload}: {:?}", n.problems);
+            assert_eq!(
+                n.problems.first().map(|p| p.reason),
+                Some(reason),
+                "{payload}: {:?}",
+                n.problems
+            );
         }
     }
 

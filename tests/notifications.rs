@@ -33,7 +33,10 @@ fn every_delivery_shape_names_its_object() {
 #[test]
 fn url_encoded_keys_are_decoded() {
     let n = decode("s3-event-urlencoded-key.json");
-    assert_eq!(n.objects[0].key, "AWSLogs/111122223333/CloudTrail/us-east-1/2026/03/02/odd name=1.json.gz");
+    assert_eq!(
+        n.objects[0].key,
+        "AWSLogs/111122223333/CloudTrail/us-east-1/2026/03/02/odd name=1.json.gz"
+    );
 }
 
 #[test]
@@ -44,7 +47,10 @@ fn ignored_shapes_are_counted_not_failed() {
 
 #[test]
 fn bad_shapes_have_distinct_reasons() {
-    assert_eq!(decode("malformed.json").problems[0].reason, "malformed_notification");
+    assert_eq!(
+        decode("malformed.json").problems[0].reason,
+        "malformed_notification"
+    );
     assert_eq!(decode("unknown-shape.json").problems[0].reason, "unknown_shape");
     let batch = decode("sqs-batch-with-garbage.json");
     assert_eq!(batch.objects.len(), 1);
