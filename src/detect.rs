@@ -214,17 +214,7 @@ impl Detector {
             }
             let id = anomaly_id(&[Kind::RuleMatch.as_str(), &rule.id, &event.event_id]);
             let reason = format!("matched rule {:?}", rule.title);
-            let mut a = anomaly(
-                event,
-                Kind::RuleMatch,
-                id,
-                level_score(rule.level),
-                info(mature),
-                reason,
-            );
-            a.severity = rule.level;
-            a.rule = Some(rule_info(rule));
-            out.push(a);
+            out.push(rule_anomaly(event, rule, id, info(mature), reason));
         }
         let (Some(engine), Some(raw)) = (&mut self.correlations, &event.raw) else {
             return;
@@ -252,16 +242,7 @@ impl Detector {
                 body.timespan_secs,
                 group.join(", ")
             );
-            let mut a = anomaly(
-                event,
-                Kind::RuleMatch,
-                id,
-                level_score(rule.level),
-                info(mature),
-                reason,
-            );
-            a.severity = rule.level;
-            a.rule = Some(rule_info(rule));
+            let mut a = rule_anomaly(event, rule, id, info(mature), reason);
             a.count = body.aggregated_value.max(1.0) as u64;
             let refs = body.event_refs.iter().flatten().filter_map(|r| r.id.clone());
             let mut ids: Vec<String> = refs.filter(|id| *id != event.event_id).collect();
@@ -520,12 +501,29 @@ fn level_score(level: Severity) -> f64 {
     }
 }
 
-fn rule_info(rule: &crate::rules::RuleInfo) -> crate::anomaly::RuleInfo {
-    crate::anomaly::RuleInfo {
+/// A `rule_match` anomaly for `rule`, at the rule's level.
+fn rule_anomaly(
+    event: &Event,
+    rule: &crate::rules::RuleInfo,
+    id: String,
+    baseline: BaselineInfo,
+    reason: String,
+) -> Anomaly {
+    let mut a = anomaly(
+        event,
+        Kind::RuleMatch,
+        id,
+        level_score(rule.level),
+        baseline,
+        reason,
+    );
+    a.severity = rule.level;
+    a.rule = Some(crate::anomaly::RuleInfo {
         id: rule.id.clone(),
         title: rule.title.clone(),
         tags: rule.tags.clone(),
-    }
+    });
+    a
 }
 
 fn baseline_info(baseline: &PrincipalBaseline, mature: bool) -> BaselineInfo {

@@ -40,6 +40,14 @@ fn keys(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// An anomaly line's `id`.
+fn id_of(line: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(line).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn read_topic(
     brokers: &str,
     topic: &str,
@@ -101,12 +109,7 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
     let expected: BTreeSet<String> = String::from_utf8(expected_lines)
         .unwrap()
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(id_of)
         .collect();
     assert!(
         expected.len() >= 5,
@@ -190,18 +193,7 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
     let anomalies = read_topic(
         &brokers,
         ANOMALIES,
-        |got| {
-            got.iter()
-                .map(|l| {
-                    serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned()
-                })
-                .collect::<BTreeSet<_>>()
-                .len()
-                >= want
-        },
+        |got| got.iter().map(|l| id_of(l)).collect::<BTreeSet<_>>().len() >= want,
         Duration::from_secs(120),
     )
     .await;
@@ -219,15 +211,7 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
         .unwrap()
         .unwrap();
 
-    let got: BTreeSet<String> = anomalies
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let got: BTreeSet<String> = anomalies.iter().map(id_of).collect();
     assert_eq!(
         got, expected,
         "run delivers exactly the anomalies replay raises (duplicates allowed)"
