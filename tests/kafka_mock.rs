@@ -211,7 +211,7 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
         .unwrap()
         .unwrap();
 
-    let got: BTreeSet<String> = anomalies.iter().map(id_of).collect();
+    let got: BTreeSet<String> = anomalies.iter().map(|l| id_of(l)).collect();
     assert_eq!(
         got, expected,
         "run delivers exactly the anomalies replay raises (duplicates allowed)"
