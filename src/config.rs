@@ -34,6 +34,22 @@ pub struct RawConfig {
     pub fetch: RawFetch,
     pub checkpoint: RawCheckpoint,
     pub batch: RawBatch,
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// Address `run` serves /metrics, /healthz and /readyz on; empty: not served.
+    pub listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            listen: "127.0.0.1:9898".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -764,6 +780,18 @@ impl RawConfig {
             batch_max_messages: self.batch.max_messages.max(1),
             batch_max_wait,
             retry_pause,
+            metrics_listen: match self.metrics.listen.trim() {
+                "" => None,
+                text => match text.parse() {
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        problems.push(format!(
+                            "metrics.listen: not an address like \"0.0.0.0:9898\", got {text:?}"
+                        ));
+                        None
+                    }
+                },
+            },
         }
     }
 }
@@ -831,7 +859,7 @@ mod tests {
         let per_section = [
             2, 7, 8, 5, 4, 3, /* rules */ 0, /* alerts */ 3, /* source */ 2,
             /* sink */ 1, /* kafka */ 6, /* s3 */ 1, /* fetch */ 4,
-            /* checkpoint */ 2, /* batch */ 2,
+            /* checkpoint */ 2, /* batch */ 2, /* metrics */ 1,
         ];
         assert_eq!(keys, per_section.iter().sum::<usize>());
     }

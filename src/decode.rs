@@ -96,6 +96,8 @@ pub struct DecodedFile {
     pub skip: Option<FileSkip>,
     /// Set when the object failed; `events` still holds what was read before the failure.
     pub error: Option<FileError>,
+    /// Time spent inflating, parsing and evaluating rules.
+    pub took: std::time::Duration,
 }
 
 /// Limits on one object.
@@ -158,6 +160,13 @@ impl Decoder {
 
     /// Decodes one object's bytes. `object` names it in events and reports.
     pub fn decode(&mut self, object: &Arc<str>, bytes: &[u8]) -> DecodedFile {
+        let started = std::time::Instant::now();
+        let mut decoded = self.decode_untimed(object, bytes);
+        decoded.took = started.elapsed();
+        decoded
+    }
+
+    fn decode_untimed(&mut self, object: &Arc<str>, bytes: &[u8]) -> DecodedFile {
         if let Some(skip) = classify_key(object) {
             return DecodedFile {
                 skip: Some(skip),

@@ -24,6 +24,7 @@
 //! - [`replay`]: the batch pipeline over files on disk, on every core.
 //! - [`generate`]: synthetic trails with labelled incidents, for demos, tests and benchmarks.
 //! - [`labels`]: scoring anomalies against a generated trail's labels.
+//! - [`metrics`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`, latency percentiles.
 //! - [`config`]: the TOML configuration, validated into typed settings.
 
 pub mod alert;
@@ -36,6 +37,7 @@ pub mod event;
 pub mod fetch;
 pub mod generate;
 pub mod labels;
+pub mod metrics;
 pub mod net;
 pub mod notification;
 pub mod principal;

@@ -201,7 +201,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             let report = runtime.block_on(async {
                 let run = settings.run.clone();
-                trailwatch::run::run(settings, run, Some(rules), shutdown_signal()).await
+                let metrics = std::sync::Arc::new(trailwatch::metrics::Metrics::new());
+                trailwatch::run::run(settings, run, Some(rules), metrics, shutdown_signal()).await
             })?;
             eprintln!(
                 "stopped: {} notifications, {} files, {} records, {} anomalies, {} checkpoints, dead letters {:?}",

@@ -23,6 +23,7 @@ use crate::config::Settings;
 use crate::decode::{DecodeLimits, DecodedFile, Decoder};
 use crate::detect::{shard_of, Detector, DetectorStats};
 use crate::event::{Event, RecordSkip};
+use crate::metrics::Latencies;
 use crate::rules::RuleSet;
 
 /// A file to replay and the name it goes by in reports.
@@ -30,6 +31,10 @@ use crate::rules::RuleSet;
 pub struct InputFile {
     pub path: PathBuf,
     pub name: Arc<str>,
+}
+
+fn percentiles_json(p: crate::metrics::Percentiles) -> serde_json::Value {
+    serde_json::json!({"p50": p.p50, "p90": p.p90, "p99": p.p99, "p999": p.p999, "count": p.count})
 }
 
 /// Lists the files under `inputs`: files as given, folders recursively. Within folders only
@@ -102,6 +107,8 @@ pub struct Summary {
     /// Emitted rule matches by rule id.
     pub rule_matches: BTreeMap<String, u64>,
     pub alerts: AlertStats,
+    /// Per-file processing time and event lag (of each file's newest event).
+    pub latencies: Arc<Latencies>,
     pub elapsed: Duration,
 }
 
@@ -114,6 +121,10 @@ impl Summary {
 
     fn add_file(&mut self, file: &InputFile, decoded: &DecodedFile) {
         self.files += 1;
+        self.latencies.record_file(decoded.took);
+        if let Some(newest) = decoded.events.iter().map(|e| e.time).max() {
+            self.latencies.record_lag(chrono::Utc::now().timestamp() - newest);
+        }
         self.records += (decoded.events.len() + decoded.skipped.len()) as u64;
         if let Some(skip) = decoded.skip {
             *self.files_skipped.entry(skip.as_str()).or_default() += 1;
@@ -163,6 +174,10 @@ impl Summary {
             "anomalies": anomalies,
             "rule_matches": self.rule_matches,
             "alerts": {"folded": self.alerts.folded, "suppressed": self.alerts.suppressed, "shadowed": self.alerts.shadowed},
+            "latency": {
+                "file_seconds": percentiles_json(self.latencies.file()),
+                "event_lag_seconds": percentiles_json(self.latencies.lag()),
+            },
             "elapsed_seconds": self.elapsed.as_secs_f64(),
             "events_per_second": self.events_per_second(),
         })
@@ -215,6 +230,8 @@ impl Summary {
             anomalies.values().sum::<u64>(),
             join(&anomalies)
         );
+        s += &format!("latency per file: {}\n", self.latencies.file());
+        s += &format!("event lag (newest event per file): {}\n", self.latencies.lag());
         s += &format!(
             "alerts: {} repeats folded, {} suppressed, {} shadowed\n",
             self.alerts.folded, self.alerts.suppressed, self.alerts.shadowed

@@ -44,6 +44,7 @@ use crate::decode::{DecodeLimits, DecodedFile, Decoder};
 use crate::detect::{shard_of, Detector, DetectorState};
 use crate::event::Event;
 use crate::fetch::{FetchError, Fetcher};
+use crate::metrics::{Latencies, Metrics};
 use crate::notification::{decode_notification, ObjectRef};
 use crate::rules::RuleSet;
 
@@ -91,6 +92,8 @@ pub struct RunSettings {
     pub batch_max_wait: Duration,
     /// Pause before retrying a notification whose object failed transiently.
     pub retry_pause: Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A dead letter: the input that could not be processed, why, and where it came from.
@@ -152,6 +155,13 @@ struct Checkpoint {
 const CHECKPOINT_VERSION: u32 = 1;
 const CHECKPOINT_NAME: &str = "trailwatch-state.json.gz";
 
+/// What is kept of a decoded file once its events went to the shards.
+struct FileCounts {
+    records: usize,
+    /// Event time of its newest event.
+    newest: Option<i64>,
+}
+
 /// Decoding and detection over batches of files, on every core.
 struct Engine {
     detectors: Vec<Detector>,
@@ -178,7 +188,7 @@ impl Engine {
     /// Decodes files (in parallel) and runs their events through the shards (in parallel, each
     /// shard's events in file order). Returns the decoded files' reports (their events moved
     /// out, their record counts kept) and the anomalies.
-    fn process(&mut self, files: &[(Arc<str>, Bytes)]) -> (Vec<(DecodedFile, usize)>, Vec<Anomaly>) {
+    fn process(&mut self, files: &[(Arc<str>, Bytes)]) -> (Vec<(DecodedFile, FileCounts)>, Vec<Anomaly>) {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let slots: Vec<std::sync::Mutex<Option<DecodedFile>>> =
             files.iter().map(|_| std::sync::Mutex::new(None)).collect();
@@ -207,7 +217,10 @@ impl Engine {
         let mut batches: Vec<Vec<Event>> = vec![Vec::new(); shards];
         let mut records = Vec::with_capacity(decoded.len());
         for file in &mut decoded {
-            records.push(file.events.len() + file.skipped.len());
+            records.push(FileCounts {
+                records: file.events.len() + file.skipped.len(),
+                newest: file.events.iter().map(|e| e.time).max(),
+            });
             for event in std::mem::take(&mut file.events) {
                 batches[shard_of(&event.principal.key, shards)].push(event);
             }
@@ -435,9 +448,24 @@ pub async fn run(
     settings: Settings,
     run: RunSettings,
     rules: Option<Arc<RuleSet>>,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<RunReport> {
     let mut report = RunReport::default();
+    let latencies = Latencies::default();
+    let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = match run.metrics_listen {
+        Some(addr) => {
+            let (bound, handle) = crate::metrics::serve(Arc::clone(&metrics), addr, async move {
+                let _ = server_stopped.await;
+            })
+            .await
+            .with_context(|| format!("metrics.listen {addr}"))?;
+            tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+            Some(handle)
+        }
+        None => None,
+    };
     let mut engine = Engine::new(&settings, rules);
     let checkpoints = run
         .checkpoint_url
@@ -516,6 +544,8 @@ pub async fn run(
         }
     };
 
+    // Rules are loaded and the state restored; a Kafka source is ready once partitions are assigned.
+    metrics.set_ready(matches!(run.source, Source::Folder { .. }));
     tokio::pin!(shutdown);
     let mut stopping = false;
     let mut last_checkpoint = Instant::now();
@@ -573,12 +603,25 @@ pub async fn run(
         }
 
         if !batch.is_empty() {
-            let outcome = process_batch(&mut engine, &fetcher, &batch, &mut report).await;
+            let outcome =
+                process_batch(&mut engine, &fetcher, &batch, &mut report, &metrics, &latencies).await;
             output.deliver(&outcome.anomalies, &outcome.dead).await?;
             report.anomalies += outcome.anomalies.len() as u64;
+            outcome.anomalies.iter().for_each(|a| metrics.anomaly(a));
             for (_, d) in &outcome.dead {
                 *report.dead_letters.entry(d.reason.clone()).or_default() += 1;
+                metrics.dead_letters.with_label_values(&[d.reason.as_str()]).inc();
             }
+            metrics
+                .notifications
+                .with_label_values(&["retried"])
+                .inc_by(outcome.retry.len() as u64);
+            metrics
+                .principals
+                .set(engine.detectors.iter().map(Detector::principals).sum::<usize>() as i64);
+            metrics
+                .baseline_values
+                .set(engine.detectors.iter().map(Detector::values_held).sum::<usize>() as i64);
             for n in &batch {
                 if let Some(obj) = &n.direct {
                     if !outcome.retry.contains(&(n.topic.clone(), n.partition, n.offset)) {
@@ -620,6 +663,14 @@ pub async fn run(
             dirty = true;
         }
 
+        if let Some(consumer) = &consumer {
+            metrics.set_ready(consumer.assignment().is_ok_and(|a| a.count() > 0));
+        }
+        if report.checkpoints > 0 {
+            metrics
+                .checkpoint_age_seconds
+                .set(last_checkpoint.elapsed().as_secs_f64());
+        }
         if dirty && (stopping || last_checkpoint.elapsed() >= run.checkpoint_interval) {
             checkpoint(
                 &mut engine,
@@ -629,11 +680,17 @@ pub async fn run(
                 &reached,
                 &files_done,
                 &mut report,
+                &metrics,
             )
             .await?;
             last_checkpoint = Instant::now();
             dirty = false;
         }
+    }
+    tracing::info!(file = %latencies.file(), event_lag = %latencies.lag(), "latency at shutdown");
+    let _ = server_stop.send(());
+    if let Some(server) = server {
+        let _ = server.await;
     }
     if let Output::Kafka { producer, .. } = &output {
         use rdkafka::producer::Producer;
@@ -653,9 +710,11 @@ async fn checkpoint(
     reached: &BTreeMap<(String, i32), i64>,
     files_done: &BTreeSet<String>,
     report: &mut RunReport,
+    metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let held = engine.flush();
     output.deliver(&held, &[]).await?;
+    held.iter().for_each(|a| metrics.anomaly(a));
     report.anomalies += held.len() as u64;
     if let Some(store) = store {
         let (principals, seen_ids, watermark) = engine.snapshot();
@@ -690,6 +749,27 @@ async fn checkpoint(
         }
     }
     report.checkpoints += 1;
+    metrics
+        .checkpoint_last_success
+        .set(chrono::Utc::now().timestamp() as f64);
+    metrics.checkpoint_age_seconds.set(0.0);
+    if let Some(consumer) = consumer {
+        // Lag per assigned partition: the log end minus the position reached.
+        if let Ok(assignment) = consumer.assignment() {
+            for tp in assignment.elements() {
+                let reached_at = reached.get(&(tp.topic().to_owned(), tp.partition())).copied();
+                if let (Ok((_, high)), Some(at)) = (
+                    consumer.fetch_watermarks(tp.topic(), tp.partition(), Duration::from_secs(5)),
+                    reached_at,
+                ) {
+                    metrics
+                        .consumer_lag
+                        .with_label_values(&[&tp.partition().to_string()])
+                        .set(high - at);
+                }
+            }
+        }
+    }
     tracing::info!(
         checkpoints = report.checkpoints,
         "checkpoint written and offsets committed"
@@ -709,6 +789,8 @@ async fn process_batch(
     fetcher: &Fetcher,
     batch: &[Notification],
     report: &mut RunReport,
+    metrics: &Metrics,
+    latencies: &Latencies,
 ) -> BatchOutcome {
     let mut dead = Vec::new();
     let mut retry = BTreeSet::new();
@@ -728,6 +810,14 @@ async fn process_batch(
             continue;
         }
         let notice = decode_notification(&n.payload);
+        let outcome = if !notice.problems.is_empty() {
+            "dead_letter"
+        } else if notice.objects.is_empty() {
+            "ignored"
+        } else {
+            "processed"
+        };
+        metrics.notifications.with_label_values(&[outcome]).inc();
         for problem in notice.problems {
             dead.push((
                 n.key.clone(),
@@ -810,9 +900,28 @@ async fn process_batch(
     .expect("the detection task does not panic");
     std::mem::swap(engine, &mut back);
     let (decoded, names) = decoded;
-    for (((file, records), name), owner) in decoded.iter().zip(&names).zip(&file_owner) {
+    let now = chrono::Utc::now().timestamp();
+    for (((file, counts), name), owner) in decoded.iter().zip(&names).zip(&file_owner) {
         report.files += 1;
-        report.records += *records as u64;
+        report.records += counts.records as u64;
+        let skipped = file.skipped.len() as u64;
+        metrics.records.with_label_values(&["skipped"]).inc_by(skipped);
+        metrics
+            .records
+            .with_label_values(&["event"])
+            .inc_by(counts.records as u64 - skipped);
+        let outcome = match (&file.error, file.skip) {
+            (Some(_), _) => "failed",
+            (None, Some(_)) => "skipped",
+            (None, None) => "decoded",
+        };
+        metrics.files.with_label_values(&[outcome]).inc();
+        metrics.file_seconds.observe(file.took.as_secs_f64());
+        latencies.record_file(file.took);
+        if let Some(newest) = counts.newest {
+            metrics.event_lag_seconds.observe((now - newest).max(0) as f64);
+            latencies.record_lag(now - newest);
+        }
         let n = &batch[*owner];
         if let Some(error) = &file.error {
             dead.push((

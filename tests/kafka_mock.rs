@@ -16,6 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use trailwatch::config::Settings;
 use trailwatch::fetch::{FetchSettings, StoreSettings};
 use trailwatch::generate::{generate, GenerateOptions};
+use trailwatch::metrics::Metrics;
 use trailwatch::replay::{list_inputs, replay};
 use trailwatch::rules::RuleSet;
 use trailwatch::run::{run, DeadLetter, KafkaSettings, RunSettings, Sink, Source};
@@ -183,11 +184,19 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
         batch_max_messages: 200,
         batch_max_wait: Duration::from_millis(200),
         retry_pause: Duration::from_millis(100),
+        metrics_listen: None,
     };
+    let metrics = Arc::new(Metrics::new());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(run(settings(), run_settings, Some(rules), async move {
-        let _ = stop_rx.await;
-    }));
+    let service = tokio::spawn(run(
+        settings(),
+        run_settings,
+        Some(rules),
+        Arc::clone(&metrics),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let want = expected.len();
     let anomalies = read_topic(
@@ -247,4 +256,22 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     let offset = committed.find_partition(NOTIFICATIONS, 0).unwrap().offset();
     assert_eq!(offset, Offset::Offset(payloads.len() as i64));
+
+    // The metrics saw the same run.
+    let text = metrics.render();
+    for reason in [
+        "corrupt_gzip",
+        "malformed_notification",
+        "missing_object",
+        "not_cloudtrail",
+        "unknown_shape",
+    ] {
+        assert!(
+            text.contains(&format!("trailwatch_dead_letters_total{{reason=\"{reason}\"}} 1")),
+            "{reason}:\n{text}"
+        );
+    }
+    assert!(text.contains("trailwatch_checkpoint_last_success_timestamp_seconds"));
+    assert_eq!(metrics.files.with_label_values(&["failed"]).get(), 2);
+    assert!(metrics.anomalies.with_label_values(&["rule_match", "high"]).get() > 0);
 }
