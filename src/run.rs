@@ -702,6 +702,7 @@ pub async fn run(
 }
 
 /// Flushes folded alerts, writes the state with the offsets it reflects, then commits them.
+#[allow(clippy::too_many_arguments)] // the run loop's state, lent for one step
 async fn checkpoint(
     engine: &mut Engine,
     output: &mut Output,
