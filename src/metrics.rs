@@ -19,6 +19,24 @@ use prometheus::{
 
 pub const NAMESPACE: &str = "trailwatch";
 
+/// Every dead-letter reason: notification problems, fetch failures and file failures.
+pub const DEAD_LETTER_REASONS: [&str; 14] = [
+    "malformed_notification",
+    "unknown_shape",
+    "missing_bucket_or_key",
+    "missing_object",
+    "access_denied",
+    "object_too_large",
+    "invalid_key",
+    "io",
+    "corrupt_gzip",
+    "too_large",
+    "invalid_json",
+    "not_cloudtrail",
+    "not_utf8",
+    "fetch_failed",
+];
+
 /// Every metric trailwatch exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -159,7 +177,7 @@ impl Metrics {
             ),
             consumer_lag: gauge_vec(
                 "consumer_lag",
-                "Notifications not yet consumed, by partition of the notifications topic.",
+                "Notifications not yet consumed, by partition of the notifications topic (`folder`: files waiting in the watched folder).",
                 &["partition"],
             ),
             build_info: gauge_vec(
@@ -183,7 +201,17 @@ impl Metrics {
         for outcome in ["event", "skipped"] {
             m.records.with_label_values(&[outcome]);
         }
+        for reason in DEAD_LETTER_REASONS {
+            m.dead_letters.with_label_values(&[reason]);
+        }
         m
+    }
+
+    /// Starts every loaded rule's match counter at zero.
+    pub fn register_rules(&self, rules: &crate::rules::RuleSet) {
+        for rule in rules.rules().iter().filter(|r| !r.feeds_correlation_only) {
+            self.rule_matches.with_label_values(&[rule.id.as_str()]);
+        }
     }
 
     /// The registry as Prometheus text.
@@ -377,6 +405,56 @@ mod tests {
         }
         assert!(text.contains("trailwatch_build_info{version=\""));
         assert!(text.contains("trailwatch_notifications_total{outcome=\"dead_letter\"} 0"));
+    }
+
+    #[test]
+    fn every_dead_letter_reason_is_known_to_the_metrics() {
+        use crate::decode::FileError;
+        let io = || std::io::Error::other("x");
+        let file_errors = [
+            FileError::Io(io()),
+            FileError::Gzip {
+                inflated: 0,
+                source: io(),
+            },
+            FileError::TooLarge { limit: 1 },
+            FileError::Json {
+                line: 1,
+                column: 1,
+                records: 0,
+                message: String::new(),
+            },
+            FileError::NoRecords,
+            FileError::NotUtf8 { offset: 0 },
+        ];
+        for e in file_errors {
+            assert!(DEAD_LETTER_REASONS.contains(&e.reason()), "{}", e.reason());
+        }
+        let s = || String::new();
+        let fetch_errors = [
+            crate::fetch::FetchError::NotFound {
+                bucket: s(),
+                key: s(),
+            },
+            crate::fetch::FetchError::Denied {
+                bucket: s(),
+                key: s(),
+                message: s(),
+            },
+            crate::fetch::FetchError::TooLarge {
+                bucket: s(),
+                key: s(),
+                size: 0,
+                limit: 0,
+            },
+            crate::fetch::FetchError::InvalidKey {
+                key: s(),
+                message: s(),
+            },
+        ];
+        for e in fetch_errors {
+            assert!(DEAD_LETTER_REASONS.contains(&e.reason()), "{}", e.reason());
+        }
     }
 
     #[test]

@@ -453,6 +453,9 @@ pub async fn run(
 ) -> anyhow::Result<RunReport> {
     let mut report = RunReport::default();
     let latencies = Latencies::default();
+    if let Some(rules) = &rules {
+        metrics.register_rules(rules);
+    }
     let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = match run.metrics_listen {
         Some(addr) => {
@@ -578,7 +581,12 @@ pub async fn run(
                 }
             }
             (None, Source::Folder { path, poll }) => {
-                let listed = list_folder(path, &files_done, run.batch_max_messages)?;
+                let (listed, pending) = list_folder(path, &files_done, run.batch_max_messages)?;
+                // The folder's backlog is its lag: files waiting beyond this batch.
+                metrics
+                    .consumer_lag
+                    .with_label_values(&["folder"])
+                    .set((pending - listed.len()) as i64);
                 if listed.is_empty() {
                     tokio::select! {
                         _ = &mut shutdown => stopping = true,
@@ -954,10 +962,15 @@ fn fetch_dead_letter(e: &FetchError, source: DeadLetterSource, url: String, payl
     }
 }
 
-/// Log files under `dir` not yet processed, oldest delivery first, at most `max`.
-fn list_folder(dir: &std::path::Path, done: &BTreeSet<String>, max: usize) -> anyhow::Result<Vec<String>> {
+/// Log files under `dir` not yet processed, oldest delivery first, at most `max`; and how many
+/// are waiting in all.
+fn list_folder(
+    dir: &std::path::Path,
+    done: &BTreeSet<String>,
+    max: usize,
+) -> anyhow::Result<(Vec<String>, usize)> {
     let (files, _) = crate::replay::list_inputs(&[dir.to_owned()])?;
-    Ok(files
+    let mut pending: Vec<String> = files
         .into_iter()
         .filter_map(|f| {
             f.path
@@ -966,6 +979,8 @@ fn list_folder(dir: &std::path::Path, done: &BTreeSet<String>, max: usize) -> an
                 .map(|p| p.to_string_lossy().into_owned())
         })
         .filter(|k| !done.contains(k))
-        .take(max)
-        .collect())
+        .collect();
+    let total = pending.len();
+    pending.truncate(max);
+    Ok((pending, total))
 }
