@@ -47,14 +47,34 @@ impl Dimension {
     }
 }
 
-/// One value of one dimension, as a principal has used it.
+/// One value of one dimension, as a principal has used it. Kept small (40 bytes): times are Unix
+/// seconds in a `u32` (enough until 2106), the hash is 32 bits (a match is confirmed on the value
+/// itself).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ValueSeen {
-    hash: u64,
+    hash: u32,
     pub value: CompactString,
-    pub first_seen: i64,
-    pub last_seen: i64,
+    first_seen: u32,
+    last_seen: u32,
     pub count: u32,
+}
+
+fn pack(time: i64) -> u32 {
+    time.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+fn unpack(stamp: u32) -> i64 {
+    i64::from(stamp)
+}
+
+impl ValueSeen {
+    pub fn first_seen(&self) -> i64 {
+        unpack(self.first_seen)
+    }
+
+    pub fn last_seen(&self) -> i64 {
+        unpack(self.last_seen)
+    }
 }
 
 /// The values one principal has used on one dimension.
@@ -77,31 +97,34 @@ impl ValueSet {
     /// value is remembered after its last use; `cap` how many values are held.
     pub fn observe(&mut self, value: &str, time: i64, window: i64, cap: usize) -> Seen {
         let hash = value_hash(value);
+        let stamp = pack(time);
         if let Some(v) = self
             .values
             .iter_mut()
             .find(|v| v.hash == hash && v.value == value)
         {
-            let expired = time - v.last_seen > window;
-            v.last_seen = v.last_seen.max(time);
+            let expired = time - v.last_seen() > window;
+            v.last_seen = v.last_seen.max(stamp);
             v.count = v.count.saturating_add(1);
             if expired {
-                v.first_seen = time;
+                v.first_seen = stamp;
                 v.count = 1;
                 return Seen::Novel;
             }
-            let first_seen = v.first_seen;
-            v.first_seen = v.first_seen.min(time);
+            let first_seen = v.first_seen();
+            v.first_seen = v.first_seen.min(stamp);
             return Seen::Known { first_seen };
         }
         let entry = ValueSeen {
             hash,
             value: value.into(),
-            first_seen: time,
-            last_seen: time,
+            first_seen: stamp,
+            last_seen: stamp,
             count: 1,
         };
         if self.values.len() < cap {
+            // Values are added rarely; exact growth keeps no slack per principal.
+            self.values.reserve_exact(1);
             self.values.push(entry);
         } else if let Some(oldest) = self.values.iter_mut().min_by_key(|v| v.last_seen) {
             *oldest = entry;
@@ -131,7 +154,7 @@ impl ValueSet {
 
     /// Forgets values unseen since `horizon`.
     pub fn expire(&mut self, horizon: i64) {
-        self.values.retain(|v| v.last_seen >= horizon);
+        self.values.retain(|v| v.last_seen() >= horizon);
     }
 
     /// Approximate heap bytes held.
@@ -146,8 +169,8 @@ impl ValueSet {
     }
 }
 
-fn value_hash(value: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(value.as_bytes())
+fn value_hash(value: &str) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(value.as_bytes()) as u32
 }
 
 /// Events and denied calls per interval, against the principal's own history of active intervals.
@@ -292,6 +315,11 @@ mod tests {
         assert_eq!(set.len(), 2);
         assert_eq!(set.observe("recent", 5, DAY, 2), Seen::Known { first_seen: 3 });
         assert_eq!(set.observe("old", 6, DAY, 2), Seen::Novel);
+    }
+
+    #[test]
+    fn a_seen_value_is_forty_bytes() {
+        assert_eq!(std::mem::size_of::<ValueSeen>(), 40);
     }
 
     #[test]
