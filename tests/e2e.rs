@@ -154,8 +154,11 @@ fn settings_toml(brokers: &str, s3: &str, checkpoint: &Path) -> String {
          [kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"trailwatch-e2e\"\n\
          [s3]\nendpoint = \"{s3}\"\nallow_http = true\nregion = \"us-east-1\"\n\
          [fetch]\nretries = 2\nmax_backoff = \"200ms\"\nretry_pause = \"200ms\"\n\
-         [checkpoint]\nurl = \"{}\"\ninterval = \"1s\"\n[batch]\nmax_messages = 100\nmax_wait = \"200ms\"\n",
-        checkpoint.display()
+         [checkpoint]\nurl = \"{}\"\ninterval = \"1s\"\n[batch]\nmax_messages = 100\nmax_wait = \"200ms\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+        checkpoint.display(),
+        // Each service its own port: tests run side by side.
+        free_port()
     )
 }
 
@@ -345,6 +348,20 @@ fn committed(brokers: &str) -> Offset {
     committed.find_partition(NOTIFICATIONS, 0).unwrap().offset()
 }
 
+/// Waits until the service has committed every notification: only then has it finished (the
+/// anomalies topic alone cannot tell, since a restarted service re-emits ids already there).
+fn wait_until_all_committed(f: &Fixture, log: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while committed(&f.brokers) != Offset::Offset(f.notifications as i64) {
+        assert!(
+            Instant::now() < deadline,
+            "not every notification was committed; service log:\n{}",
+            std::fs::read_to_string(f.dir.join(log)).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn check_dead_letters(f: &Fixture) {
     let dead = read_topic(
         &f.brokers,
@@ -388,6 +405,7 @@ fn run_against_a_real_broker_and_s3_api_processes_everything_and_dead_letters_th
         Duration::from_secs(180),
     );
     let elapsed = started.elapsed();
+    wait_until_all_committed(&f, "run.log");
     check_dead_letters(&f);
     let status = stop(service);
     let log = std::fs::read_to_string(f.dir.join("run.log")).unwrap();
@@ -434,6 +452,7 @@ fn a_service_killed_mid_stream_resumes_without_losing_anything() {
         |got| ids(got).len() >= f.expected.len(),
         Duration::from_secs(180),
     );
+    wait_until_all_committed(&f, "second.log");
     check_dead_letters(&f);
     let status = stop(second);
     assert!(
