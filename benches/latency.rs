@@ -1,0 +1,170 @@
+//! End-to-end latency, notification produced → anomaly acknowledged on Kafka, against librdkafka's
+//! mock cluster: `cargo bench --bench latency -- [--notifications N] [--interval-ms N]`.
+//!
+//! Each notification names a log file holding one `StopLogging` call (a rule match), produced at a
+//! steady pace; the latency of each is the time from its production to the arrival of its anomaly
+//! on the anomalies topic (which `run` produces only after fetch, decode, rules and detection).
+//! Percentiles via hdrhistogram. The batch wait (`batch.max_wait`) is part of what is measured.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use trailwatch::config::Settings;
+use trailwatch::fetch::{FetchSettings, StoreSettings};
+use trailwatch::metrics::Metrics;
+use trailwatch::rules::RuleSet;
+use trailwatch::run::{run, KafkaSettings, RunSettings, Sink, Source};
+
+fn record(id: &str) -> serde_json::Value {
+    serde_json::json!({"eventVersion": "1.09", "eventTime": "2026-03-02T10:00:00Z", "eventID": id,
+        "eventSource": "cloudtrail.amazonaws.com", "eventName": "StopLogging", "awsRegion": "us-east-1",
+        "sourceIPAddress": "198.51.100.7", "userAgent": "aws-cli/2.15.0",
+        "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/alice",
+                         "accountId": "111122223333", "userName": "alice"},
+        "requestParameters": {"name": "org-trail"}, "recipientAccountId": "111122223333"})
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let count: usize = arg("--notifications").map_or(500, |v| v.parse().expect("--notifications N"));
+    let interval =
+        Duration::from_millis(arg("--interval-ms").map_or(10, |v| v.parse().expect("--interval-ms N")));
+    let max_wait =
+        Duration::from_millis(arg("--batch-wait-ms").map_or(20, |v| v.parse().expect("--batch-wait-ms N")));
+
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..count {
+        let body = serde_json::json!({"Records": [record(&format!("lat-{i}"))]});
+        std::fs::write(dir.path().join(format!("f{i}.json")), body.to_string()).unwrap();
+    }
+    let cluster = MockCluster::new(1).unwrap();
+    for topic in ["n", "a", "d"] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    let mut settings = Settings::from_toml("[alerts]\ndedup_window = \"0s\"\n", "bench").unwrap();
+    settings.detector.learning_events = u64::MAX; // rules only: no baseline anomalies
+    let run_settings = RunSettings {
+        source: Source::Kafka,
+        sink: Sink::Kafka,
+        dead_letter_file: None,
+        kafka: KafkaSettings {
+            brokers: brokers.clone(),
+            group_id: "latency".into(),
+            notifications_topic: "n".into(),
+            anomalies_topic: "a".into(),
+            dead_letter_topic: "d".into(),
+            // librdkafka waits up to 500 ms for a fetch to fill by default; a latency-minded
+            // deployment lowers it through the passthrough, as here.
+            options: [("fetch.wait.max.ms".to_owned(), "10".to_owned())].into(),
+        },
+        fetch: FetchSettings {
+            store: StoreSettings::Local(dir.path().to_owned()),
+            concurrency: 16,
+            retries: 0,
+            max_backoff: Duration::from_millis(10),
+            max_object_bytes: 1 << 20,
+        },
+        checkpoint_url: None,
+        checkpoint_interval: Duration::from_secs(3600),
+        batch_max_messages: 256,
+        batch_max_wait: max_wait,
+        retry_pause: Duration::from_millis(10),
+        metrics_listen: None,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let rules = Arc::new(RuleSet::builtin().unwrap());
+    let service = tokio::spawn(run(
+        settings,
+        run_settings,
+        Some(rules),
+        Arc::new(Metrics::new()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "latency-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["a"]).unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    // Let the service join its group before timing anything.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let producing = {
+        let sent = Arc::clone(&sent);
+        tokio::spawn(async move {
+            for i in 0..count {
+                let payload =
+                    serde_json::json!({"s3Bucket": "b", "s3ObjectKey": [format!("f{i}.json")]}).to_string();
+                sent.lock().unwrap().insert(format!("lat-{i}"), Instant::now());
+                producer
+                    .send(
+                        FutureRecord::<(), _>::to("n").payload(&payload),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap();
+                tokio::time::sleep(interval).await;
+            }
+        })
+    };
+    let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let started = Instant::now();
+    while histogram.len() < count as u64 && started.elapsed() < Duration::from_secs(300) {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await else {
+            break;
+        };
+        let arrived = Instant::now();
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+        let id = v["evidence"]["event_ids"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(at) = sent.lock().unwrap().remove(&id) {
+            histogram
+                .record((arrived - at).as_micros().max(1) as u64)
+                .unwrap();
+        }
+    }
+    producing.await.unwrap();
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "notification produced → anomaly on Kafka, {} of {count} notifications, one every {:?}, batch.max_wait {:?}:",
+        histogram.len(),
+        interval,
+        max_wait
+    );
+    println!(
+        "  p50 {:.1} ms   p99 {:.1} ms   p99.9 {:.1} ms   max {:.1} ms",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        histogram.max() as f64 / 1000.0
+    );
+}
