@@ -433,9 +433,14 @@ impl Output {
     }
 }
 
-fn client_config(kafka: &KafkaSettings) -> ClientConfig {
+/// A librdkafka configuration: the brokers, then `defaults`, then the user's passthrough options,
+/// which win over both.
+fn client_config(kafka: &KafkaSettings, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.brokers);
+    for (k, v) in defaults {
+        config.set(*k, *v);
+    }
     for (k, v) in &kafka.options {
         config.set(k, v);
     }
@@ -487,14 +492,14 @@ pub async fn run(
 
     let consumer: Option<StreamConsumer> = match &run.source {
         Source::Kafka => {
-            let mut config = client_config(&run.kafka);
-            config
-                .set("group.id", &run.kafka.group_id)
-                .set("enable.auto.commit", "false")
-                .set("auto.offset.reset", "earliest");
-            for (k, v) in &run.kafka.options {
-                config.set(k, v);
-            }
+            let config = client_config(
+                &run.kafka,
+                &[
+                    ("group.id", &run.kafka.group_id),
+                    ("enable.auto.commit", "false"),
+                    ("auto.offset.reset", "earliest"),
+                ],
+            );
             let consumer: StreamConsumer = config.create().context("creating the Kafka consumer")?;
             consumer
                 .subscribe(&[&run.kafka.notifications_topic])
@@ -505,11 +510,7 @@ pub async fn run(
     };
     let mut output = match &run.sink {
         Sink::Kafka => {
-            let mut config = client_config(&run.kafka);
-            config.set("enable.idempotence", "true");
-            for (k, v) in &run.kafka.options {
-                config.set(k, v);
-            }
+            let config = client_config(&run.kafka, &[("enable.idempotence", "true")]);
             let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
             Output::Kafka {
                 producer,
