@@ -21,6 +21,10 @@ use trailwatch::metrics::Metrics;
 use trailwatch::rules::RuleSet;
 use trailwatch::run::{run, KafkaSettings, RunSettings, Sink, Source};
 
+/// The allocator the `trailwatch` binary runs with, so figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn record(id: &str) -> serde_json::Value {
     serde_json::json!({"eventVersion": "1.09", "eventTime": "2026-03-02T10:00:00Z", "eventID": id,
         "eventSource": "cloudtrail.amazonaws.com", "eventName": "StopLogging", "awsRegion": "us-east-1",

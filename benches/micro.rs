@@ -12,6 +12,10 @@ use trailwatch::principal;
 use trailwatch::record::RawRecord;
 use trailwatch::rules::{RecordView, RuleSet};
 
+/// The allocator the `trailwatch` binary runs with, so figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RECORD: &str = r#"{"eventVersion":"1.09","userIdentity":{"type":"AssumedRole","principalId":"AROAEXAMPLE:svc-session","arn":"arn:aws:sts::111122223333:assumed-role/svc-role/svc-session","accountId":"111122223333","accessKeyId":"ASIAEXAMPLE","sessionContext":{"sessionIssuer":{"type":"Role","principalId":"AROAEXAMPLE","arn":"arn:aws:iam::111122223333:role/svc-role","accountId":"111122223333","userName":"svc-role"},"attributes":{"creationDate":"2026-03-02T00:00:00Z","mfaAuthenticated":"false"}}},"eventTime":"2026-03-02T10:00:00Z","eventSource":"kms.amazonaws.com","eventName":"Decrypt","awsRegion":"eu-west-1","sourceIPAddress":"203.0.113.10","userAgent":"aws-sdk-go-v2/1.25.3 os/linux lang/go#1.22.1 md/GOOS#linux md/GOARCH#amd64","requestParameters":{"encryptionAlgorithm":"SYMMETRIC_DEFAULT","encryptionContext":{"aws:lambda:FunctionArn":"arn:aws:lambda:eu-west-1:111122223333:function:api"}},"responseElements":null,"requestID":"5d9b2f1e-1c7a-4f55-9a43-0b2c9e6f8d21","eventID":"EVENT-ID","readOnly":true,"eventType":"AwsApiCall","managementEvent":true,"recipientAccountId":"111122223333","eventCategory":"Management","tlsDetails":{"tlsVersion":"TLSv1.3","cipherSuite":"TLS_AES_128_GCM_SHA256","clientProvidedHostHeader":"kms.eu-west-1.amazonaws.com"}}"#;
 
 fn log_file(records: usize) -> Vec<u8> {

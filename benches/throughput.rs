@@ -22,6 +22,10 @@ use trailwatch::record::RawRecord;
 use trailwatch::replay::{list_inputs, replay, InputFile};
 use trailwatch::rules::{RecordView, RuleSet};
 
+/// The allocator the `trailwatch` binary runs with, so figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Deserialize)]
 struct FloorFile<'a> {
     #[serde(rename = "Records", borrow)]

@@ -16,6 +16,11 @@ use trailwatch::labels::Labels;
 use trailwatch::replay::{list_inputs, replay, Summary};
 use trailwatch::rules::RuleSet;
 
+/// Events are built on decode threads and freed on shard threads; mimalloc's per-thread heaps
+/// take those cross-thread frees without the lock contention of the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "trailwatch",
