@@ -220,3 +220,167 @@ fn injected_tampering_root_and_mfa_incidents_raise_rule_matches_with_rule_detail
         );
     }
 }
+
+/// Every record's JSON text in the `.json`/`.json.gz` log files under `dir`.
+fn records_under(dir: &Path) -> Vec<String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    for path in walk(dir) {
+        let bytes = std::fs::read(&path).unwrap();
+        let mut text = String::new();
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            if flate2::read::MultiGzDecoder::new(&bytes[..])
+                .read_to_string(&mut text)
+                .is_err()
+            {
+                continue;
+            }
+        } else {
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        if let Ok(Value::Object(file)) = serde_json::from_str::<Value>(&text) {
+            if let Some(Value::Array(records)) = file.get("Records") {
+                out.extend(records.iter().map(Value::to_string));
+            }
+        }
+    }
+    out
+}
+
+/// Rules whose conditions stress the gates: alternatives over different fields, wildcards,
+/// negations, `all of`, `1 of`, lists of conditions, nested and keyword fields, `exists`, `null`.
+const GATE_RULES: &str = r#"
+title: Or Over Different Fields
+logsource: {product: aws, service: cloudtrail}
+detection:
+  a: {eventName: GetObject}
+  b: {eventSource: kms.amazonaws.com}
+  condition: a or b
+---
+title: Wildcard Call
+logsource: {product: aws, service: cloudtrail}
+detection:
+  sel: {eventName: 'Get*'}
+  condition: sel
+---
+title: All Of Selections
+logsource: {product: aws, service: cloudtrail}
+detection:
+  sel_call: {eventName: [Decrypt, GetObject, AssumeRole]}
+  sel_source: {eventSource: [kms.amazonaws.com, sts.amazonaws.com]}
+  condition: all of sel_*
+---
+title: One Of Selections Or Not
+logsource: {product: aws, service: cloudtrail}
+detection:
+  sel_a: {eventName: ConsoleLogin}
+  sel_b: {userIdentity.type: Root}
+  filter: {awsRegion: us-east-1}
+  condition: 1 of sel_* and not filter
+---
+title: Two Conditions
+logsource: {product: aws, service: cloudtrail}
+detection:
+  a: {eventName: PutObject}
+  b: {errorCode|exists: true}
+  condition: [a, b]
+---
+title: Null And Absent
+logsource: {product: aws, service: cloudtrail}
+detection:
+  sel: {eventSource: s3.amazonaws.com, errorCode: null}
+  condition: sel
+---
+title: Negated Only
+logsource: {product: aws, service: cloudtrail}
+detection:
+  f: {eventSource: s3.amazonaws.com}
+  condition: not f
+---
+title: Keywords
+logsource: {product: aws, service: cloudtrail}
+detection:
+  keywords: [AccessDenied]
+  condition: keywords
+---
+title: Nested And Modifiers
+logsource: {product: aws, service: cloudtrail}
+detection:
+  sel:
+    userIdentity.sessionContext.sessionIssuer.type: Role
+    userAgent|contains|all: [aws, linux]
+    sourceIPAddress|cidr: 10.0.0.0/8
+  condition: sel
+---
+title: Case Of Values
+logsource: {product: aws, service: cloudtrail}
+detection:
+  sel: {eventname: getobject, eventName: GETOBJECT}
+  condition: sel
+"#;
+
+#[test]
+fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
+    use trailwatch::rules::{RecordView, RuleSet};
+    let tmp = tempfile::tempdir().unwrap();
+    let trail = tmp.path().join("trail");
+    generate(&trail, 5, 10, 10, 60);
+    let mut records = records_under(&trail);
+    let generated = records.len();
+    records.extend(records_under(&manifest_dir().join("tests/fixtures")));
+    // Each shipped rule's own test events, matching and not.
+    for file in walk(&manifest_dir().join("rules")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in text.split("\n---") {
+            let Ok(doc) = yaml_serde::from_str::<Value>(doc) else {
+                continue;
+            };
+            for verdict in ["match", "nomatch"] {
+                for case in doc["tests"][verdict].as_array().into_iter().flatten() {
+                    // A threshold rule's case is a sequence of events.
+                    match case {
+                        Value::Array(events) => records.extend(events.iter().map(Value::to_string)),
+                        event => records.push(event.to_string()),
+                    }
+                }
+            }
+        }
+    }
+    assert!(generated > 1000, "{generated} generated records");
+
+    let mut sources: Vec<(String, String)> = vec![("gates.yml".into(), GATE_RULES.into())];
+    for file in walk(&manifest_dir().join("rules")) {
+        if file.extension().is_some_and(|e| e == "yml") {
+            sources.push((path_str(&file), std::fs::read_to_string(&file).unwrap()));
+        }
+    }
+    let rules = RuleSet::from_sources(sources).unwrap();
+    assert!(rules.unsupported.is_empty(), "{:?}", rules.unsupported);
+    assert!(
+        rules.ungated() >= 3,
+        "the stress rules without a gate are evaluated everywhere"
+    );
+
+    let mut matched_records = 0;
+    let mut rules_seen = std::collections::BTreeSet::new();
+    for record in &records {
+        let Some(view) = RecordView::new(record) else {
+            continue;
+        };
+        let (mut gated, mut full) = (Vec::new(), Vec::new());
+        rules.evaluate(&view, &mut gated);
+        rules.evaluate_ungated(&view, &mut full);
+        full.sort_unstable();
+        assert_eq!(gated, full, "record {record}");
+        matched_records += usize::from(!gated.is_empty());
+        rules_seen.extend(gated);
+    }
+    // The comparison covers matches, not only misses: most rules matched some record.
+    assert!(matched_records > 100, "{matched_records}");
+    assert!(
+        rules_seen.len() * 4 > rules.len() * 3,
+        "{} of {}",
+        rules_seen.len(),
+        rules.len()
+    );
+}

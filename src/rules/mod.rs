@@ -14,17 +14,19 @@
 //! lists; for a correlation rule each item is a sequence of events), which
 //! [`RuleSet::run_tests`] checks.
 
+mod gate;
 pub mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use rsigma_eval::{CorrelationConfig, CorrelationEngine, Engine};
+use rsigma_eval::{CompiledRule, CorrelationConfig, CorrelationEngine, Engine};
 use rsigma_parser::{CorrelationRule, Level, SigmaCollection, SigmaRule};
 use serde_json::Value;
 
 use crate::anomaly::Severity;
 use crate::event::parse_event_time;
+pub use gate::GateIndex;
 pub use view::RecordView;
 
 include!(concat!(env!("OUT_DIR"), "/builtin_rules.rs"));
@@ -55,6 +57,12 @@ pub enum RuleError {
 pub struct RuleSet {
     rules: Vec<RuleInfo>,
     index: HashMap<String, usize>,
+    /// Detection rules, compiled, in the order of `rules`.
+    compiled: Vec<CompiledRule>,
+    /// Which of them a record can match.
+    gates: GateIndex,
+    /// The same rules in the evaluator's own engine, which indexes every field the rules name:
+    /// the reference the gated path is checked against.
     engine: Engine,
     collection: SigmaCollection,
     /// Rules and correlations left out, with their file, title and reason.
@@ -187,15 +195,18 @@ impl RuleSet {
         let mut engine = Engine::new();
         let mut kept = SigmaCollection::new();
         let mut kept_files = Vec::new();
+        let mut compiled = Vec::new();
         for (rule, file) in collection.rules.into_iter().zip(rule_files) {
-            match engine.add_rule(&rule) {
-                Ok(()) => {
+            match rsigma_eval::compile_rule(&rule).and_then(|c| engine.add_rule(&rule).map(|()| c)) {
+                Ok(c) => {
+                    compiled.push(c);
                     kept.rules.push(rule);
                     kept_files.push(file);
                 }
                 Err(e) => unsupported.push(format!("{file}: rule {:?}: {e}", rule.title)),
             }
         }
+        let gates = GateIndex::new(&kept.rules);
         // A correlation is kept when every rule it counts was kept.
         let known: HashSet<&str> = kept
             .rules
@@ -283,6 +294,8 @@ impl RuleSet {
         Ok(RuleSet {
             rules,
             index,
+            compiled,
+            gates,
             engine,
             collection: kept,
             unsupported,
@@ -322,6 +335,21 @@ impl RuleSet {
 
     /// Detection rules a record matches, as indices into [`RuleSet::rules`].
     pub fn evaluate(&self, view: &RecordView<'_>, out: &mut Vec<u16>) {
+        self.gates.candidates(view, |i| {
+            if rsigma_eval::evaluate_rule(&self.compiled[i], view).is_some() {
+                out.push(i as u16);
+            }
+        });
+    }
+
+    /// Detection rules that are evaluated on every record, for want of a gate.
+    pub fn ungated(&self) -> usize {
+        self.gates.ungated()
+    }
+
+    /// [`RuleSet::evaluate`] through the evaluator's own engine, with no gates: the reference
+    /// the gated evaluation must agree with.
+    pub fn evaluate_ungated(&self, view: &RecordView<'_>, out: &mut Vec<u16>) {
         for result in self.engine.evaluate(view) {
             if let Some(i) = self.lookup(result.header.rule_id.as_deref(), &result.header.rule_title) {
                 out.push(i as u16);

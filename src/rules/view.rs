@@ -8,6 +8,7 @@
 //! element, so a rule matches when any element does.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 
 use rsigma_eval::{Event, EventValue};
 use serde_json::value::RawValue;
@@ -22,18 +23,24 @@ pub type Entries<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
 pub struct RecordView<'a> {
     raw: &'a str,
     top: Entries<'a>,
+    /// `userIdentity`'s entries, parsed on first use: the principal and many rules read it.
+    identity: OnceCell<Option<Entries<'a>>>,
 }
 
 impl<'a> RecordView<'a> {
     /// Indexes a record's top level. `None` when the text is not a JSON object.
     pub fn new(raw: &'a str) -> Option<RecordView<'a>> {
         let top = parse_object(raw)?;
-        Some(RecordView { raw, top })
+        Some(RecordView::from_entries(raw, top))
     }
 
     /// A view of an object already indexed, whose text is `raw`.
     pub fn from_entries(raw: &'a str, top: Entries<'a>) -> RecordView<'a> {
-        RecordView { raw, top }
+        RecordView {
+            raw,
+            top,
+            identity: OnceCell::new(),
+        }
     }
 
     pub fn raw(&self) -> &'a str {
@@ -43,6 +50,13 @@ impl<'a> RecordView<'a> {
     /// The top-level entries, in order, values unparsed.
     pub fn entries(&self) -> &[(Cow<'a, str>, &'a RawValue)] {
         &self.top
+    }
+
+    /// The entries of `userIdentity`, when it is an object.
+    pub fn identity(&self) -> Option<&Entries<'a>> {
+        self.identity
+            .get_or_init(|| lookup(&self.top, "userIdentity").and_then(|v| parse_object(v.get())))
+            .as_ref()
     }
 }
 
@@ -182,6 +196,9 @@ fn lookup<'a>(entries: &Entries<'a>, key: &str) -> Option<&'a RawValue> {
 /// Converts a raw JSON value to the evaluator's value, borrowing strings without escapes.
 fn to_event_value(raw: &RawValue, depth: usize) -> EventValue<'_> {
     let text = raw.get();
+    if let Some(s) = crate::record::plain_string(raw) {
+        return EventValue::Str(Cow::Borrowed(s));
+    }
     match text.as_bytes().first() {
         Some(b'"') => serde_json::from_str::<Key<'_>>(text)
             .map(|k| EventValue::Str(k.0))
@@ -212,17 +229,19 @@ fn to_event_value(raw: &RawValue, depth: usize) -> EventValue<'_> {
     }
 }
 
-/// Follows `path` from `raw`, collecting every value it reaches (several when it crosses arrays).
-fn follow<'a>(raw: &'a RawValue, path: &[&str], depth: usize, out: &mut Vec<EventValue<'a>>) {
+/// Follows the dotted `path` from `raw`, collecting every value it reaches (several when it
+/// crosses arrays).
+fn follow<'a>(raw: &'a RawValue, path: Option<&str>, depth: usize, out: &mut Vec<EventValue<'a>>) {
     if depth > MAX_DEPTH {
         return;
     }
-    let Some((first, rest)) = path.split_first() else {
+    let Some(path) = path else {
         out.push(to_event_value(raw, depth));
         return;
     };
     match raw.get().as_bytes().first() {
         Some(b'{') => {
+            let (first, rest) = split_path(path);
             if let Some(next) = parse_object(raw.get()).and_then(|entries| lookup(&entries, first)) {
                 follow(next, rest, depth + 1, out);
             }
@@ -230,11 +249,19 @@ fn follow<'a>(raw: &'a RawValue, path: &[&str], depth: usize, out: &mut Vec<Even
         Some(b'[') => {
             if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
                 for item in items {
-                    follow(item, path, depth + 1, out);
+                    follow(item, Some(path), depth + 1, out);
                 }
             }
         }
         _ => {}
+    }
+}
+
+/// `a.b.c` → (`a`, `b.c`); `a` → (`a`, none).
+fn split_path(path: &str) -> (&str, Option<&str>) {
+    match path.split_once('.') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (path, None),
     }
 }
 
@@ -243,15 +270,16 @@ impl Event for RecordView<'_> {
         if let Some(v) = lookup(&self.top, path) {
             return Some(to_event_value(v, 0));
         }
-        let mut parts = path.split('.');
-        let first = parts.next()?;
-        let rest: Vec<&str> = parts.collect();
-        if rest.is_empty() {
-            return None;
-        }
-        let root = lookup(&self.top, first)?;
+        let (first, rest) = path.split_once('.')?;
         let mut found = Vec::new();
-        follow(root, &rest, 1, &mut found);
+        match self.identity().filter(|_| first == "userIdentity") {
+            // The same step `follow` takes, from the entries already parsed.
+            Some(entries) => {
+                let (second, rest) = split_path(rest);
+                follow(lookup(entries, second)?, rest, 2, &mut found);
+            }
+            None => follow(lookup(&self.top, first)?, Some(rest), 1, &mut found),
+        }
         match found.len() {
             0 => None,
             1 => found.pop(),

@@ -1,0 +1,390 @@
+//! Which rules a record can possibly match, from a few fields read once per record.
+//!
+//! In: the parsed Sigma rules. Out: a [`GateIndex`] that, given a record, returns the rules worth
+//! evaluating. Most CloudTrail rules name the call they watch (`eventName: StopLogging`), so for
+//! a typical record only one or two of the shipped rules are candidates and the rest are never
+//! evaluated.
+//!
+//! Each rule gets at most one *gate*: a field that must equal one of a few literals, or must be
+//! present, on every record the rule matches. It is derived from the rule's condition:
+//!
+//! - a selection (a mapping) requires each of its plain-equality items (`field: value`, no
+//!   modifier, no wildcard) and each `field|exists: true`;
+//! - `a and b` requires what either requires; `a or b`, `1 of x*` and a list of conditions
+//!   require only what every alternative requires on the same field (values united);
+//! - `not a`, keyword searches and everything else require nothing.
+//!
+//! A rule with no gate is evaluated on every record. The index over-approximates: it may name a
+//! rule that then does not match, never omit one that would (the values compare ASCII
+//! case-insensitively, as Sigma's plain strings do, and a field that is not a plain string lets
+//! every rule gated on it through). `tests/rules.rs` checks it against the evaluator run on
+//! every rule.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use rsigma_eval::{Event, EventValue};
+use rsigma_parser::{
+    ConditionExpr, Detection, DetectionItem, Detections, Modifier, Quantifier, SelectorPattern, SigmaRule,
+    SigmaValue,
+};
+
+/// What a rule requires of one field: one of these lower-cased values, or, when `None`, only that
+/// the field is present.
+type Requirement = Option<BTreeSet<String>>;
+
+/// Requirements that must all hold, by field.
+type Requirements = BTreeMap<String, Requirement>;
+
+/// Adds `req` on `field` to `reqs`: both must hold, so the value sets intersect.
+fn require(reqs: &mut Requirements, field: &str, req: Requirement) {
+    match reqs.get_mut(field) {
+        None => {
+            reqs.insert(field.to_owned(), req);
+        }
+        Some(have) => {
+            *have = match (have.take(), req) {
+                (None, r) | (r, None) => r,
+                (Some(a), Some(b)) => Some(a.intersection(&b).cloned().collect()),
+            }
+        }
+    }
+}
+
+/// Requirements every alternative shares: fields all of them require, value sets united.
+fn either(alternatives: Vec<Requirements>) -> Requirements {
+    let mut alternatives = alternatives.into_iter();
+    let Some(mut common) = alternatives.next() else {
+        return Requirements::new();
+    };
+    for alt in alternatives {
+        common = common
+            .into_iter()
+            .filter_map(|(field, req)| {
+                let other = alt.get(&field)?;
+                let united = match (req, other) {
+                    (Some(a), Some(b)) => Some(a.union(b).cloned().collect()),
+                    _ => None,
+                };
+                Some((field, united))
+            })
+            .collect();
+    }
+    common
+}
+
+/// The literal of a plain string value with no wildcard, lower-cased.
+fn literal(value: &SigmaValue) -> Option<String> {
+    match value {
+        SigmaValue::String(s) if !s.contains_wildcards() => s.as_plain().map(|p| p.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+fn item_requirement(item: &DetectionItem) -> Option<(&str, Requirement)> {
+    let field = item.field.name.as_deref()?;
+    if item.field.modifiers.is_empty() {
+        let values: Option<BTreeSet<String>> = item.values.iter().map(literal).collect();
+        return values.filter(|v| !v.is_empty()).map(|v| (field, Some(v)));
+    }
+    let exists_true = item.field.modifiers == [Modifier::Exists] && item.values == [SigmaValue::Bool(true)];
+    // String matchers that no absent field satisfies: the field must at least be there.
+    let positive = item.field.modifiers.iter().all(|m| {
+        matches!(
+            m,
+            Modifier::Contains | Modifier::StartsWith | Modifier::EndsWith | Modifier::All | Modifier::Cased
+        )
+    }) && !item.values.is_empty()
+        && item
+            .values
+            .iter()
+            .all(|v| matches!(v, SigmaValue::String(s) if !s.original.is_empty()));
+    (exists_true || positive).then_some((field, None))
+}
+
+fn detection_requirements(detection: &Detection) -> Requirements {
+    match detection {
+        Detection::AllOf(items) => {
+            let mut reqs = Requirements::new();
+            for (field, req) in items.iter().filter_map(item_requirement) {
+                require(&mut reqs, field, req);
+            }
+            reqs
+        }
+        Detection::AnyOf(alternatives) if !alternatives.is_empty() => {
+            either(alternatives.iter().map(detection_requirements).collect())
+        }
+        _ => Requirements::new(),
+    }
+}
+
+/// Whether a detection name matches a selector pattern (`selection_*`, `them`).
+fn selects(pattern: &SelectorPattern, name: &str) -> bool {
+    match pattern {
+        SelectorPattern::Them => !name.starts_with('_'),
+        SelectorPattern::Pattern(p) => glob(p.as_bytes(), name.as_bytes()),
+    }
+}
+
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.split_first(), name.split_first()) {
+        (None, None) => true,
+        (Some((b'*', rest)), _) => glob(rest, name) || (!name.is_empty() && glob(pattern, &name[1..])),
+        (Some((b'?', rest)), Some((_, tail))) => glob(rest, tail),
+        (Some((p, rest)), Some((n, tail))) => p == n && glob(rest, tail),
+        _ => false,
+    }
+}
+
+fn condition_requirements(expr: &ConditionExpr, detections: &Detections) -> Requirements {
+    match expr {
+        ConditionExpr::Identifier(name) => detections
+            .named
+            .get(name)
+            .map(detection_requirements)
+            .unwrap_or_default(),
+        ConditionExpr::And(parts) => {
+            let mut reqs = Requirements::new();
+            for part in parts {
+                for (field, req) in condition_requirements(part, detections) {
+                    require(&mut reqs, &field, req);
+                }
+            }
+            reqs
+        }
+        ConditionExpr::Or(parts) => either(
+            parts
+                .iter()
+                .map(|p| condition_requirements(p, detections))
+                .collect(),
+        ),
+        ConditionExpr::Not(_) => Requirements::new(),
+        ConditionExpr::Selector { quantifier, pattern } => {
+            let chosen: Vec<Requirements> = detections
+                .named
+                .iter()
+                .filter(|(name, _)| selects(pattern, name))
+                .map(|(_, d)| detection_requirements(d))
+                .collect();
+            match quantifier {
+                _ if chosen.is_empty() => Requirements::new(),
+                Quantifier::All => {
+                    let mut reqs = Requirements::new();
+                    for (field, req) in chosen.into_iter().flatten() {
+                        require(&mut reqs, &field, req);
+                    }
+                    reqs
+                }
+                Quantifier::Any | Quantifier::Count(1) => either(chosen),
+                // `N of` with N > 1 (or 0): an alternative may skip any one of them.
+                Quantifier::Count(_) => Requirements::new(),
+            }
+        }
+    }
+}
+
+/// The gate of one rule: the single most selective requirement, or `None`.
+pub(crate) fn gate_of(rule: &SigmaRule) -> Option<(String, Requirement)> {
+    let reqs = either(
+        rule.detection
+            .conditions
+            .iter()
+            .map(|c| condition_requirements(c, &rule.detection))
+            .collect(),
+    );
+    // Calls are the most selective and the cheapest to read; then services; then any other
+    // top-level field; nested fields cost a parse of their parent per record.
+    let rank = |(field, req): &(String, Requirement)| {
+        let by_field = match field.as_str() {
+            "eventName" => 0,
+            "eventSource" => 1,
+            f if !f.contains('.') => 2,
+            _ => 4,
+        };
+        by_field + usize::from(req.is_none())
+    };
+    reqs.into_iter().min_by_key(rank)
+}
+
+/// Rules that a record can match, by a few gate fields.
+#[derive(Debug, Default)]
+pub struct GateIndex {
+    rules: usize,
+    /// Rules with no gate.
+    always: Vec<usize>,
+    fields: Vec<GateField>,
+}
+
+#[derive(Debug)]
+struct GateField {
+    field: String,
+    /// Lower-cased value → rules gated on the field equalling it.
+    values: HashMap<String, Vec<usize>>,
+    /// Rules gated on the field being present, and rules gated on values when the field's value
+    /// is not a plain string (so cannot be ruled out).
+    present: Vec<usize>,
+    valued: Vec<usize>,
+}
+
+impl GateIndex {
+    /// Indexes `rules`, whose positions are the rule numbers returned.
+    pub fn new<'r>(rules: impl IntoIterator<Item = &'r SigmaRule>) -> GateIndex {
+        let mut index = GateIndex::default();
+        let mut fields: BTreeMap<String, GateField> = BTreeMap::new();
+        for (i, rule) in rules.into_iter().enumerate() {
+            index.rules = i + 1;
+            let Some((field, req)) = gate_of(rule) else {
+                index.always.push(i);
+                continue;
+            };
+            let entry = fields.entry(field.clone()).or_insert_with(|| GateField {
+                field,
+                values: HashMap::new(),
+                present: Vec::new(),
+                valued: Vec::new(),
+            });
+            match req {
+                None => entry.present.push(i),
+                Some(values) => {
+                    entry.valued.push(i);
+                    for value in values {
+                        entry.values.entry(value).or_default().push(i);
+                    }
+                }
+            }
+        }
+        index.fields = fields.into_values().collect();
+        index
+    }
+
+    /// Rules evaluated on every record.
+    pub fn ungated(&self) -> usize {
+        self.always.len()
+    }
+
+    /// Calls `visit` with each rule `event` can match, in ascending order, each once.
+    pub fn candidates(&self, event: &impl Event, mut visit: impl FnMut(usize)) {
+        const STACK_WORDS: usize = 8;
+        let words = self.rules.div_ceil(64);
+        let mut stack = [0u64; STACK_WORDS];
+        let mut heap = Vec::new();
+        let mask: &mut [u64] = if words <= STACK_WORDS {
+            &mut stack[..words]
+        } else {
+            heap.resize(words, 0);
+            &mut heap
+        };
+        let mut mark = |rules: &[usize]| {
+            for &r in rules {
+                mask[r / 64] |= 1 << (r % 64);
+            }
+        };
+        mark(&self.always);
+        let mut folded = String::new();
+        for gate in &self.fields {
+            let Some(value) = event.get_field(&gate.field) else {
+                continue;
+            };
+            mark(&gate.present);
+            match value {
+                EventValue::Str(s) => {
+                    folded.clear();
+                    folded.push_str(&s);
+                    folded.make_ascii_lowercase();
+                    if let Some(rules) = gate.values.get(folded.as_str()) {
+                        mark(rules);
+                    }
+                }
+                // A null equals no literal; any other shape is left to the evaluator.
+                EventValue::Null => {}
+                _ => mark(&gate.valued),
+            }
+        }
+        for (w, &bits) in mask.iter().enumerate() {
+            let mut bits = bits;
+            while bits != 0 {
+                visit(w * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(yaml: &str) -> SigmaRule {
+        let text = format!("title: t\nlogsource:\n  product: aws\n  service: cloudtrail\n{yaml}");
+        rsigma_parser::parse_sigma_yaml(&text).unwrap().rules.remove(0)
+    }
+
+    fn gate(yaml: &str) -> Option<(String, Option<Vec<String>>)> {
+        gate_of(&rule(yaml)).map(|(f, r)| (f, r.map(|v| v.into_iter().collect())))
+    }
+
+    fn one_of(field: &str, values: &[&str]) -> Option<(String, Option<Vec<String>>)> {
+        Some((field.into(), Some(values.iter().map(|v| v.to_string()).collect())))
+    }
+
+    #[test]
+    fn a_selection_is_gated_on_its_call() {
+        let g = gate("detection:\n  sel:\n    eventSource: cloudtrail.amazonaws.com\n    eventName: [StopLogging, DeleteTrail]\n  condition: sel\n");
+        assert_eq!(g, one_of("eventName", &["deletetrail", "stoplogging"]));
+    }
+
+    #[test]
+    fn alternatives_unite_their_values_and_keep_only_shared_fields() {
+        let g = gate("detection:\n  a:\n    eventSource: ec2.amazonaws.com\n    eventName: GetPasswordData\n  b:\n    eventSource: rds.amazonaws.com\n  condition: a or b\n");
+        assert_eq!(
+            g,
+            one_of("eventSource", &["ec2.amazonaws.com", "rds.amazonaws.com"])
+        );
+        let g = gate(
+            "detection:\n  sel_a:\n    eventName: A\n  sel_b:\n    eventName: B\n  condition: 1 of sel_*\n",
+        );
+        assert_eq!(g, one_of("eventName", &["a", "b"]));
+    }
+
+    #[test]
+    fn negations_wildcards_and_modifiers_give_no_value_gate() {
+        assert_eq!(
+            gate("detection:\n  f:\n    eventName: X\n  condition: not f\n"),
+            None
+        );
+        assert_eq!(
+            gate("detection:\n  s:\n    eventName: Get*\n  condition: s\n"),
+            None
+        );
+        assert_eq!(
+            gate("detection:\n  s:\n    userAgent|contains: kali\n  condition: s\n"),
+            Some(("userAgent".into(), None))
+        );
+        assert_eq!(
+            gate("detection:\n  s:\n    errorCode|exists: true\n  condition: s\n"),
+            Some(("errorCode".into(), None))
+        );
+        assert_eq!(
+            gate("detection:\n  s:\n    errorCode|exists: false\n  condition: s\n"),
+            None
+        );
+        // An alternative without the field lets every record through.
+        assert_eq!(
+            gate("detection:\n  a:\n    eventName: X\n  b:\n    userAgent|re: kali\n  condition: a or b\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_rule_and_its_filter_keep_the_selection_gate() {
+        let g = gate("detection:\n  sel:\n    userIdentity.type: Root\n  filter:\n    eventType: AwsServiceEvent\n  condition: sel and not filter\n");
+        assert_eq!(g, one_of("userIdentity.type", &["root"]));
+    }
+
+    #[test]
+    fn globs_match_detection_names() {
+        assert!(glob(b"sel_*", b"sel_a"));
+        assert!(glob(b"*", b""));
+        assert!(!glob(b"sel_*", b"filter"));
+        assert!(glob(b"v?", b"v4"));
+    }
+}
