@@ -287,7 +287,7 @@ fn push_record(ctx: Context<'_>, raw: &str, index: usize, out: &mut DecodedFile)
 /// Decodes one indexed record into `out`. The engine's fields are read from the index and the
 /// rules evaluated against it, so the record is not scanned a second time.
 fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut DecodedFile) {
-    let record = RawRecord::from_entries(view.entries());
+    let record = RawRecord::from_view(&view);
     let result = Event::from_record(&record, view.raw(), ctx.object).map(|mut event| {
         if let Some(rules) = ctx.rules {
             rules.evaluate(&view, &mut event.rule_hits);

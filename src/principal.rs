@@ -49,7 +49,7 @@ pub struct Principal {
 pub fn derive(identity: Option<&UserIdentity<'_>>, recipient_account: Option<&str>) -> Principal {
     let Some(id) = identity else {
         return Principal {
-            key: format_compact!("anonymous:{}", recipient_account.unwrap_or("-")),
+            key: concat(&["anonymous:", recipient_account.unwrap_or("-")]),
             kind: "anonymous".into(),
             account_id: recipient_account.map(Into::into),
             arn: None,
@@ -66,12 +66,12 @@ pub fn derive(identity: Option<&UserIdentity<'_>>, recipient_account: Option<&st
     let mut session = None;
 
     let (kind, key): (&str, CompactString) = match id.kind.get() {
-        Some("Root") => ("Root", format_compact!("arn:aws:iam::{acct}:root")),
+        Some("Root") => ("Root", concat(&["arn:aws:iam::", acct, ":root"])),
         Some("IAMUser") => (
             "IAMUser",
             match arn {
                 Some(arn) => arn.into(),
-                None => format_compact!("iamuser:{acct}:{name_or_id}"),
+                None => concat(&["iamuser:", acct, ":", name_or_id]),
             },
         ),
         Some("AssumedRole") => {
@@ -79,18 +79,14 @@ pub fn derive(identity: Option<&UserIdentity<'_>>, recipient_account: Option<&st
                 .and_then(|a| a.rsplit_once('/').map(|(_, s)| s))
                 .or_else(|| principal_id.and_then(|p| p.split_once(':').map(|(_, s)| s)))
                 .map(Into::into);
-            let key = match (
-                issuer.and_then(|i| i.arn.get()),
-                arn.and_then(role_arn_from_session_arn),
-            ) {
-                (Some(role), _) => role.into(),
-                (None, Some(rebuilt)) => rebuilt,
-                (None, None) => {
+            let key = match issuer.and_then(|i| i.arn.get()) {
+                Some(role) => role.into(),
+                None => arn.and_then(role_arn_from_session_arn).unwrap_or_else(|| {
                     let role_id = principal_id
                         .map(|p| p.split(':').next().unwrap_or(p))
                         .unwrap_or("-");
-                    format_compact!("role:{acct}:{role_id}")
-                }
+                    concat(&["role:", acct, ":", role_id])
+                }),
             };
             ("AssumedRole", key)
         }
@@ -99,7 +95,7 @@ pub fn derive(identity: Option<&UserIdentity<'_>>, recipient_account: Option<&st
             let key = match (arn, issuer.and_then(|i| i.arn.get())) {
                 (Some(arn), _) => arn.into(),
                 (None, Some(issuer)) => issuer.into(),
-                (None, None) => format_compact!("federated:{acct}:{name_or_id}"),
+                (None, None) => concat(&["federated:", acct, ":", name_or_id]),
             };
             ("FederatedUser", key)
         }
@@ -107,22 +103,29 @@ pub fn derive(identity: Option<&UserIdentity<'_>>, recipient_account: Option<&st
             let caller = principal_id
                 .map(|p| p.split(':').next().unwrap_or(p))
                 .unwrap_or("-");
-            ("AWSAccount", format_compact!("awsaccount:{acct}:{caller}"))
+            ("AWSAccount", concat(&["awsaccount:", acct, ":", caller]))
         }
         Some("AWSService") => (
             "AWSService",
-            format_compact!("service:{}", id.invoked_by.get().or(principal_id).unwrap_or("-")),
+            concat(&["service:", id.invoked_by.get().or(principal_id).unwrap_or("-")]),
         ),
         Some("SAMLUser") => (
             "SAMLUser",
-            format_compact!("saml:{}:{name_or_id}", id.identity_provider.get().unwrap_or("-")),
+            concat(&[
+                "saml:",
+                id.identity_provider.get().unwrap_or("-"),
+                ":",
+                name_or_id,
+            ]),
         ),
         Some("WebIdentityUser") => (
             "WebIdentityUser",
-            format_compact!(
-                "webidentity:{}:{name_or_id}",
-                id.identity_provider.get().unwrap_or("-")
-            ),
+            concat(&[
+                "webidentity:",
+                id.identity_provider.get().unwrap_or("-"),
+                ":",
+                name_or_id,
+            ]),
         ),
         Some("IdentityCenterUser") => {
             let behalf = id.on_behalf_of.as_ref().map(|b| &b.0);
@@ -133,11 +136,11 @@ pub fn derive(identity: Option<&UserIdentity<'_>>, recipient_account: Option<&st
                 .unwrap_or("-");
             (
                 "IdentityCenterUser",
-                format_compact!("identitycenter:{store}:{user}"),
+                concat(&["identitycenter:", store, ":", user]),
             )
         }
-        Some("Directory") => ("Directory", format_compact!("directory:{acct}:{name_or_id}")),
-        Some("Unknown") => ("Unknown", format_compact!("unknown:{acct}:{name_or_id}")),
+        Some("Directory") => ("Directory", concat(&["directory:", acct, ":", name_or_id])),
+        Some("Unknown") => ("Unknown", concat(&["unknown:", acct, ":", name_or_id])),
         Some(other) => match (other, arn) {
             ("Role", Some(arn)) => ("Role", arn.into()),
             (other, _) => {
@@ -149,10 +152,10 @@ pub fn derive(identity: Option<&UserIdentity<'_>>, recipient_account: Option<&st
             }
         },
         None => match id.invoked_by.get() {
-            Some(service) => ("none", format_compact!("service:{service}")),
+            Some(service) => ("none", concat(&["service:", service])),
             None => (
                 "none",
-                format_compact!("untyped:{acct}:{}", principal_id.unwrap_or("-")),
+                concat(&["untyped:", acct, ":", principal_id.unwrap_or("-")]),
             ),
         },
     };
@@ -164,6 +167,15 @@ pub fn derive(identity: Option<&UserIdentity<'_>>, recipient_account: Option<&st
         arn: arn.map(Into::into),
         session,
     }
+}
+
+/// The parts joined, allocated once at the final length (keys are built for every record).
+fn concat(parts: &[&str]) -> CompactString {
+    let mut out = CompactString::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        out.push_str(part);
+    }
+    out
 }
 
 fn issuer<'r, 'a>(id: &'r UserIdentity<'a>) -> Option<&'r SessionIssuer<'a>> {
@@ -186,7 +198,7 @@ fn role_arn_from_session_arn(arn: &str) -> Option<CompactString> {
     let account = parts.next()?;
     let resource = parts.next()?.strip_prefix("assumed-role/")?;
     let role = resource.split('/').next().filter(|r| !r.is_empty())?;
-    Some(format_compact!("arn:{partition}:iam::{account}:role/{role}"))
+    Some(concat(&["arn:", partition, ":iam::", account, ":role/", role]))
 }
 
 #[cfg(test)]

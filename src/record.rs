@@ -138,8 +138,6 @@ impl<'de, T: Deserialize<'de> + Default> Deserialize<'de> for Lenient<T> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct RawRecord<'a> {
-    #[serde(rename = "eventVersion", borrow)]
-    pub event_version: Text<'a>,
     #[serde(rename = "eventTime", borrow)]
     pub event_time: Text<'a>,
     #[serde(rename = "eventSource", borrow)]
@@ -160,31 +158,19 @@ pub struct RawRecord<'a> {
     pub error_code: Text<'a>,
     #[serde(rename = "recipientAccountId", borrow)]
     pub recipient_account_id: Text<'a>,
-    #[serde(rename = "requestID", borrow)]
-    pub request_id: Text<'a>,
     #[serde(rename = "userIdentity", borrow)]
     pub user_identity: Option<Lenient<UserIdentity<'a>>>,
-    #[serde(rename = "responseElements", borrow)]
-    pub response_elements: Option<Lenient<ResponseElements<'a>>>,
-    #[serde(rename = "additionalEventData", borrow)]
-    pub additional_event_data: Option<Lenient<AdditionalEventData<'a>>>,
 }
 
 impl<'a> RawRecord<'a> {
-    /// Reads the fields from a record's top-level entries (see [`crate::rules::RecordView`]),
-    /// parsing only the values the engine uses: the rest of the record is not scanned again.
-    pub fn from_entries(entries: &[(Cow<'a, str>, &'a RawValue)]) -> RawRecord<'a> {
-        fn text<'a>(v: &'a RawValue) -> Text<'a> {
-            serde_json::from_str(v.get()).unwrap_or_default()
-        }
-        fn nested<'a, T: Deserialize<'a> + Default>(v: &'a RawValue) -> Option<Lenient<T>> {
-            serde_json::from_str::<Option<Lenient<T>>>(v.get()).ok().flatten()
-        }
+    /// Reads the fields from a record's view (see [`crate::rules::RecordView`]), parsing only the
+    /// values the engine uses: the rest of the record is not scanned again, and `userIdentity` is
+    /// read from the entries the view shares with the rules.
+    pub fn from_view(view: &crate::rules::RecordView<'a>) -> RawRecord<'a> {
         let mut r = RawRecord::default();
-        for (key, value) in entries {
+        for (key, value) in view.entries() {
             let value: &'a RawValue = value;
             match key.as_ref() {
-                "eventVersion" => r.event_version = text(value),
                 "eventTime" => r.event_time = text(value),
                 "eventSource" => r.event_source = text(value),
                 "eventName" => r.event_name = text(value),
@@ -195,15 +181,36 @@ impl<'a> RawRecord<'a> {
                 "userAgent" => r.user_agent = text(value),
                 "errorCode" => r.error_code = text(value),
                 "recipientAccountId" => r.recipient_account_id = text(value),
-                "requestID" => r.request_id = text(value),
-                "userIdentity" => r.user_identity = nested(value),
-                "responseElements" => r.response_elements = nested(value),
-                "additionalEventData" => r.additional_event_data = nested(value),
+                "userIdentity" => {
+                    r.user_identity = match view.identity() {
+                        Some(entries) => Some(Lenient(UserIdentity::from_entries(entries))),
+                        None => nested(value),
+                    }
+                }
                 _ => {}
             }
         }
         r
     }
+}
+
+fn text<'a>(v: &'a RawValue) -> Text<'a> {
+    match plain_string(v) {
+        Some(s) => Text(Some(Cow::Borrowed(s))),
+        None => serde_json::from_str(v.get()).unwrap_or_default(),
+    }
+}
+
+fn nested<'a, T: Deserialize<'a> + Default>(v: &'a RawValue) -> Option<Lenient<T>> {
+    serde_json::from_str::<Option<Lenient<T>>>(v.get()).ok().flatten()
+}
+
+/// The contents of a JSON string value with no escapes, borrowed without running a parser; `None`
+/// for any other value, which then needs one. (A `RawValue` is valid JSON, so a string with no
+/// backslash is exactly the text between its quotes.)
+pub fn plain_string(value: &RawValue) -> Option<&str> {
+    let inner = value.get().strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
 }
 
 /// `userIdentity`, with every documented type's fields (see [`crate::principal`]).
@@ -218,8 +225,6 @@ pub struct UserIdentity<'a> {
     pub arn: Text<'a>,
     #[serde(rename = "accountId", borrow)]
     pub account_id: Text<'a>,
-    #[serde(rename = "accessKeyId", borrow)]
-    pub access_key_id: Text<'a>,
     #[serde(rename = "userName", borrow)]
     pub user_name: Text<'a>,
     #[serde(rename = "invokedBy", borrow)]
@@ -232,15 +237,34 @@ pub struct UserIdentity<'a> {
     pub on_behalf_of: Option<Lenient<OnBehalfOf<'a>>>,
 }
 
+impl<'a> UserIdentity<'a> {
+    /// Reads the fields from the object's entries, as [`RawRecord::from_view`] does.
+    fn from_entries(entries: &[(Cow<'a, str>, &'a RawValue)]) -> UserIdentity<'a> {
+        let mut id = UserIdentity::default();
+        for (key, value) in entries {
+            let value: &'a RawValue = value;
+            match key.as_ref() {
+                "type" => id.kind = text(value),
+                "principalId" => id.principal_id = text(value),
+                "arn" => id.arn = text(value),
+                "accountId" => id.account_id = text(value),
+                "userName" => id.user_name = text(value),
+                "invokedBy" => id.invoked_by = text(value),
+                "identityProvider" => id.identity_provider = text(value),
+                "sessionContext" => id.session_context = nested(value),
+                "onBehalfOf" => id.on_behalf_of = nested(value),
+                _ => {}
+            }
+        }
+        id
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct SessionContext<'a> {
     #[serde(rename = "sessionIssuer", borrow)]
     pub session_issuer: Option<Lenient<SessionIssuer<'a>>>,
-    #[serde(borrow)]
-    pub attributes: Option<Lenient<SessionAttributes<'a>>>,
-    #[serde(rename = "webIdFederationData", borrow)]
-    pub web_id_federation_data: Option<Lenient<WebIdFederationData<'a>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -258,39 +282,11 @@ pub struct SessionIssuer<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct SessionAttributes<'a> {
-    #[serde(rename = "mfaAuthenticated", borrow)]
-    pub mfa_authenticated: Text<'a>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct WebIdFederationData<'a> {
-    #[serde(rename = "federatedProvider", borrow)]
-    pub federated_provider: Text<'a>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
 pub struct OnBehalfOf<'a> {
     #[serde(rename = "userId", borrow)]
     pub user_id: Text<'a>,
     #[serde(rename = "identityStoreArn", borrow)]
     pub identity_store_arn: Text<'a>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ResponseElements<'a> {
-    #[serde(rename = "ConsoleLogin", borrow)]
-    pub console_login: Text<'a>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct AdditionalEventData<'a> {
-    #[serde(rename = "MFAUsed", borrow)]
-    pub mfa_used: Text<'a>,
 }
 
 #[cfg(test)]
@@ -300,11 +296,11 @@ mod tests {
     #[test]
     fn text_reads_scalars_of_any_type_and_skips_structures() {
         let r: RawRecord = serde_json::from_str(
-            r#"{"eventTime":"2024-01-01T00:00:00Z","eventVersion":1.05,"eventID":12,
+            r#"{"eventTime":"2024-01-01T00:00:00Z","recipientAccountId":1.05,"eventID":12,
                 "errorCode":null,"awsRegion":{"x":1},"userAgent":["a"],"eventName":true}"#,
         )
         .unwrap();
-        assert_eq!(r.event_version.get(), Some("1.05"));
+        assert_eq!(r.recipient_account_id.get(), Some("1.05"));
         assert_eq!(r.event_id.get(), Some("12"));
         assert_eq!(r.error_code.get(), None);
         assert_eq!(r.aws_region.get(), None);
@@ -328,8 +324,6 @@ mod tests {
         )
         .unwrap();
         assert!(r.user_identity.unwrap().0.kind.get().is_none());
-        assert!(r.response_elements.is_none());
-        assert_eq!(r.additional_event_data.unwrap().0.mfa_used.get(), Some("No"));
     }
 
     #[test]
@@ -340,7 +334,7 @@ mod tests {
             "additionalEventData":{"MFAUsed":"No"},"userAgent":"a\"b"}"#;
         let full: RawRecord = serde_json::from_str(json).unwrap();
         let view = crate::rules::RecordView::new(json).unwrap();
-        let fast = RawRecord::from_entries(view.entries());
+        let fast = RawRecord::from_view(&view);
         assert_eq!(format!("{full:?}"), format!("{fast:?}"));
     }
 
