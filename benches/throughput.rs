@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use trailwatch::config::Settings;
+use trailwatch::decode::{DecodeLimits, Decoder};
 use trailwatch::detect::Detector;
 use trailwatch::event::Event;
 use trailwatch::generate::{generate, GenerateOptions};
@@ -243,6 +244,18 @@ fn main() {
     drop(raws);
     drop(texts);
 
+    // The decoding stage of the engine alone: read, inflate, index, build events, run the rules.
+    let (decode_rate, _) = measure("decode + rules (engine's stage 1), 1 core", runs, || {
+        let mut decoder = Decoder::with_rules(DecodeLimits::default(), Some(Arc::clone(&rules)));
+        let mut n = 0;
+        for file in &files {
+            let bytes = std::fs::read(&file.path).expect("readable");
+            let decoded = decoder.decode(&file.name, &bytes);
+            n += decoded.events.len() + decoded.skipped.len();
+        }
+        n
+    });
+
     let settings = Settings::default();
     let (full, _) = measure(&format!("full replay, {threads} cores"), runs, || {
         let mut sink = std::io::sink();
@@ -276,6 +289,7 @@ fn main() {
         "rule evaluation alone / floor (1 core): {:.2}",
         rules_rate / floor_one
     );
+    println!("decode + rules / floor (1 core): {:.2}", decode_rate / floor_one);
 
     for principals in [100_000, 1_000_000] {
         if args.iter().any(|a| a == "--skip-memory") {

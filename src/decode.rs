@@ -12,9 +12,10 @@
 //! no `serde_json::Value` is built.
 
 use std::fmt;
-use std::io::Read;
+use std::io::{Cursor, Read};
 use std::sync::Arc;
 
+use flate2::bufread::GzDecoder;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::event::{Event, RecordSkip};
@@ -132,6 +133,9 @@ pub fn classify_key(key: &str) -> Option<FileSkip> {
 pub struct Decoder {
     limits: DecodeLimits,
     buffer: Vec<u8>,
+    /// The inflater, reset for each gzip member rather than built anew (its window and tables
+    /// are a few dozen KiB, allocated and zeroed), and the compressed input it reads.
+    gzip: Option<GzDecoder<Cursor<Vec<u8>>>>,
     rules: Option<Arc<RuleSet>>,
 }
 
@@ -154,6 +158,7 @@ impl Decoder {
         Decoder {
             limits,
             buffer: Vec::new(),
+            gzip: None,
             rules: rules.filter(|r| !r.is_empty()),
         }
     }
@@ -196,23 +201,47 @@ impl Decoder {
         }
     }
 
-    /// Inflates gzip input (by magic number) into the reused buffer and checks it is UTF-8.
-    /// Plain input is checked in place. A gzip stream that breaks part-way is an error, and the
-    /// part before the break is not used: a record cut by the break could read as valid.
-    fn inflate<'b>(&'b mut self, bytes: &'b [u8]) -> Result<&'b str, FileError> {
-        let data: &[u8] = if bytes.starts_with(&[0x1f, 0x8b]) {
-            self.buffer.clear();
-            let limit = self.limits.max_inflated_bytes;
-            let mut reader = flate2::read::MultiGzDecoder::new(bytes).take(limit as u64 + 1);
-            if let Err(source) = reader.read_to_end(&mut self.buffer) {
-                return Err(FileError::Gzip {
+    /// Inflates every gzip member of `bytes` into the buffer, as a multi-member decoder would:
+    /// bytes after a member must start another.
+    fn inflate_gzip(&mut self, bytes: &[u8]) -> Result<(), FileError> {
+        self.buffer.clear();
+        let limit = self.limits.max_inflated_bytes;
+        let gzip = self
+            .gzip
+            .get_or_insert_with(|| GzDecoder::new(Cursor::new(Vec::new())));
+        let mut input = std::mem::take(gzip.get_mut()).into_inner();
+        input.clear();
+        input.extend_from_slice(bytes);
+        let mut input = Cursor::new(input);
+        let result = loop {
+            gzip.reset(input);
+            let room = (limit + 1 - self.buffer.len()) as u64;
+            let read = gzip.by_ref().take(room).read_to_end(&mut self.buffer);
+            input = gzip.reset(Cursor::new(Vec::new()));
+            if let Err(source) = read {
+                break Err(FileError::Gzip {
                     inflated: self.buffer.len(),
                     source,
                 });
             }
             if self.buffer.len() > limit {
-                return Err(FileError::TooLarge { limit });
+                break Err(FileError::TooLarge { limit });
             }
+            if input.position() >= input.get_ref().len() as u64 {
+                break Ok(());
+            }
+        };
+        // Keep the input's allocation for the next file.
+        *gzip.get_mut() = input;
+        result
+    }
+
+    /// Inflates gzip input (by magic number) into the reused buffer and checks it is UTF-8.
+    /// Plain input is checked in place. A gzip stream that breaks part-way is an error, and the
+    /// part before the break is not used: a record cut by the break could read as valid.
+    fn inflate<'b>(&'b mut self, bytes: &'b [u8]) -> Result<&'b str, FileError> {
+        let data: &[u8] = if bytes.starts_with(&[0x1f, 0x8b]) {
+            self.inflate_gzip(bytes)?;
             &self.buffer
         } else {
             if bytes.len() > self.limits.max_inflated_bytes {
@@ -228,8 +257,17 @@ impl Decoder {
     }
 }
 
+/// A first guess at a file's record count, so the events vector rarely grows: CloudTrail records
+/// run from a few hundred bytes to a few KiB.
+fn expected_records(text: &str) -> usize {
+    text.len() / 1024 + 1
+}
+
 fn decode_records_object(ctx: Context<'_>, text: &str) -> DecodedFile {
-    let mut out = DecodedFile::default();
+    let mut out = DecodedFile {
+        events: Vec::with_capacity(expected_records(text)),
+        ..DecodedFile::default()
+    };
     let mut de = serde_json::Deserializer::from_str(text);
     let seed = LogFileSeed { ctx, out: &mut out };
     let shape = seed
@@ -252,7 +290,10 @@ fn decode_records_object(ctx: Context<'_>, text: &str) -> DecodedFile {
 }
 
 fn decode_json_lines(ctx: Context<'_>, text: &str) -> DecodedFile {
-    let mut out = DecodedFile::default();
+    let mut out = DecodedFile {
+        events: Vec::with_capacity(expected_records(text)),
+        ..DecodedFile::default()
+    };
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
@@ -491,6 +532,28 @@ mod tests {
         let f = decode("f.json.gz", &gz[..gz.len() / 2]);
         assert_eq!(f.error.unwrap().reason(), "corrupt_gzip");
         assert!(f.events.is_empty());
+    }
+
+    #[test]
+    fn every_gzip_member_is_inflated_and_the_decoder_is_reused() {
+        let (head, tail) = TWO.split_at(TWO.len() / 2);
+        let mut two_members = gzip(head.as_bytes());
+        two_members.extend(gzip(tail.as_bytes()));
+        let mut decoder = Decoder::default();
+        for _ in 0..3 {
+            let f = decoder.decode(&Arc::from("f.json.gz"), &two_members);
+            assert!(f.error.is_none(), "{:?}", f.error);
+            assert_eq!(f.events.len(), 2);
+        }
+        // After a file that fails, the next one still decodes.
+        let mut trailing = gzip(TWO.as_bytes());
+        trailing.extend_from_slice(b"not gzip");
+        let f = decoder.decode(&Arc::from("f.json.gz"), &trailing);
+        assert_eq!(f.error.unwrap().reason(), "corrupt_gzip");
+        assert_eq!(
+            decoder.decode(&Arc::from("f.json.gz"), &two_members).events.len(),
+            2
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::anomaly::{
 use crate::baseline::{Dimension, PrincipalBaseline, Seen, DIMENSIONS};
 use crate::config::DetectorSettings;
 use crate::event::{format_time, Event};
-use crate::net::network_prefix;
+use crate::net::write_network_prefix;
 use crate::rules::{RecordView, RuleSet};
 use crate::useragent;
 
@@ -405,7 +405,6 @@ struct DimensionValues {
 
 impl DimensionValues {
     fn fill(&mut self, event: &Event, agents: &mut AgentFamilies) {
-        use std::fmt::Write;
         let v = &mut self.values;
         v.iter_mut().for_each(String::clear);
         v[0].push_str(&event.event_source);
@@ -416,7 +415,7 @@ impl DimensionValues {
             v[2].push_str(source);
         }
         if let Some(ip) = event.ip {
-            let _ = write!(v[3], "{}", network_prefix(ip));
+            write_network_prefix(ip, &mut v[3]);
         }
         if let Some(agent) = &event.user_agent {
             v[4].push_str(agents.family(agent));
@@ -663,7 +662,9 @@ impl EventIdMemory {
             return false;
         }
         if self.current.len() >= self.capacity {
-            self.previous = std::mem::take(&mut self.current);
+            // The older generation's table is cleared and reused: no regrowth, no fresh pages.
+            std::mem::swap(&mut self.previous, &mut self.current);
+            self.current.clear();
         }
         true
     }

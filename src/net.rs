@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use compact_str::{format_compact, CompactString};
+use compact_str::CompactString;
 
 /// The address a `sourceIPAddress` value names, if it names one.
 pub fn parse_source_ip(text: &str) -> Option<IpAddr> {
@@ -33,16 +33,39 @@ fn parse_padded_ipv4(text: &str) -> Option<Ipv4Addr> {
 
 /// The network an address belongs to, as baselines compare them: IPv4 /24, IPv6 /64.
 pub fn network_prefix(ip: IpAddr) -> CompactString {
+    let mut out = CompactString::default();
+    write_network_prefix(ip, &mut out);
+    out
+}
+
+/// [`network_prefix`], appended to `out` (detection writes one per event into a reused buffer).
+pub fn write_network_prefix(ip: IpAddr, out: &mut impl std::fmt::Write) {
     match ip {
         IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();
-            format_compact!("{a}.{b}.{c}.0/24")
+            for octet in [a, b, c] {
+                write_decimal(octet, out);
+                let _ = out.write_char('.');
+            }
+            let _ = out.write_str("0/24");
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            format_compact!("{}/64", Ipv6Addr::from(bits))
+            let _ = write!(out, "{}/64", Ipv6Addr::from(bits));
         }
     }
+}
+
+/// Writes `n` in decimal without running a formatter.
+fn write_decimal(n: u8, out: &mut impl std::fmt::Write) {
+    let digit = |d: u8| char::from(b'0' + d);
+    if n >= 100 {
+        let _ = out.write_char(digit(n / 100));
+    }
+    if n >= 10 {
+        let _ = out.write_char(digit(n / 10 % 10));
+    }
+    let _ = out.write_char(digit(n % 10));
 }
 
 #[cfg(test)]
@@ -78,6 +101,7 @@ mod tests {
     #[test]
     fn prefixes_are_slash_24_and_slash_64() {
         assert_eq!(network_prefix("203.0.113.7".parse().unwrap()), "203.0.113.0/24");
+        assert_eq!(network_prefix("1.20.0.7".parse().unwrap()), "1.20.0.0/24");
         assert_eq!(
             network_prefix("2001:db8:1:2:3::9".parse().unwrap()),
             "2001:db8:1:2::/64"

@@ -10,7 +10,7 @@
 //! per worker are in memory at once.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -257,7 +257,10 @@ pub fn replay(
 ) -> std::io::Result<Summary> {
     let started = Instant::now();
     let workers = settings.workers.get();
-    let shards = workers;
+    let shards = std::env::var("TW_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(workers);
     let limits = DecodeLimits {
         max_inflated_bytes: settings.max_file_bytes,
     };
@@ -347,9 +350,12 @@ fn decode_worker(
     rules: Option<Arc<RuleSet>>,
 ) {
     let mut decoder = Decoder::with_rules(limits, rules);
+    let mut bytes = Vec::new();
     for (file, result) in work {
-        let decoded = match std::fs::read(&file.path) {
-            Ok(bytes) => decoder.decode(&file.name, &bytes),
+        bytes.clear();
+        let read = std::fs::File::open(&file.path).and_then(|mut f| f.read_to_end(&mut bytes));
+        let decoded = match read {
+            Ok(_) => decoder.decode(&file.name, &bytes),
             Err(e) => DecodedFile {
                 error: Some(e.into()),
                 ..DecodedFile::default()

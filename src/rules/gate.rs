@@ -20,7 +20,9 @@
 //! every rule gated on it through). `tests/rules.rs` checks it against the evaluator run on
 //! every rule.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
 
 use rsigma_eval::{Event, EventValue};
 use rsigma_parser::{
@@ -218,7 +220,7 @@ pub struct GateIndex {
 struct GateField {
     field: String,
     /// Lower-cased value → rules gated on the field equalling it.
-    values: HashMap<String, Vec<usize>>,
+    values: FxHashMap<String, Vec<usize>>,
     /// Rules gated on the field being present, and rules gated on values when the field's value
     /// is not a plain string (so cannot be ruled out).
     present: Vec<usize>,
@@ -238,7 +240,7 @@ impl GateIndex {
             };
             let entry = fields.entry(field.clone()).or_insert_with(|| GateField {
                 field,
-                values: HashMap::new(),
+                values: FxHashMap::default(),
                 present: Vec::new(),
                 valued: Vec::new(),
             });
