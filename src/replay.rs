@@ -1,27 +1,31 @@
 //! Batch replay: log files on disk in, anomalies and a summary out.
 //!
 //! ```text
-//!  files (sorted by delivery time) ─► dispatcher ─► decode workers (N) ─► router (file order)
-//!        ─► detector shards (by principal) ─► sink (JSON lines)
+//!  files (sorted by delivery time) ─► workers (one per core): read, inflate, decode, rules
+//!        ─► per-shard queues, by file number ─► detector shards (by principal) ─► sink
 //! ```
-//! Decoding, the expensive part, runs on every core. The router takes decoded files back in their
-//! sorted order, so each shard sees its principals' events in the same order on every run and the
-//! anomalies raised do not depend on thread timing. Every queue is bounded: at most a few files
-//! per worker are in memory at once.
+//! Each worker takes the next file, decodes it, splits its events by shard and queues each part
+//! under the file's number; then it runs every shard it can lock, applying queued parts in file
+//! order. No thread is dedicated to a shard: whichever worker holds a shard's lock advances it, so
+//! both cores stay on useful work and events are usually checked by the core that decoded them.
+//! Each shard still sees its principals' events in the same order on every run, so the anomalies
+//! raised do not depend on thread timing. Workers stay within a window of files ahead of the
+//! slowest shard, which bounds the events held in the queues.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Sender};
 
 use crate::alert::AlertStats;
 use crate::anomaly::{Anomaly, Kind};
 use crate::config::Settings;
 use crate::decode::{DecodeLimits, DecodedFile, Decoder};
-use crate::detect::{shard_of, Detector, DetectorStats};
+use crate::detect::{shard_of, Detector};
 use crate::event::{Event, RecordSkip};
 use crate::metrics::Latencies;
 use crate::rules::RuleSet;
@@ -110,6 +114,9 @@ pub struct Summary {
     /// Per-file processing time and event lag (of each file's newest event).
     pub latencies: Arc<Latencies>,
     pub elapsed: Duration,
+    /// Examples as workers found them, with their file's number, until the summary is final.
+    noted_failures: Vec<(usize, String)>,
+    noted_skips: Vec<(usize, String)>,
 }
 
 const EXAMPLES: usize = 20;
@@ -119,7 +126,8 @@ impl Summary {
         self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    fn add_file(&mut self, file: &InputFile, decoded: &DecodedFile) {
+    /// Accounts for file number `seq`.
+    fn add_file(&mut self, seq: usize, file: &InputFile, decoded: &DecodedFile) {
         self.files += 1;
         self.latencies.record_file(decoded.took);
         if let Some(newest) = decoded.events.iter().map(|e| e.time).max() {
@@ -134,23 +142,54 @@ impl Summary {
         if let Some(error) = &decoded.error {
             *self.files_failed.entry(error.reason()).or_default() += 1;
             tracing::warn!(file = %file.name, reason = error.reason(), salvaged = decoded.events.len(), "file failed: {error}");
-            if self.failures.len() < EXAMPLES {
-                self.failures.push(format!("{}: {error}", file.name));
+            if self.noted_failures.len() < EXAMPLES {
+                self.noted_failures.push((seq, format!("{}: {error}", file.name)));
             }
         }
         for skipped in &decoded.skipped {
             *self.records_skipped.entry(skipped.reason).or_default() += 1;
-            if self.skipped_examples.len() < EXAMPLES {
-                self.skipped_examples.push(format!(
-                    "{} record {}: {}",
-                    file.name,
-                    skipped.index,
-                    skipped.reason.as_str()
+            if self.noted_skips.len() < EXAMPLES {
+                self.noted_skips.push((
+                    seq,
+                    format!(
+                        "{} record {}: {}",
+                        file.name,
+                        skipped.index,
+                        skipped.reason.as_str()
+                    ),
                 ));
             }
         }
         if !decoded.skipped.is_empty() {
             tracing::info!(file = %file.name, skipped = decoded.skipped.len(), "records skipped");
+        }
+    }
+
+    /// Adds another worker's accounting to this one.
+    fn merge(&mut self, other: Summary) {
+        let add = |to: &mut BTreeMap<&'static str, u64>, from: BTreeMap<&'static str, u64>| {
+            from.into_iter().for_each(|(k, v)| *to.entry(k).or_default() += v)
+        };
+        self.files += other.files;
+        self.files_decoded += other.files_decoded;
+        add(&mut self.files_skipped, other.files_skipped);
+        add(&mut self.files_failed, other.files_failed);
+        self.records += other.records;
+        for (reason, n) in other.records_skipped {
+            *self.records_skipped.entry(reason).or_default() += n;
+        }
+        self.noted_failures.extend(other.noted_failures);
+        self.noted_skips.extend(other.noted_skips);
+    }
+
+    /// The first examples in file order, whichever worker found them.
+    fn settle_examples(&mut self) {
+        for (noted, examples) in [
+            (&mut self.noted_failures, &mut self.failures),
+            (&mut self.noted_skips, &mut self.skipped_examples),
+        ] {
+            noted.sort();
+            examples.extend(noted.drain(..).take(EXAMPLES).map(|(_, e)| e));
         }
     }
 
@@ -246,6 +285,9 @@ impl Summary {
     }
 }
 
+/// Files a worker may run ahead of the slowest shard, per worker.
+const WINDOW_PER_WORKER: usize = 32;
+
 /// Replays `files` through the detectors, writing each anomaly as one JSON line to `sink`.
 /// `progress` is told of each file decoded.
 pub fn replay(
@@ -257,101 +299,206 @@ pub fn replay(
 ) -> std::io::Result<Summary> {
     let started = Instant::now();
     let workers = settings.workers.get();
-    let shards = std::env::var("TW_SHARDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(workers);
     let limits = DecodeLimits {
         max_inflated_bytes: settings.max_file_bytes,
     };
-
-    let (work_tx, work_rx) = bounded::<(InputFile, Sender<DecodedFile>)>(workers);
-    let (order_tx, order_rx) = bounded::<(InputFile, Receiver<DecodedFile>)>(workers * 2);
+    let shards: Vec<Shard> = (0..workers)
+        .map(|_| {
+            Shard::new(Detector::with_rules(
+                settings.detector.clone(),
+                workers,
+                rules.clone(),
+            ))
+        })
+        .collect();
+    let plan = Plan {
+        files: &files,
+        next_file: AtomicUsize::new(0),
+        window: WINDOW_PER_WORKER * workers,
+        shards: &shards,
+        latencies: Arc::new(Latencies::default()),
+    };
     let (anomaly_tx, anomaly_rx) = bounded::<Vec<Anomaly>>(64);
 
-    std::thread::scope(|scope| -> std::io::Result<Summary> {
-        scope.spawn(move || dispatch(files, work_tx, order_tx));
-        for _ in 0..workers {
-            let work_rx = work_rx.clone();
-            let rules = rules.clone();
-            scope.spawn(move || decode_worker(work_rx, limits, rules));
-        }
-        drop(work_rx);
-
-        let mut shard_txs = Vec::with_capacity(shards);
-        let mut shard_handles = Vec::with_capacity(shards);
-        for _ in 0..shards {
-            let (tx, rx) = bounded::<Vec<Event>>(8);
-            shard_txs.push(tx);
-            let anomaly_tx = anomaly_tx.clone();
-            let detector = Detector::with_rules(settings.detector.clone(), shards, rules.clone());
-            shard_handles.push(scope.spawn(move || run_shard(detector, rx, anomaly_tx)));
-        }
-        drop(anomaly_tx);
-
-        let router = scope.spawn(move || route(order_rx, shard_txs, progress));
-
-        let mut anomalies = BTreeMap::new();
-        let mut rule_matches: BTreeMap<String, u64> = BTreeMap::new();
-        let mut write_result = Ok(());
-        for batch in anomaly_rx {
-            for anomaly in batch {
-                *anomalies.entry(anomaly.kind).or_default() += 1;
-                if let Some(rule) = &anomaly.rule {
-                    *rule_matches.entry(rule.id.clone()).or_default() += 1;
-                }
-                if write_result.is_ok() {
-                    write_result = serde_json::to_writer(&mut *sink, &anomaly)
-                        .map_err(std::io::Error::from)
-                        .and_then(|()| sink.write_all(b"\n"));
-                }
+    let mut anomalies = BTreeMap::new();
+    let mut rule_matches: BTreeMap<String, u64> = BTreeMap::new();
+    let mut write_result = Ok(());
+    let mut write = |batch: Vec<Anomaly>| {
+        for anomaly in batch {
+            *anomalies.entry(anomaly.kind).or_default() += 1;
+            if let Some(rule) = &anomaly.rule {
+                *rule_matches.entry(rule.id.clone()).or_default() += 1;
+            }
+            if write_result.is_ok() {
+                write_result = serde_json::to_writer(&mut *sink, &anomaly)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| sink.write_all(b"\n"));
             }
         }
-        write_result?;
-        sink.flush()?;
+    };
 
-        let mut summary = router.join().expect("the router does not panic");
-        for handle in shard_handles {
-            let report = handle.join().expect("a shard does not panic");
-            summary.events += report.stats.events;
-            summary.duplicates += report.stats.duplicates;
-            summary.principals += report.principals;
-            summary.values_held += report.values;
-            summary.bytes_held += report.bytes;
-            summary.alerts.shadowed += report.alerts.shadowed;
-            summary.alerts.suppressed += report.alerts.suppressed;
-            summary.alerts.folded += report.alerts.folded;
+    let mut summary = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (plan, rules, anomalies) = (&plan, rules.clone(), anomaly_tx.clone());
+                scope.spawn(move || work(plan, limits, rules, &anomalies, progress))
+            })
+            .collect();
+        drop(anomaly_tx);
+        anomaly_rx.iter().for_each(&mut write);
+        let mut summary = Summary {
+            latencies: Arc::clone(&plan.latencies),
+            ..Summary::default()
+        };
+        for handle in handles {
+            summary.merge(handle.join().expect("a replay worker does not panic"));
         }
-        summary.anomalies = anomalies;
-        summary.rule_matches = rule_matches;
-        summary.elapsed = started.elapsed();
-        Ok(summary)
-    })
+        summary
+    });
+
+    // Every queued part was applied by the worker that queued it, or by the one holding the
+    // shard then; what is left is each detector's final flush.
+    for shard in shards {
+        let mut state = shard.state.into_inner().expect("a shard's lock is not poisoned");
+        debug_assert!(shard.pending.into_inner().map_or(true, |p| p.is_empty()));
+        let mut out = std::mem::take(&mut state.out);
+        state.detector.flush(&mut out);
+        write(out);
+        let detector = &state.detector;
+        summary.events += detector.stats.events;
+        summary.duplicates += detector.stats.duplicates;
+        summary.principals += detector.principals();
+        summary.values_held += detector.values_held();
+        summary.bytes_held += detector.bytes_held();
+        let alerts = detector.alert_stats();
+        summary.alerts.shadowed += alerts.shadowed;
+        summary.alerts.suppressed += alerts.suppressed;
+        summary.alerts.folded += alerts.folded;
+    }
+    drop(write);
+    write_result?;
+    sink.flush()?;
+    summary.settle_examples();
+    summary.anomalies = anomalies;
+    summary.rule_matches = rule_matches;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
 }
 
-/// Hands files to the workers in order, and the matching result slots to the router in the same
-/// order. Both queues are bounded, so at most a few files are in flight.
-fn dispatch(
-    files: Vec<InputFile>,
-    work: Sender<(InputFile, Sender<DecodedFile>)>,
-    order: Sender<(InputFile, Receiver<DecodedFile>)>,
-) {
-    for file in files {
-        let (tx, rx) = bounded(1);
-        if order.send((file.clone(), rx)).is_err() || work.send((file, tx)).is_err() {
-            return;
+/// What the workers share.
+struct Plan<'a> {
+    files: &'a [InputFile],
+    /// The number of the next file to take.
+    next_file: AtomicUsize,
+    /// How many files a worker may be ahead of the slowest shard.
+    window: usize,
+    shards: &'a [Shard],
+    latencies: Arc<Latencies>,
+}
+
+/// One detector and the parts of files queued for it.
+struct Shard {
+    /// Events of decoded files not yet applied, by file number; every file queues a part, empty
+    /// or not, so the shard can tell when the next file is ready.
+    pending: Mutex<BTreeMap<usize, Vec<Event>>>,
+    state: Mutex<ShardState>,
+    /// `state.next`, readable without the lock.
+    next: AtomicUsize,
+}
+
+struct ShardState {
+    detector: Detector,
+    /// The number of the next file to apply.
+    next: usize,
+    out: Vec<Anomaly>,
+}
+
+impl Shard {
+    fn new(detector: Detector) -> Shard {
+        Shard {
+            pending: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(ShardState {
+                detector,
+                next: 0,
+                out: Vec::new(),
+            }),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn queue(&self, seq: usize, events: Vec<Event>) {
+        self.pending
+            .lock()
+            .expect("the queue's lock is not poisoned")
+            .insert(seq, events);
+    }
+
+    fn take(&self, seq: usize) -> Option<Vec<Event>> {
+        self.pending
+            .lock()
+            .expect("the queue's lock is not poisoned")
+            .remove(&seq)
+    }
+
+    fn has(&self, seq: usize) -> bool {
+        self.pending
+            .lock()
+            .expect("the queue's lock is not poisoned")
+            .contains_key(&seq)
+    }
+
+    /// Applies queued parts in file order for as long as the next one is there, unless another
+    /// worker is already doing so.
+    fn advance(&self, anomalies: &Sender<Vec<Anomaly>>) {
+        loop {
+            let Ok(mut guard) = self.state.try_lock() else {
+                return;
+            };
+            let state = &mut *guard;
+            while let Some(events) = self.take(state.next) {
+                for event in &events {
+                    state.detector.process(event, &mut state.out);
+                }
+                state.next += 1;
+                self.next.store(state.next, Ordering::Release);
+            }
+            if !state.out.is_empty() {
+                // The sink may have stopped on a write error, which replay reports.
+                let _ = anomalies.send(std::mem::take(&mut state.out));
+            }
+            let next = state.next;
+            drop(guard);
+            // A part queued while this worker held the lock found it taken and left it here.
+            if !self.has(next) {
+                return;
+            }
         }
     }
 }
 
-fn decode_worker(
-    work: Receiver<(InputFile, Sender<DecodedFile>)>,
+fn work(
+    plan: &Plan<'_>,
     limits: DecodeLimits,
     rules: Option<Arc<RuleSet>>,
-) {
+    anomalies: &Sender<Vec<Anomaly>>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Summary {
+    let mut summary = Summary {
+        latencies: Arc::clone(&plan.latencies),
+        ..Summary::default()
+    };
     let mut decoder = Decoder::with_rules(limits, rules);
     let mut bytes = Vec::new();
-    for (file, result) in work {
+    let shards = plan.shards.len();
+    loop {
+        let seq = plan.next_file.fetch_add(1, Ordering::Relaxed);
+        let Some(file) = plan.files.get(seq) else {
+            return summary;
+        };
+        // Every earlier file is taken; the slowest of them is being decoded by another worker.
+        while seq >= slowest(plan.shards) + plan.window {
+            std::thread::sleep(Duration::from_micros(200));
+        }
         bytes.clear();
         let read = std::fs::File::open(&file.path).and_then(|mut f| f.read_to_end(&mut bytes));
         let decoded = match read {
@@ -361,72 +508,26 @@ fn decode_worker(
                 ..DecodedFile::default()
             },
         };
-        // The router may have stopped; nothing is lost by not sending then.
-        let _ = result.send(decoded);
-    }
-}
-
-/// Takes decoded files in order, accounts for them, and sends each shard its events.
-fn route(
-    order: Receiver<(InputFile, Receiver<DecodedFile>)>,
-    shards: Vec<Sender<Vec<Event>>>,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Summary {
-    let mut summary = Summary::default();
-    for (file, result) in order {
-        let decoded = result.recv().unwrap_or_else(|_| DecodedFile {
-            error: Some(std::io::Error::other("decode worker stopped").into()),
-            ..DecodedFile::default()
-        });
-        summary.add_file(&file, &decoded);
+        summary.add_file(seq, file, &decoded);
         progress(1);
-        let per_shard = decoded.events.len() / shards.len() + 16;
-        let mut batches: Vec<Vec<Event>> = (0..shards.len()).map(|_| Vec::with_capacity(per_shard)).collect();
+        let per_shard = decoded.events.len() / shards + 16;
+        let mut parts: Vec<Vec<Event>> = (0..shards).map(|_| Vec::with_capacity(per_shard)).collect();
         for event in decoded.events {
-            batches[shard_of(&event.principal.key, shards.len())].push(event);
+            parts[shard_of(&event.principal.key, shards)].push(event);
         }
-        for (tx, batch) in shards.iter().zip(batches) {
-            if !batch.is_empty() && tx.send(batch).is_err() {
-                return summary;
-            }
+        for (shard, part) in plan.shards.iter().zip(parts) {
+            shard.queue(seq, part);
+        }
+        for shard in plan.shards {
+            shard.advance(anomalies);
         }
     }
-    summary
 }
 
-/// What a shard reports at the end.
-struct ShardReport {
-    stats: DetectorStats,
-    alerts: AlertStats,
-    principals: usize,
-    values: usize,
-    bytes: usize,
-}
-
-fn run_shard(
-    mut detector: Detector,
-    events: Receiver<Vec<Event>>,
-    anomalies: Sender<Vec<Anomaly>>,
-) -> ShardReport {
-    let mut out = Vec::new();
-    for batch in events {
-        for event in &batch {
-            detector.process(event, &mut out);
-        }
-        if !out.is_empty() && anomalies.send(std::mem::take(&mut out)).is_err() {
-            break;
-        }
-    }
-    detector.flush(&mut out);
-    if !out.is_empty() {
-        // The sink may have stopped on a write error, which replay reports.
-        let _ = anomalies.send(out);
-    }
-    ShardReport {
-        stats: detector.stats.clone(),
-        alerts: detector.alert_stats().clone(),
-        principals: detector.principals(),
-        values: detector.values_held(),
-        bytes: detector.bytes_held(),
-    }
+fn slowest(shards: &[Shard]) -> usize {
+    shards
+        .iter()
+        .map(|s| s.next.load(Ordering::Acquire))
+        .min()
+        .unwrap_or(usize::MAX)
 }
