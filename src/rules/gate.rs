@@ -30,29 +30,47 @@ use rsigma_parser::{
     SigmaValue,
 };
 
-/// What a rule requires of one field: one of these lower-cased values, or, when `None`, only that
-/// the field is present.
-type Requirement = Option<BTreeSet<String>>;
+/// What a rule requires of one field (values and needles lower-cased).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Requirement {
+    /// Only that it is present.
+    Present,
+    /// That it equals one of these.
+    OneOf(BTreeSet<String>),
+    /// That it contains one of these.
+    ContainsAny(BTreeSet<String>),
+}
+
+use Requirement::{ContainsAny, OneOf, Present};
 
 /// Requirements that must all hold, by field.
 type Requirements = BTreeMap<String, Requirement>;
 
-/// Adds `req` on `field` to `reqs`: both must hold, so the value sets intersect.
+/// Adds `req` on `field` to `reqs`: both must hold, so value sets intersect, and otherwise the
+/// stronger of the two is kept (either alone is still necessary).
 fn require(reqs: &mut Requirements, field: &str, req: Requirement) {
-    match reqs.get_mut(field) {
-        None => {
-            reqs.insert(field.to_owned(), req);
-        }
-        Some(have) => {
-            *have = match (have.take(), req) {
-                (None, r) | (r, None) => r,
-                (Some(a), Some(b)) => Some(a.intersection(&b).cloned().collect()),
-            }
-        }
+    let Some(have) = reqs.get_mut(field) else {
+        reqs.insert(field.to_owned(), req);
+        return;
+    };
+    *have = match (std::mem::replace(have, Present), req) {
+        (OneOf(a), OneOf(b)) => OneOf(a.intersection(&b).cloned().collect()),
+        (kept @ OneOf(_), _) | (_, kept @ OneOf(_)) => kept,
+        (kept @ ContainsAny(_), _) | (_, kept @ ContainsAny(_)) => kept,
+        (Present, Present) => Present,
+    };
+}
+
+/// What holds when either of two requirements does: a value equal to a literal also contains it.
+fn unite(a: Requirement, b: &Requirement) -> Requirement {
+    match (a, b) {
+        (OneOf(a), OneOf(b)) => OneOf(a.union(b).cloned().collect()),
+        (OneOf(a) | ContainsAny(a), OneOf(b) | ContainsAny(b)) => ContainsAny(a.union(b).cloned().collect()),
+        _ => Present,
     }
 }
 
-/// Requirements every alternative shares: fields all of them require, value sets united.
+/// Requirements every alternative shares: fields all of them require, requirements united.
 fn either(alternatives: Vec<Requirements>) -> Requirements {
     let mut alternatives = alternatives.into_iter();
     let Some(mut common) = alternatives.next() else {
@@ -61,14 +79,7 @@ fn either(alternatives: Vec<Requirements>) -> Requirements {
     for alt in alternatives {
         common = common
             .into_iter()
-            .filter_map(|(field, req)| {
-                let other = alt.get(&field)?;
-                let united = match (req, other) {
-                    (Some(a), Some(b)) => Some(a.union(b).cloned().collect()),
-                    _ => None,
-                };
-                Some((field, united))
-            })
+            .filter_map(|(field, req)| Some((field.clone(), unite(req, alt.get(&field)?))))
             .collect();
     }
     common
@@ -84,13 +95,25 @@ fn literal(value: &SigmaValue) -> Option<String> {
 
 fn item_requirement(item: &DetectionItem) -> Option<(&str, Requirement)> {
     let field = item.field.name.as_deref()?;
-    if item.field.modifiers.is_empty() {
+    let literals = || -> Option<BTreeSet<String>> {
         let values: Option<BTreeSet<String>> = item.values.iter().map(literal).collect();
-        return values.filter(|v| !v.is_empty()).map(|v| (field, Some(v)));
+        values.filter(|v| !v.is_empty())
+    };
+    let modifiers = item.field.modifiers.as_slice();
+    if modifiers.is_empty() {
+        return literals().map(|v| (field, OneOf(v)));
     }
-    let exists_true = item.field.modifiers == [Modifier::Exists] && item.values == [SigmaValue::Bool(true)];
+    // `contains` (of every needle with `all`, in any case with `cased`): one of them at least.
+    let contains = modifiers.contains(&Modifier::Contains)
+        && modifiers
+            .iter()
+            .all(|m| matches!(m, Modifier::Contains | Modifier::All | Modifier::Cased));
+    if let Some(needles) = literals().filter(|_| contains) {
+        return Some((field, ContainsAny(needles)));
+    }
+    let exists_true = modifiers == [Modifier::Exists] && item.values == [SigmaValue::Bool(true)];
     // String matchers that no absent field satisfies: the field must at least be there.
-    let positive = item.field.modifiers.iter().all(|m| {
+    let positive = modifiers.iter().all(|m| {
         matches!(
             m,
             Modifier::Contains | Modifier::StartsWith | Modifier::EndsWith | Modifier::All | Modifier::Cased
@@ -100,7 +123,7 @@ fn item_requirement(item: &DetectionItem) -> Option<(&str, Requirement)> {
             .values
             .iter()
             .all(|v| matches!(v, SigmaValue::String(s) if !s.original.is_empty()));
-    (exists_true || positive).then_some((field, None))
+    (exists_true || positive).then_some((field, Present))
 }
 
 fn detection_requirements(detection: &Detection) -> Requirements {
@@ -200,9 +223,14 @@ pub(crate) fn gate_of(rule: &SigmaRule) -> Option<(String, Requirement)> {
             "eventName" => 0,
             "eventSource" => 1,
             f if !f.contains('.') => 2,
-            _ => 4,
+            _ => 10,
         };
-        by_field + usize::from(req.is_none())
+        by_field
+            + match req {
+                OneOf(_) => 0,
+                ContainsAny(_) => 3,
+                Present => 4,
+            }
     };
     reqs.into_iter().min_by_key(rank)
 }
@@ -216,14 +244,16 @@ pub struct GateIndex {
     fields: Vec<GateField>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct GateField {
     field: String,
     /// Lower-cased value → rules gated on the field equalling it.
     values: FxHashMap<String, Vec<usize>>,
-    /// Rules gated on the field being present, and rules gated on values when the field's value
-    /// is not a plain string (so cannot be ruled out).
+    /// Lower-cased needle → rules gated on the field containing it (or another of theirs).
+    needles: Vec<(String, Vec<usize>)>,
+    /// Rules gated on the field being present.
     present: Vec<usize>,
+    /// Rules gated on values or needles, let through when the value is not a plain string.
     valued: Vec<usize>,
 }
 
@@ -240,16 +270,23 @@ impl GateIndex {
             };
             let entry = fields.entry(field.clone()).or_insert_with(|| GateField {
                 field,
-                values: FxHashMap::default(),
-                present: Vec::new(),
-                valued: Vec::new(),
+                ..GateField::default()
             });
             match req {
-                None => entry.present.push(i),
-                Some(values) => {
+                Present => entry.present.push(i),
+                OneOf(values) => {
                     entry.valued.push(i);
                     for value in values {
                         entry.values.entry(value).or_default().push(i);
+                    }
+                }
+                ContainsAny(needles) => {
+                    entry.valued.push(i);
+                    for needle in needles {
+                        match entry.needles.iter_mut().find(|(n, _)| *n == needle) {
+                            Some((_, rules)) => rules.push(i),
+                            None => entry.needles.push((needle, vec![i])),
+                        }
                     }
                 }
             }
@@ -295,8 +332,13 @@ impl GateIndex {
                     if let Some(rules) = gate.values.get(folded.as_str()) {
                         mark(rules);
                     }
+                    for (needle, rules) in &gate.needles {
+                        if folded.contains(needle.as_str()) {
+                            mark(rules);
+                        }
+                    }
                 }
-                // A null equals no literal; any other shape is left to the evaluator.
+                // A null equals and contains no literal; any other shape is left to the evaluator.
                 EventValue::Null => {}
                 _ => mark(&gate.valued),
             }
@@ -320,12 +362,16 @@ mod tests {
         rsigma_parser::parse_sigma_yaml(&text).unwrap().rules.remove(0)
     }
 
-    fn gate(yaml: &str) -> Option<(String, Option<Vec<String>>)> {
-        gate_of(&rule(yaml)).map(|(f, r)| (f, r.map(|v| v.into_iter().collect())))
+    fn gate(yaml: &str) -> Option<(String, Requirement)> {
+        gate_of(&rule(yaml))
     }
 
-    fn one_of(field: &str, values: &[&str]) -> Option<(String, Option<Vec<String>>)> {
-        Some((field.into(), Some(values.iter().map(|v| v.to_string()).collect())))
+    fn set(values: &[&str]) -> BTreeSet<String> {
+        values.iter().map(|v| v.to_string()).collect()
+    }
+
+    fn one_of(field: &str, values: &[&str]) -> Option<(String, Requirement)> {
+        Some((field.into(), OneOf(set(values))))
     }
 
     #[test]
@@ -358,12 +404,23 @@ mod tests {
             None
         );
         assert_eq!(
-            gate("detection:\n  s:\n    userAgent|contains: kali\n  condition: s\n"),
-            Some(("userAgent".into(), None))
+            gate("detection:\n  s:\n    userAgent|contains: [Kali, parrot]\n  condition: s\n"),
+            Some(("userAgent".into(), ContainsAny(set(&["kali", "parrot"]))))
+        );
+        assert_eq!(
+            gate("detection:\n  s:\n    errorCode|startswith: Access\n  condition: s\n"),
+            Some(("errorCode".into(), Present))
         );
         assert_eq!(
             gate("detection:\n  s:\n    errorCode|exists: true\n  condition: s\n"),
-            Some(("errorCode".into(), None))
+            Some(("errorCode".into(), Present))
+        );
+        // Equal to one, or containing another: containing one of both.
+        assert_eq!(
+            gate(
+                "detection:\n  a:\n    userAgent: X\n  b:\n    userAgent|contains: y\n  condition: a or b\n"
+            ),
+            Some(("userAgent".into(), ContainsAny(set(&["x", "y"]))))
         );
         assert_eq!(
             gate("detection:\n  s:\n    errorCode|exists: false\n  condition: s\n"),
