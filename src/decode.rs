@@ -165,27 +165,35 @@ impl Decoder {
 
     /// Decodes one object's bytes. `object` names it in events and reports.
     pub fn decode(&mut self, object: &Arc<str>, bytes: &[u8]) -> DecodedFile {
+        self.decode_into(object, bytes, Vec::new())
+    }
+
+    /// [`Decoder::decode`], with the events written into `events` (cleared first): a caller
+    /// that decodes many files hands back the vectors it is done with, rather than allocating
+    /// (and faulting in) a new one per file.
+    pub fn decode_into(&mut self, object: &Arc<str>, bytes: &[u8], mut events: Vec<Event>) -> DecodedFile {
         let started = std::time::Instant::now();
-        let mut decoded = self.decode_untimed(object, bytes);
+        events.clear();
+        let mut decoded = DecodedFile {
+            events,
+            ..DecodedFile::default()
+        };
+        self.decode_untimed(object, bytes, &mut decoded);
         decoded.took = started.elapsed();
         decoded
     }
 
-    fn decode_untimed(&mut self, object: &Arc<str>, bytes: &[u8]) -> DecodedFile {
+    fn decode_untimed(&mut self, object: &Arc<str>, bytes: &[u8], out: &mut DecodedFile) {
         if let Some(skip) = classify_key(object) {
-            return DecodedFile {
-                skip: Some(skip),
-                ..DecodedFile::default()
-            };
+            out.skip = Some(skip);
+            return;
         }
         let rules = self.rules.clone();
         let text = match self.inflate(bytes) {
             Ok(text) => text,
             Err(error) => {
-                return DecodedFile {
-                    error: Some(error),
-                    ..DecodedFile::default()
-                }
+                out.error = Some(error);
+                return;
             }
         };
         let ctx = Context {
@@ -194,10 +202,11 @@ impl Decoder {
             rules: rules.as_deref(),
         };
         let json_lines = object.ends_with(".jsonl") || object.ends_with(".jsonl.gz");
+        out.events.reserve(expected_records(text));
         if json_lines {
-            decode_json_lines(ctx, text)
+            decode_json_lines(ctx, text, out)
         } else {
-            decode_records_object(ctx, text)
+            decode_records_object(ctx, text, out)
         }
     }
 
@@ -263,13 +272,9 @@ fn expected_records(text: &str) -> usize {
     text.len() / 1024 + 1
 }
 
-fn decode_records_object(ctx: Context<'_>, text: &str) -> DecodedFile {
-    let mut out = DecodedFile {
-        events: Vec::with_capacity(expected_records(text)),
-        ..DecodedFile::default()
-    };
+fn decode_records_object(ctx: Context<'_>, text: &str, out: &mut DecodedFile) {
     let mut de = serde_json::Deserializer::from_str(text);
-    let seed = LogFileSeed { ctx, out: &mut out };
+    let seed = LogFileSeed { ctx, out };
     let shape = seed
         .deserialize(&mut de)
         .and_then(|shape| de.end().map(|()| shape));
@@ -286,20 +291,15 @@ fn decode_records_object(ctx: Context<'_>, text: &str) -> DecodedFile {
             })
         }
     }
-    out
 }
 
-fn decode_json_lines(ctx: Context<'_>, text: &str) -> DecodedFile {
-    let mut out = DecodedFile {
-        events: Vec::with_capacity(expected_records(text)),
-        ..DecodedFile::default()
-    };
+fn decode_json_lines(ctx: Context<'_>, text: &str, out: &mut DecodedFile) {
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        push_record(ctx, line, n + 1, &mut out);
+        push_record(ctx, line, n + 1, out);
     }
     // A JSON-lines file none of whose lines is a record is some other file, not a trail of bad
     // records: report it once, as the object form does.
@@ -307,7 +307,6 @@ fn decode_json_lines(ctx: Context<'_>, text: &str) -> DecodedFile {
         out.error = Some(FileError::NoRecords);
         out.skipped.clear();
     }
-    out
 }
 
 /// Decodes one record's JSON text into `out`.

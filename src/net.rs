@@ -43,11 +43,20 @@ pub fn write_network_prefix(ip: IpAddr, out: &mut impl std::fmt::Write) {
     match ip {
         IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();
+            // At most "255.255.255.0/24": written into a stack buffer, then appended once.
+            let mut text = [0u8; 16];
+            let mut len = 0;
             for octet in [a, b, c] {
-                write_decimal(octet, out);
-                let _ = out.write_char('.');
+                for digit in decimal(octet) {
+                    text[len] = digit;
+                    len += 1;
+                }
+                text[len] = b'.';
+                len += 1;
             }
-            let _ = out.write_str("0/24");
+            text[len..len + 4].copy_from_slice(b"0/24");
+            len += 4;
+            let _ = out.write_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
@@ -56,16 +65,17 @@ pub fn write_network_prefix(ip: IpAddr, out: &mut impl std::fmt::Write) {
     }
 }
 
-/// Writes `n` in decimal without running a formatter.
-fn write_decimal(n: u8, out: &mut impl std::fmt::Write) {
-    let digit = |d: u8| char::from(b'0' + d);
-    if n >= 100 {
-        let _ = out.write_char(digit(n / 100));
-    }
-    if n >= 10 {
-        let _ = out.write_char(digit(n / 10 % 10));
-    }
-    let _ = out.write_char(digit(n % 10));
+/// The ASCII decimal digits of `n`, without leading zeros.
+fn decimal(n: u8) -> impl Iterator<Item = u8> {
+    let digits = [n / 100, n / 10 % 10, n % 10];
+    let skip = if n >= 100 {
+        0
+    } else if n >= 10 {
+        1
+    } else {
+        2
+    };
+    digits.into_iter().skip(skip).map(|d| b'0' + d)
 }
 
 #[cfg(test)]

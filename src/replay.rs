@@ -303,12 +303,11 @@ pub fn replay(
         max_inflated_bytes: settings.max_file_bytes,
     };
     let shards: Vec<Shard> = (0..workers)
-        .map(|_| {
-            Shard::new(Detector::with_rules(
-                settings.detector.clone(),
-                workers,
-                rules.clone(),
-            ))
+        .map(|i| {
+            Shard::new(
+                i,
+                Detector::with_rules(settings.detector.clone(), workers, rules.clone()),
+            )
         })
         .collect();
     let plan = Plan {
@@ -317,6 +316,7 @@ pub fn replay(
         window: WINDOW_PER_WORKER * workers,
         shards: &shards,
         latencies: Arc::new(Latencies::default()),
+        spare: Mutex::new(Vec::new()),
     };
     let (anomaly_tx, anomaly_rx) = bounded::<Vec<Anomaly>>(64);
 
@@ -394,13 +394,43 @@ struct Plan<'a> {
     window: usize,
     shards: &'a [Shard],
     latencies: Arc<Latencies>,
+    /// Event vectors every shard is done with, for the workers to decode into again.
+    spare: Mutex<Vec<Vec<Event>>>,
 }
 
-/// One detector and the parts of files queued for it.
+impl Plan<'_> {
+    fn spare_events(&self) -> Vec<Event> {
+        self.spare
+            .lock()
+            .map(|mut s| s.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn recycle(&self, mut events: Vec<Event>) {
+        events.clear();
+        if let Ok(mut spare) = self.spare.lock() {
+            if spare.len() < self.shards.len() * 4 {
+                spare.push(events);
+            }
+        }
+    }
+}
+
+/// One file's events, shared by every shard, each taking those of its principals.
+struct FileEvents {
+    events: Vec<Event>,
+    /// The shard of each event.
+    shards: Vec<u32>,
+}
+
+/// One detector and the files queued for it.
 struct Shard {
-    /// Events of decoded files not yet applied, by file number; every file queues a part, empty
-    /// or not, so the shard can tell when the next file is ready.
-    pending: Mutex<BTreeMap<usize, Vec<Event>>>,
+    index: u32,
+    /// Decoded files not yet applied, by file number; every file is queued, with events for the
+    /// shard or not, so the shard can tell when the next file is ready.
+    pending: Mutex<BTreeMap<usize, Arc<FileEvents>>>,
     state: Mutex<ShardState>,
     /// `state.next`, readable without the lock.
     next: AtomicUsize,
@@ -414,8 +444,9 @@ struct ShardState {
 }
 
 impl Shard {
-    fn new(detector: Detector) -> Shard {
+    fn new(index: usize, detector: Detector) -> Shard {
         Shard {
+            index: index as u32,
             pending: Mutex::new(BTreeMap::new()),
             state: Mutex::new(ShardState {
                 detector,
@@ -426,14 +457,14 @@ impl Shard {
         }
     }
 
-    fn queue(&self, seq: usize, events: Vec<Event>) {
+    fn queue(&self, seq: usize, events: Arc<FileEvents>) {
         self.pending
             .lock()
             .expect("the queue's lock is not poisoned")
             .insert(seq, events);
     }
 
-    fn take(&self, seq: usize) -> Option<Vec<Event>> {
+    fn take(&self, seq: usize) -> Option<Arc<FileEvents>> {
         self.pending
             .lock()
             .expect("the queue's lock is not poisoned")
@@ -449,15 +480,21 @@ impl Shard {
 
     /// Applies queued parts in file order for as long as the next one is there, unless another
     /// worker is already doing so.
-    fn advance(&self, anomalies: &Sender<Vec<Anomaly>>) {
+    fn advance(&self, plan: &Plan<'_>, anomalies: &Sender<Vec<Anomaly>>) {
         loop {
             let Ok(mut guard) = self.state.try_lock() else {
                 return;
             };
             let state = &mut *guard;
-            while let Some(events) = self.take(state.next) {
-                for event in &events {
-                    state.detector.process(event, &mut state.out);
+            while let Some(file) = self.take(state.next) {
+                for (event, &shard) in file.events.iter().zip(&file.shards) {
+                    if shard == self.index {
+                        state.detector.process(event, &mut state.out);
+                    }
+                }
+                // The last shard done with a file hands its vector back.
+                if let Some(file) = Arc::into_inner(file) {
+                    plan.recycle(file.events);
                 }
                 state.next += 1;
                 self.next.store(state.next, Ordering::Release);
@@ -502,7 +539,7 @@ fn work(
         bytes.clear();
         let read = std::fs::File::open(&file.path).and_then(|mut f| f.read_to_end(&mut bytes));
         let decoded = match read {
-            Ok(_) => decoder.decode(&file.name, &bytes),
+            Ok(_) => decoder.decode_into(&file.name, &bytes, plan.spare_events()),
             Err(e) => DecodedFile {
                 error: Some(e.into()),
                 ..DecodedFile::default()
@@ -510,16 +547,20 @@ fn work(
         };
         summary.add_file(seq, file, &decoded);
         progress(1);
-        let per_shard = decoded.events.len() / shards + 16;
-        let mut parts: Vec<Vec<Event>> = (0..shards).map(|_| Vec::with_capacity(per_shard)).collect();
-        for event in decoded.events {
-            parts[shard_of(&event.principal.key, shards)].push(event);
-        }
-        for (shard, part) in plan.shards.iter().zip(parts) {
-            shard.queue(seq, part);
-        }
+        let events = Arc::new(FileEvents {
+            shards: decoded
+                .events
+                .iter()
+                .map(|e| shard_of(&e.principal.key, shards) as u32)
+                .collect(),
+            events: decoded.events,
+        });
         for shard in plan.shards {
-            shard.advance(anomalies);
+            shard.queue(seq, Arc::clone(&events));
+        }
+        drop(events);
+        for shard in plan.shards {
+            shard.advance(plan, anomalies);
         }
     }
 }
