@@ -316,7 +316,7 @@ pub fn replay(
         window: WINDOW_PER_WORKER * workers,
         shards: &shards,
         latencies: Arc::new(Latencies::default()),
-        spare: Mutex::new(Vec::new()),
+        spare: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
     };
     let (anomaly_tx, anomaly_rx) = bounded::<Vec<Anomaly>>(64);
 
@@ -339,9 +339,9 @@ pub fn replay(
 
     let mut summary = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
-            .map(|_| {
+            .map(|worker| {
                 let (plan, rules, anomalies) = (&plan, rules.clone(), anomaly_tx.clone());
-                scope.spawn(move || work(plan, limits, rules, &anomalies, progress))
+                scope.spawn(move || work(worker, plan, limits, rules, &anomalies, progress))
             })
             .collect();
         drop(anomaly_tx);
@@ -394,25 +394,28 @@ struct Plan<'a> {
     window: usize,
     shards: &'a [Shard],
     latencies: Arc<Latencies>,
-    /// Event vectors every shard is done with, for the workers to decode into again.
-    spare: Mutex<Vec<Vec<Event>>>,
+    /// Per worker, event vectors every shard is done with, for the worker to decode into again.
+    spare: Vec<Mutex<Vec<Vec<Event>>>>,
 }
 
 impl Plan<'_> {
-    fn spare_events(&self) -> Vec<Event> {
-        self.spare
+    /// A vector for `worker` to decode into. Its old events are dropped here, by the thread that
+    /// built them: frees stay local to the allocating thread's heap.
+    fn spare_events(&self, worker: usize) -> Vec<Event> {
+        let mut events = self.spare[worker]
             .lock()
             .map(|mut s| s.pop())
             .ok()
             .flatten()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        events.clear();
+        events
     }
 
-    fn recycle(&self, mut events: Vec<Event>) {
-        events.clear();
-        if let Ok(mut spare) = self.spare.lock() {
-            if spare.len() < self.shards.len() * 4 {
-                spare.push(events);
+    fn recycle(&self, file: FileEvents) {
+        if let Ok(mut spare) = self.spare[file.worker].lock() {
+            if spare.len() < 4 * self.shards.len() {
+                spare.push(file.events);
             }
         }
     }
@@ -423,6 +426,8 @@ struct FileEvents {
     events: Vec<Event>,
     /// The shard of each event.
     shards: Vec<u32>,
+    /// The worker that decoded them.
+    worker: usize,
 }
 
 /// One detector and the files queued for it.
@@ -494,7 +499,7 @@ impl Shard {
                 }
                 // The last shard done with a file hands its vector back.
                 if let Some(file) = Arc::into_inner(file) {
-                    plan.recycle(file.events);
+                    plan.recycle(file);
                 }
                 state.next += 1;
                 self.next.store(state.next, Ordering::Release);
@@ -514,6 +519,7 @@ impl Shard {
 }
 
 fn work(
+    worker: usize,
     plan: &Plan<'_>,
     limits: DecodeLimits,
     rules: Option<Arc<RuleSet>>,
@@ -539,7 +545,7 @@ fn work(
         bytes.clear();
         let read = std::fs::File::open(&file.path).and_then(|mut f| f.read_to_end(&mut bytes));
         let decoded = match read {
-            Ok(_) => decoder.decode_into(&file.name, &bytes, plan.spare_events()),
+            Ok(_) => decoder.decode_into(&file.name, &bytes, plan.spare_events(worker)),
             Err(e) => DecodedFile {
                 error: Some(e.into()),
                 ..DecodedFile::default()
@@ -554,6 +560,7 @@ fn work(
                 .map(|e| shard_of(&e.principal.key, shards) as u32)
                 .collect(),
             events: decoded.events,
+            worker,
         });
         for shard in plan.shards {
             shard.queue(seq, Arc::clone(&events));

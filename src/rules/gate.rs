@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use memchr::memmem::Finder;
 use rustc_hash::FxHashMap;
 
 use rsigma_eval::{Event, EventValue};
@@ -249,8 +250,9 @@ struct GateField {
     field: String,
     /// Lower-cased value → rules gated on the field equalling it.
     values: FxHashMap<String, Vec<usize>>,
-    /// Lower-cased needle → rules gated on the field containing it (or another of theirs).
-    needles: Vec<(String, Vec<usize>)>,
+    /// Lower-cased needles, and for each the rules gated on the field containing it (or another
+    /// of theirs).
+    needles: Vec<(Finder<'static>, Vec<usize>)>,
     /// Rules gated on the field being present.
     present: Vec<usize>,
     /// Rules gated on values or needles, let through when the value is not a plain string.
@@ -283,9 +285,15 @@ impl GateIndex {
                 ContainsAny(needles) => {
                     entry.valued.push(i);
                     for needle in needles {
-                        match entry.needles.iter_mut().find(|(n, _)| *n == needle) {
+                        match entry
+                            .needles
+                            .iter_mut()
+                            .find(|(n, _)| n.needle() == needle.as_bytes())
+                        {
                             Some((_, rules)) => rules.push(i),
-                            None => entry.needles.push((needle, vec![i])),
+                            None => entry
+                                .needles
+                                .push((Finder::new(needle.as_bytes()).into_owned(), vec![i])),
                         }
                     }
                 }
@@ -318,7 +326,7 @@ impl GateIndex {
             }
         };
         mark(&self.always);
-        let mut folded = String::new();
+        let mut folded = Folded::default();
         for gate in &self.fields {
             let Some(value) = event.get_field(&gate.field) else {
                 continue;
@@ -326,14 +334,12 @@ impl GateIndex {
             mark(&gate.present);
             match value {
                 EventValue::Str(s) => {
-                    folded.clear();
-                    folded.push_str(&s);
-                    folded.make_ascii_lowercase();
-                    if let Some(rules) = gate.values.get(folded.as_str()) {
+                    let folded = folded.of(&s);
+                    if let Some(rules) = gate.values.get(folded) {
                         mark(rules);
                     }
                     for (needle, rules) in &gate.needles {
-                        if folded.contains(needle.as_str()) {
+                        if needle.find(folded.as_bytes()).is_some() {
                             mark(rules);
                         }
                     }
@@ -349,6 +355,38 @@ impl GateIndex {
                 visit(w * 64 + bits.trailing_zeros() as usize);
                 bits &= bits - 1;
             }
+        }
+    }
+}
+
+/// A value lower-cased for lookup, on the stack when short (field values mostly are).
+struct Folded {
+    short: [u8; 128],
+    long: String,
+}
+
+impl Default for Folded {
+    fn default() -> Self {
+        Folded {
+            short: [0; 128],
+            long: String::new(),
+        }
+    }
+}
+
+impl Folded {
+    fn of(&mut self, value: &str) -> &str {
+        if value.len() <= self.short.len() {
+            let short = &mut self.short[..value.len()];
+            short.copy_from_slice(value.as_bytes());
+            short.make_ascii_lowercase();
+            // ASCII lower-casing keeps UTF-8 valid.
+            std::str::from_utf8(short).unwrap_or_default()
+        } else {
+            self.long.clear();
+            self.long.push_str(value);
+            self.long.make_ascii_lowercase();
+            &self.long
         }
     }
 }
