@@ -220,7 +220,7 @@ impl Detector {
             return;
         };
         let Some(view) = RecordView::new(raw) else { return };
-        for result in engine.process_event_at(&view, event.time) {
+        for result in rules.correlate(engine, &view, &event.rule_hits, event.time) {
             let ResultBody::Correlation(body) = &result.body else {
                 continue;
             };

@@ -357,6 +357,23 @@ impl RuleSet {
         }
     }
 
+    /// Feeds one record to a shard's correlation engine, with the detection rules it matched
+    /// (`hits`, from [`RuleSet::evaluate`]) rather than evaluating every rule a second time.
+    pub fn correlate(
+        &self,
+        engine: &mut CorrelationEngine,
+        view: &RecordView<'_>,
+        hits: &[u16],
+        time: i64,
+    ) -> Vec<rsigma_eval::EvaluationResult> {
+        let detections = hits
+            .iter()
+            .filter_map(|&i| self.compiled.get(usize::from(i)))
+            .filter_map(|rule| rsigma_eval::evaluate_rule(rule, view))
+            .collect();
+        engine.process_with_detections(view, detections, time)
+    }
+
     /// A fresh correlation engine for one shard, when there are correlation rules.
     pub fn correlation_engine(&self) -> Option<CorrelationEngine> {
         if self.collection.correlations.is_empty() {
@@ -434,7 +451,9 @@ impl RuleSet {
                 .and_then(Value::as_str)
                 .and_then(parse_event_time)
                 .unwrap_or(0);
-            for result in engine.process_event_at(&view, time) {
+            let mut hits = Vec::new();
+            self.evaluate(&view, &mut hits);
+            for result in self.correlate(&mut engine, &view, &hits, time) {
                 if result.is_correlation()
                     && self.lookup(result.header.rule_id.as_deref(), &result.header.rule_title) == Some(index)
                 {

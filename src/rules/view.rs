@@ -299,16 +299,19 @@ impl Event for RecordView<'_> {
         out
     }
 
-    /// The record as JSON, with `id` set to its `eventID`: the evaluator names events in
-    /// threshold results by an `id` field, and CloudTrail calls it `eventID`.
+    /// The record as the evaluator keeps it in threshold state: its `eventID`, as `id` (the
+    /// evaluator names the events behind a threshold result by an `id` field). Only references
+    /// are kept (trailwatch never asks the evaluator for whole events), so the rest of the record
+    /// is not converted.
     fn to_json(&self) -> Value {
-        let mut value: Value = serde_json::from_str(self.raw).unwrap_or(Value::Null);
-        if let Some(map) = value.as_object_mut() {
-            if let Some(id) = map.get("eventID").cloned() {
-                map.entry("id").or_insert(id);
-            }
+        let id = lookup(&self.top, "eventID").map(|v| match to_event_value(v, 0) {
+            EventValue::Str(s) => Value::String(s.into_owned()),
+            _ => serde_json::from_str(v.get()).unwrap_or(Value::Null),
+        });
+        match id {
+            Some(id) => serde_json::json!({ "id": id, "eventID": id }),
+            None => serde_json::json!({}),
         }
-        value
     }
 }
 
