@@ -206,9 +206,6 @@ fn main() {
     );
 
     let (floor_one, n) = measure("floor, 1 core (inflate + parse)", runs, || floor(&files, 1));
-    let (floor_all, _) = measure(&format!("floor, {threads} cores"), runs, || {
-        floor(&files, threads)
-    });
 
     // Rule evaluation alone, on records already inflated and split.
     let rules = Arc::new(RuleSet::builtin().expect("the shipped rules load"));
@@ -256,29 +253,61 @@ fn main() {
         n
     });
 
+    // The floor on every core and the two replays, interleaved run by run, so that a slow
+    // stretch of a shared machine weighs on all three alike; ratios are medians of per-run ratios.
     let settings = Settings::default();
-    let (full, _) = measure(&format!("full replay, {threads} cores"), runs, || {
+    let replay_files = |rules: Option<Arc<RuleSet>>| {
         let mut sink = std::io::sink();
-        let summary = replay(
-            files.clone(),
-            &settings,
-            Some(Arc::clone(&rules)),
-            &mut sink,
-            &|_| {},
-        )
-        .expect("replay runs");
+        let summary = replay(files.clone(), &settings, rules, &mut sink, &|_| {}).expect("replay runs");
         summary.records as usize
-    });
-    let (baselines_only, _) = measure(&format!("replay without rules, {threads} cores"), runs, || {
-        let mut sink = std::io::sink();
-        let summary = replay(files.clone(), &settings, None, &mut sink, &|_| {}).expect("replay runs");
-        summary.records as usize
-    });
+    };
+    let mut rounds: Vec<[Duration; 3]> = Vec::new();
+    for _ in 0..runs {
+        let time = |f: &mut dyn FnMut() -> usize| {
+            let start = Instant::now();
+            assert_eq!(f(), n, "every measurement reads every record");
+            start.elapsed()
+        };
+        rounds.push([
+            time(&mut || floor(&files, threads)),
+            time(&mut || replay_files(Some(Arc::clone(&rules)))),
+            time(&mut || replay_files(None)),
+        ]);
+    }
+    let labels = [
+        format!("floor, {threads} cores"),
+        format!("full replay, {threads} cores"),
+        format!("replay without rules, {threads} cores"),
+    ];
+    let mut rates = [0.0; 3];
+    for (i, label) in labels.iter().enumerate() {
+        let m = median(rounds.iter().map(|r| r[i]).collect());
+        rates[i] = n as f64 / m.as_secs_f64();
+        println!(
+            "{label:<34} {:>12.0} records/s   (median {:.3}s of {runs}, interleaved)",
+            rates[i],
+            m.as_secs_f64()
+        );
+    }
+    let [floor_all, full, baselines_only] = rates;
+    let ratio = |i: usize| {
+        let mut per_run: Vec<f64> = rounds
+            .iter()
+            .map(|r| r[0].as_secs_f64() / r[i].as_secs_f64())
+            .collect();
+        per_run.sort_by(f64::total_cmp);
+        per_run[per_run.len() / 2]
+    };
     println!();
     println!("records per run: {n}");
-    println!("full / floor ({threads} cores): {:.2}", full / floor_all);
     println!(
-        "replay without rules / floor ({threads} cores): {:.2}",
+        "full / floor ({threads} cores): {:.2} (median of per-run ratios; of medians {:.2})",
+        ratio(1),
+        full / floor_all
+    );
+    println!(
+        "replay without rules / floor ({threads} cores): {:.2} (median of per-run ratios; of medians {:.2})",
+        ratio(2),
         baselines_only / floor_all
     );
     println!(
