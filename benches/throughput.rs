@@ -170,6 +170,18 @@ fn main() {
     let runs: usize = arg("--runs").map_or(5, |v| v.parse().expect("--runs N"));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
+    // Memory first, while the process holds nothing else, so that the peak RSS is the baselines'.
+    for principals in [100_000, 1_000_000] {
+        if args.iter().any(|a| a == "--skip-memory") {
+            break;
+        }
+        let (per, rss) = memory_per_principal(principals);
+        println!(
+            "memory: {principals} principals: {per:.0} bytes per principal held; peak RSS of the benchmark so far {:.0} MiB",
+            rss as f64 / 1024.0
+        );
+    }
+
     let temp = tempfile::tempdir().expect("a temporary folder");
     let trail = match arg("--trail") {
         Some(dir) => PathBuf::from(dir),
@@ -319,15 +331,4 @@ fn main() {
         rules_rate / floor_one
     );
     println!("decode + rules / floor (1 core): {:.2}", decode_rate / floor_one);
-
-    for principals in [100_000, 1_000_000] {
-        if args.iter().any(|a| a == "--skip-memory") {
-            break;
-        }
-        let (per, rss) = memory_per_principal(principals);
-        println!(
-            "memory: {principals} principals: {per:.0} bytes per principal held; peak RSS so far {:.0} MiB",
-            rss as f64 / 1024.0
-        );
-    }
 }
