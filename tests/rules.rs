@@ -347,6 +347,17 @@ fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
         }
     }
     assert!(generated > 1000, "{generated} generated records");
+    // Values a text search would miss (an escape), a dotted top-level key, odd shapes.
+    records.extend(
+        [
+            r#"{"eventSource":"signin.amazonaws.com","eventName":"ConsoleLogin","userIdentity":{"type":"R\u006fot"}}"#,
+            r#"{"eventSource":"s3.amazonaws.com","eventName":"GetObject","userIdentity":{"type":["Root"]}}"#,
+            r#"{"eventSource":"s3.amazonaws.com","eventName":"GetObject","userIdentity.type":"Root"}"#,
+            r#"{"eventSource":"s3.amazonaws.com","eventName":"GetObject","userIdentity":"Root"}"#,
+            r#"{"eventSource":"s3.amazonaws.com","eventName":"GetObject","userIdentity":{"type":"ROOT"},"userAgent":"KALI"}"#,
+        ]
+        .map(String::from),
+    );
 
     let mut sources: Vec<(String, String)> = vec![("gates.yml".into(), GATE_RULES.into())];
     for file in walk(&manifest_dir().join("rules")) {

@@ -26,6 +26,8 @@ use memchr::memmem::Finder;
 use rustc_hash::FxHashMap;
 
 use rsigma_eval::{Event, EventValue};
+
+use super::RecordView;
 use rsigma_parser::{
     ConditionExpr, Detection, DetectionItem, Detections, Modifier, Quantifier, SelectorPattern, SigmaRule,
     SigmaValue,
@@ -257,6 +259,10 @@ struct GateField {
     present: Vec<usize>,
     /// Rules gated on values or needles, let through when the value is not a plain string.
     valued: Vec<usize>,
+    /// For a nested field gated only on literals (values or needles): the top-level key it is
+    /// under, and the literals. When that key's JSON has no escape, a record whose text there
+    /// contains none of the literals cannot match, and the nested value is not parsed at all.
+    precheck: Option<(String, Vec<Finder<'static>>)>,
 }
 
 impl GateIndex {
@@ -300,6 +306,20 @@ impl GateIndex {
             }
         }
         index.fields = fields.into_values().collect();
+        for gate in &mut index.fields {
+            let Some((root, _)) = gate.field.split_once('.') else {
+                continue;
+            };
+            if gate.present.is_empty() {
+                let literals = gate
+                    .values
+                    .keys()
+                    .map(|v| Finder::new(v.as_bytes()).into_owned())
+                    .chain(gate.needles.iter().map(|(n, _)| n.clone()))
+                    .collect();
+                gate.precheck = Some((root.to_owned(), literals));
+            }
+        }
         index
     }
 
@@ -309,7 +329,7 @@ impl GateIndex {
     }
 
     /// Calls `visit` with each rule `event` can match, in ascending order, each once.
-    pub fn candidates(&self, event: &impl Event, mut visit: impl FnMut(usize)) {
+    pub fn candidates(&self, event: &RecordView<'_>, mut visit: impl FnMut(usize)) {
         const STACK_WORDS: usize = 8;
         let words = self.rules.div_ceil(64);
         let mut stack = [0u64; STACK_WORDS];
@@ -327,7 +347,24 @@ impl GateIndex {
         };
         mark(&self.always);
         let mut folded = Folded::default();
+        let mut parent = Folded::default();
         for gate in &self.fields {
+            // (A path that is itself a top-level key, dots and all, is read as such.)
+            if let Some((root, literals)) = gate
+                .precheck
+                .as_ref()
+                .filter(|_| event.top_level_text(&gate.field).is_none())
+            {
+                let Some(text) = event.top_level_text(root) else {
+                    continue;
+                };
+                if !text.contains('\\') {
+                    let text = parent.of(text).as_bytes();
+                    if !literals.iter().any(|l| l.find(text).is_some()) {
+                        continue;
+                    }
+                }
+            }
             let Some(value) = event.get_field(&gate.field) else {
                 continue;
             };

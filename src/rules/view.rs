@@ -52,6 +52,11 @@ impl<'a> RecordView<'a> {
         &self.top
     }
 
+    /// The JSON text of a top-level value, unparsed.
+    pub fn top_level_text(&self, key: &str) -> Option<&'a str> {
+        lookup(&self.top, key).map(RawValue::get)
+    }
+
     /// The entries of `userIdentity`, when it is an object.
     pub fn identity(&self) -> Option<&Entries<'a>> {
         self.identity
