@@ -138,13 +138,13 @@ fn memory_per_principal(principals: usize) -> (f64, u64) {
                 source: Some(ip.into()),
                 user_agent: Some("aws-sdk-go-v2/1.25.3 os/linux lang/go#1.22.1".into()),
                 error_code: None,
-                principal: Principal {
+                principal: Arc::new(Principal {
                     key: key.as_str().into(),
                     kind: "AssumedRole".into(),
                     account_id: Some("111122223333".into()),
                     arn: None,
                     session: None,
-                },
+                }),
                 object: Arc::clone(&object),
                 rule_hits: Vec::new(),
                 raw: None,

@@ -11,6 +11,7 @@
 //! The records are parsed in one pass into borrowed [`RawRecord`]s over a reused inflate buffer;
 //! no `serde_json::Value` is built.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io::{Cursor, Read};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use flate2::bufread::GzDecoder;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::event::{Event, RecordSkip};
+use crate::principal::{self, PrincipalCache};
 use crate::record::RawRecord;
 use crate::rules::view::{object_text, Element};
 use crate::rules::{RecordView, RuleSet};
@@ -137,6 +139,7 @@ pub struct Decoder {
     /// are a few dozen KiB, allocated and zeroed), and the compressed input it reads.
     gzip: Option<GzDecoder<Cursor<Vec<u8>>>>,
     rules: Option<Arc<RuleSet>>,
+    principals: PrincipalCache,
 }
 
 /// What decoding one record needs besides the record.
@@ -146,6 +149,7 @@ struct Context<'o> {
     /// The whole inflated file, which records borrow from.
     text: &'o str,
     rules: Option<&'o RuleSet>,
+    principals: &'o RefCell<PrincipalCache>,
 }
 
 impl Decoder {
@@ -160,6 +164,7 @@ impl Decoder {
             buffer: Vec::new(),
             gzip: None,
             rules: rules.filter(|r| !r.is_empty()),
+            principals: PrincipalCache::default(),
         }
     }
 
@@ -189,10 +194,12 @@ impl Decoder {
             return;
         }
         let rules = self.rules.clone();
+        let principals = RefCell::new(std::mem::take(&mut self.principals));
         let text = match self.inflate(bytes) {
             Ok(text) => text,
             Err(error) => {
                 out.error = Some(error);
+                self.principals = principals.into_inner();
                 return;
             }
         };
@@ -200,6 +207,7 @@ impl Decoder {
             object,
             text,
             rules: rules.as_deref(),
+            principals: &principals,
         };
         let json_lines = object.ends_with(".jsonl") || object.ends_with(".jsonl.gz");
         out.events.reserve(expected_records(text));
@@ -208,6 +216,7 @@ impl Decoder {
         } else {
             decode_records_object(ctx, text, out)
         }
+        self.principals = principals.into_inner();
     }
 
     /// Inflates every gzip member of `bytes` into the buffer, as a multi-member decoder would:
@@ -327,8 +336,17 @@ fn push_record(ctx: Context<'_>, raw: &str, index: usize, out: &mut DecodedFile)
 /// Decodes one indexed record into `out`. The engine's fields are read from the index and the
 /// rules evaluated against it, so the record is not scanned a second time.
 fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut DecodedFile) {
-    let record = RawRecord::from_view(&view);
-    let result = Event::from_record(&record, view.raw(), ctx.object).map(|mut event| {
+    let record = RawRecord::top_level(&view);
+    let recipient = record.recipient_account_id.get();
+    let derive = || {
+        let identity = RawRecord::identity_of(&view);
+        principal::derive(identity.as_ref().map(|u| &u.0), recipient)
+    };
+    let principal = match view.top_level_text("userIdentity") {
+        Some(identity) => ctx.principals.borrow_mut().get(identity, recipient, derive),
+        None => Arc::new(derive()),
+    };
+    let result = Event::with_principal(&record, view.raw(), ctx.object, principal).map(|mut event| {
         if let Some(rules) = ctx.rules {
             rules.evaluate(&view, &mut event.rule_hits);
             if !event.rule_hits.is_empty() {

@@ -699,13 +699,13 @@ mod tests {
             ip: ip.parse().ok(),
             user_agent: Some("aws-cli/2.0".into()),
             error_code: None,
-            principal: Principal {
+            principal: Arc::new(Principal {
                 key: "arn:aws:iam::1:user/u".into(),
                 kind: "IAMUser".into(),
                 account_id: Some("1".into()),
                 arn: Some("arn:aws:iam::1:user/u".into()),
                 session: None,
-            },
+            }),
             object: Arc::from("f"),
             rule_hits: Vec::new(),
             raw: None,
@@ -860,7 +860,7 @@ mod tests {
         let mut out = Vec::new();
         for i in 0..1000 {
             let mut e = event(&format!("p{i}"), i, "GetObject", "198.51.100.1");
-            e.principal.key = format!("p{i}").into();
+            Arc::make_mut(&mut e.principal).key = format!("p{i}").into();
             d.process(&e, &mut out);
             assert!(d.principals() <= 100);
         }
@@ -889,7 +889,7 @@ mod tests {
         let mut d = Detector::new(settings(), 1);
         let mut out = Vec::new();
         let mut e = event("a", 0, "GetObject", "198.51.100.1");
-        e.principal.key = "idle".into();
+        Arc::make_mut(&mut e.principal).key = "idle".into();
         d.process(&e, &mut out);
         d.process(&event("b", 200 * DAY, "GetObject", "198.51.100.1"), &mut out);
         assert_eq!(d.principals(), 1);

@@ -29,7 +29,8 @@ pub struct Event {
     pub ip: Option<IpAddr>,
     pub user_agent: Option<CompactString>,
     pub error_code: Option<CompactString>,
-    pub principal: Principal,
+    /// Shared by the events of one identity (see [`crate::principal::PrincipalCache`]).
+    pub principal: Arc<Principal>,
     /// The object the event was read from, shared by every event of a file.
     pub object: Arc<str>,
     /// Detection rules the record matched (indices into the rule set).
@@ -71,6 +72,20 @@ impl Event {
     /// Validates a record and builds its event. `raw` is the record's JSON text, used only to name
     /// records that carry no `eventID`.
     pub fn from_record(record: &RawRecord<'_>, raw: &str, object: &Arc<str>) -> Result<Event, RecordSkip> {
+        let principal = principal::derive(
+            record.user_identity.as_ref().map(|u| &u.0),
+            record.recipient_account_id.get(),
+        );
+        Event::with_principal(record, raw, object, Arc::new(principal))
+    }
+
+    /// [`Event::from_record`] with the principal already known.
+    pub fn with_principal(
+        record: &RawRecord<'_>,
+        raw: &str,
+        object: &Arc<str>,
+        principal: Arc<Principal>,
+    ) -> Result<Event, RecordSkip> {
         if record.event_type.get() == Some("AwsCloudTrailInsight") {
             return Err(RecordSkip::InsightRecord);
         }
@@ -83,10 +98,6 @@ impl Event {
             None => format_compact!("nid-{:032x}", xxhash_rust::xxh3::xxh3_128(raw.as_bytes())),
         };
         let source = record.source_ip.get();
-        let principal = principal::derive(
-            record.user_identity.as_ref().map(|u| &u.0),
-            record.recipient_account_id.get(),
-        );
         Ok(Event {
             event_id,
             time,

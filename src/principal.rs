@@ -26,7 +26,10 @@
 //!
 //! `<account>` is `accountId`, else `recipientAccountId`, else `-`.
 
+use std::sync::Arc;
+
 use compact_str::{format_compact, CompactString};
+use rustc_hash::FxHashMap;
 
 use crate::record::{SessionIssuer, UserIdentity};
 
@@ -43,6 +46,45 @@ pub struct Principal {
     pub arn: Option<CompactString>,
     /// Assumed-role session name, or the user name where the key does not carry it.
     pub session: Option<CompactString>,
+}
+
+/// Principals already derived, by the text of their `userIdentity` and the record's recipient
+/// account: within a stream the same identities recur record after record, and a hit skips
+/// parsing the identity, deriving its key and allocating its strings. Bounded: cleared when it
+/// holds `PRINCIPALS_REMEMBERED` identities.
+#[derive(Default)]
+pub struct PrincipalCache {
+    by_identity: FxHashMap<Box<str>, Vec<(Option<CompactString>, Arc<Principal>)>>,
+}
+
+const PRINCIPALS_REMEMBERED: usize = 4096;
+
+impl PrincipalCache {
+    /// The principal of a record whose `userIdentity` is `identity` (its JSON text), derived by
+    /// `derive` unless known.
+    pub fn get(
+        &mut self,
+        identity: &str,
+        recipient_account: Option<&str>,
+        derive: impl FnOnce() -> Principal,
+    ) -> Arc<Principal> {
+        if let Some(known) = self.by_identity.get(identity).and_then(|for_identity| {
+            for_identity
+                .iter()
+                .find(|(recipient, _)| recipient.as_deref() == recipient_account)
+        }) {
+            return Arc::clone(&known.1);
+        }
+        if self.by_identity.len() >= PRINCIPALS_REMEMBERED {
+            self.by_identity.clear();
+        }
+        let principal = Arc::new(derive());
+        self.by_identity
+            .entry(identity.into())
+            .or_default()
+            .push((recipient_account.map(Into::into), Arc::clone(&principal)));
+        principal
+    }
 }
 
 /// Derives the principal of a record. See the module table for the keys.
@@ -205,6 +247,35 @@ fn role_arn_from_session_arn(arn: &str) -> Option<CompactString> {
 mod tests {
     use super::*;
     use crate::record::RawRecord;
+
+    #[test]
+    fn the_cache_reuses_a_principal_only_for_the_same_identity_and_recipient() {
+        let mut cache = PrincipalCache::default();
+        let derived = std::cell::Cell::new(0);
+        let mut get = |identity: &str, recipient: Option<&str>| {
+            cache.get(identity, recipient, || {
+                derived.set(derived.get() + 1);
+                let json = format!(r#"{{"userIdentity":{identity}}}"#);
+                let r: RawRecord = serde_json::from_str(&json).unwrap();
+                derive(r.user_identity.as_ref().map(|u| &u.0), recipient)
+            })
+        };
+        let no_account = r#"{"type":"AWSService","invokedBy":"a.amazonaws.com"}"#;
+        let user = r#"{"type":"IAMUser","userName":"alice"}"#;
+        let a = get(user, Some("111122223333"));
+        let b = get(user, Some("111122223333"));
+        assert!(Arc::ptr_eq(&a, &b));
+        // The same text under another recipient account is another principal.
+        let c = get(user, Some("444455556666"));
+        assert_eq!(c.key, "iamuser:444455556666:alice");
+        assert_eq!(a.key, "iamuser:111122223333:alice");
+        get(no_account, None);
+        assert_eq!(derived.get(), 3);
+        for i in 0..(PRINCIPALS_REMEMBERED + 10) {
+            get(&format!(r#"{{"type":"IAMUser","userName":"u{i}"}}"#), None);
+        }
+        assert!(cache.by_identity.len() <= PRINCIPALS_REMEMBERED);
+    }
 
     fn principal_of(json: &str) -> Principal {
         let r: RawRecord = serde_json::from_str(json).unwrap();

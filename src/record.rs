@@ -167,6 +167,22 @@ impl<'a> RawRecord<'a> {
     /// values the engine uses: the rest of the record is not scanned again, and `userIdentity` is
     /// read from the entries the view shares with the rules.
     pub fn from_view(view: &crate::rules::RecordView<'a>) -> RawRecord<'a> {
+        let mut r = RawRecord::top_level(view);
+        r.user_identity = RawRecord::identity_of(view);
+        r
+    }
+
+    /// The `userIdentity` of a record's view.
+    pub fn identity_of(view: &crate::rules::RecordView<'a>) -> Option<Lenient<UserIdentity<'a>>> {
+        let value = view.entries().iter().find(|(k, _)| k == "userIdentity")?.1;
+        match view.identity() {
+            Some(entries) => Some(Lenient(UserIdentity::from_entries(entries))),
+            None => nested(value),
+        }
+    }
+
+    /// [`RawRecord::from_view`] but for `userIdentity`, which is left unread.
+    pub fn top_level(view: &crate::rules::RecordView<'a>) -> RawRecord<'a> {
         let mut r = RawRecord::default();
         for (key, value) in view.entries() {
             let value: &'a RawValue = value;
@@ -181,12 +197,6 @@ impl<'a> RawRecord<'a> {
                 "userAgent" => r.user_agent = text(value),
                 "errorCode" => r.error_code = text(value),
                 "recipientAccountId" => r.recipient_account_id = text(value),
-                "userIdentity" => {
-                    r.user_identity = match view.identity() {
-                        Some(entries) => Some(Lenient(UserIdentity::from_entries(entries))),
-                        None => nested(value),
-                    }
-                }
                 _ => {}
             }
         }
