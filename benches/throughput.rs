@@ -137,6 +137,7 @@ fn memory_per_principal(principals: usize) -> (f64, u64) {
                 ip: ip.parse().ok(),
                 source: Some(ip.into()),
                 user_agent: Some("aws-sdk-go-v2/1.25.3 os/linux lang/go#1.22.1".into()),
+                agent_family: None,
                 error_code: None,
                 principal: Arc::new(Principal {
                     key: key.as_str().into(),

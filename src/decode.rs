@@ -24,6 +24,7 @@ use crate::principal::{self, PrincipalCache};
 use crate::record::RawRecord;
 use crate::rules::view::{object_text, Element};
 use crate::rules::{RecordView, RuleSet};
+use crate::useragent::AgentFamilies;
 
 /// Why an object is not decoded at all. A bounded set: these are metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -140,6 +141,7 @@ pub struct Decoder {
     gzip: Option<GzDecoder<Cursor<Vec<u8>>>>,
     rules: Option<Arc<RuleSet>>,
     principals: PrincipalCache,
+    agents: AgentFamilies,
 }
 
 /// What decoding one record needs besides the record.
@@ -150,6 +152,7 @@ struct Context<'o> {
     text: &'o str,
     rules: Option<&'o RuleSet>,
     principals: &'o RefCell<PrincipalCache>,
+    agents: &'o RefCell<AgentFamilies>,
 }
 
 impl Decoder {
@@ -165,6 +168,7 @@ impl Decoder {
             gzip: None,
             rules: rules.filter(|r| !r.is_empty()),
             principals: PrincipalCache::default(),
+            agents: AgentFamilies::default(),
         }
     }
 
@@ -195,11 +199,13 @@ impl Decoder {
         }
         let rules = self.rules.clone();
         let principals = RefCell::new(std::mem::take(&mut self.principals));
+        let agents = RefCell::new(std::mem::take(&mut self.agents));
         let text = match self.inflate(bytes) {
             Ok(text) => text,
             Err(error) => {
                 out.error = Some(error);
                 self.principals = principals.into_inner();
+                self.agents = agents.into_inner();
                 return;
             }
         };
@@ -208,6 +214,7 @@ impl Decoder {
             text,
             rules: rules.as_deref(),
             principals: &principals,
+            agents: &agents,
         };
         let json_lines = object.ends_with(".jsonl") || object.ends_with(".jsonl.gz");
         out.events.reserve(expected_records(text));
@@ -217,6 +224,7 @@ impl Decoder {
             decode_records_object(ctx, text, out)
         }
         self.principals = principals.into_inner();
+        self.agents = agents.into_inner();
     }
 
     /// Inflates every gzip member of `bytes` into the buffer, as a multi-member decoder would:
@@ -347,6 +355,10 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
         None => Arc::new(derive()),
     };
     let result = Event::with_principal(&record, view.raw(), ctx.object, principal).map(|mut event| {
+        // Classified here, while the agent's text is in cache, and once per distinct agent.
+        if let Some(agent) = &event.user_agent {
+            event.agent_family = Some(ctx.agents.borrow_mut().family(agent).into());
+        }
         if let Some(rules) = ctx.rules {
             rules.evaluate(&view, &mut event.rule_hits);
             if !event.rule_hits.is_empty() {

@@ -31,7 +31,7 @@ use crate::config::DetectorSettings;
 use crate::event::{format_time, Event};
 use crate::net::write_network_prefix;
 use crate::rules::{RecordView, RuleSet};
-use crate::useragent;
+use crate::useragent::AgentFamilies;
 
 /// The shard that owns a principal, out of `shards`.
 pub fn shard_of(principal_key: &str, shards: usize) -> usize {
@@ -417,8 +417,10 @@ impl DimensionValues {
         if let Some(ip) = event.ip {
             write_network_prefix(ip, &mut v[3]);
         }
-        if let Some(agent) = &event.user_agent {
-            v[4].push_str(agents.family(agent));
+        match (&event.agent_family, &event.user_agent) {
+            (Some(family), _) => v[4].push_str(family),
+            (None, Some(agent)) => v[4].push_str(agents.family(agent)),
+            (None, None) => {}
         }
         if let Some(region) = &event.aws_region {
             v[5].push_str(region);
@@ -435,27 +437,6 @@ impl DimensionValues {
 
     fn get(&self, i: usize) -> Option<&str> {
         self.present[i].then(|| self.values[i].as_str())
-    }
-}
-
-/// User-agent families by agent. Agents repeat heavily and classifying one scans it several
-/// times, so families are remembered; the memory is cleared when it holds `AGENTS_REMEMBERED`.
-#[derive(Default)]
-struct AgentFamilies {
-    families: FxHashMap<Box<str>, CompactString>,
-}
-
-const AGENTS_REMEMBERED: usize = 4096;
-
-impl AgentFamilies {
-    fn family(&mut self, agent: &str) -> &str {
-        if !self.families.contains_key(agent) {
-            if self.families.len() >= AGENTS_REMEMBERED {
-                self.families.clear();
-            }
-            self.families.insert(agent.into(), useragent::family(agent));
-        }
-        &self.families[agent]
     }
 }
 
@@ -698,6 +679,7 @@ mod tests {
             source: Some(ip.into()),
             ip: ip.parse().ok(),
             user_agent: Some("aws-cli/2.0".into()),
+            agent_family: None,
             error_code: None,
             principal: Arc::new(Principal {
                 key: "arn:aws:iam::1:user/u".into(),

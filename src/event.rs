@@ -28,6 +28,8 @@ pub struct Event {
     /// The address `source` names, if it names one.
     pub ip: Option<IpAddr>,
     pub user_agent: Option<CompactString>,
+    /// The family of `user_agent` (see [`crate::useragent`]), found where the record is decoded.
+    pub agent_family: Option<CompactString>,
     pub error_code: Option<CompactString>,
     /// Shared by the events of one identity (see [`crate::principal::PrincipalCache`]).
     pub principal: Arc<Principal>,
@@ -107,6 +109,7 @@ impl Event {
             source: source.map(Into::into),
             ip: source.and_then(parse_source_ip),
             user_agent: record.user_agent.get().map(Into::into),
+            agent_family: None,
             error_code: record.error_code.get().map(Into::into),
             principal,
             object: Arc::clone(object),

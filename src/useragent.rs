@@ -6,6 +6,7 @@
 //! the same SDK run from one is exactly the change a baseline should notice.
 
 use compact_str::{format_compact, CompactString};
+use rustc_hash::FxHashMap;
 
 const MAX_FAMILY_LEN: usize = 32;
 
@@ -51,6 +52,27 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
         .as_bytes()
         .windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// User-agent families by agent. Agents repeat heavily and classifying one scans it several
+/// times, so families are remembered; the memory is cleared when it holds `AGENTS_REMEMBERED`.
+#[derive(Default)]
+pub struct AgentFamilies {
+    families: FxHashMap<Box<str>, CompactString>,
+}
+
+const AGENTS_REMEMBERED: usize = 4096;
+
+impl AgentFamilies {
+    pub fn family(&mut self, agent: &str) -> &str {
+        if !self.families.contains_key(agent) {
+            if self.families.len() >= AGENTS_REMEMBERED {
+                self.families.clear();
+            }
+            self.families.insert(agent.into(), family(agent));
+        }
+        &self.families[agent]
+    }
 }
 
 #[cfg(test)]
