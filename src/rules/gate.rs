@@ -365,6 +365,13 @@ impl GateIndex {
                     }
                 }
             }
+            // A field gated on presence alone, at the top level: no need to read its value.
+            if gate.valued.is_empty() && !gate.field.contains('.') {
+                if event.top_level_text(&gate.field).is_some() {
+                    mark(&gate.present);
+                }
+                continue;
+            }
             let Some(value) = event.get_field(&gate.field) else {
                 continue;
             };
