@@ -1,11 +1,14 @@
 //! Throughput, side by side in one run: the floor (inflate and typed parsing of the records and
-//! nothing else) on one core and on all cores, rule evaluation alone, and the full replay with
-//! every detector and the shipped rules; then memory per principal.
+//! nothing else) on one core and on all cores, rule evaluation and the decoding stage alone on one
+//! core, and the full replay with every detector and the shipped rules, with and without the
+//! rules; then, in a child process, memory per principal.
 //!
-//! `cargo bench --bench throughput -- [--records N] [--runs N] [--trail DIR]`
+//! `cargo bench --bench throughput -- [--records N] [--runs N] [--trail DIR] [--skip-memory]`
 //!
 //! The trail is generated once (or read from `--trail`); every measurement reads the same files,
-//! which the first pass leaves in the page cache. Figures are medians of `--runs` runs.
+//! which the first pass leaves in the page cache. Figures are medians of `--runs` runs; the
+//! all-core floor and the replays are interleaved run by run, and their ratios are medians of
+//! per-run ratios.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -171,16 +174,25 @@ fn main() {
     let runs: usize = arg("--runs").map_or(5, |v| v.parse().expect("--runs N"));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-    // Memory first, while the process holds nothing else, so that the peak RSS is the baselines'.
-    for principals in [100_000, 1_000_000] {
-        if args.iter().any(|a| a == "--skip-memory") {
-            break;
+    // Memory in a child process of its own, so that its peak RSS is the baselines' alone and the
+    // throughput runs start from a fresh heap.
+    if args.iter().any(|a| a == "--memory-only") {
+        for principals in [100_000, 1_000_000] {
+            let (per, rss) = memory_per_principal(principals);
+            println!(
+                "memory: {principals} principals: {per:.0} bytes per principal held; peak RSS {:.0} MiB",
+                rss as f64 / 1024.0
+            );
         }
-        let (per, rss) = memory_per_principal(principals);
-        println!(
-            "memory: {principals} principals: {per:.0} bytes per principal held; peak RSS of the benchmark so far {:.0} MiB",
-            rss as f64 / 1024.0
-        );
+        return;
+    }
+    if !args.iter().any(|a| a == "--skip-memory") {
+        let exe = std::env::current_exe().expect("the benchmark's own path");
+        let status = std::process::Command::new(exe)
+            .arg("--memory-only")
+            .status()
+            .expect("the memory measurement runs");
+        assert!(status.success(), "the memory measurement failed");
     }
 
     let temp = tempfile::tempdir().expect("a temporary folder");
