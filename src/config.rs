@@ -243,7 +243,7 @@ pub struct RawSuppression {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawReplay {
-    /// Threads that inflate and parse files; 0 means one per core.
+    /// Threads that decode files and run the detector shards (one shard each); 0 means one per core.
     pub workers: usize,
     /// Largest inflated log file accepted, in bytes; larger files fail with `too_large`.
     pub max_file_bytes: usize,
