@@ -356,8 +356,8 @@ pub fn replay(
         summary
     });
 
-    // Every queued part was applied by the worker that queued it, or by the one holding the
-    // shard then; what is left is each detector's final flush.
+    // Every queued file was applied by the worker that queued it, or by the one holding the shard
+    // then (see `Shard::advance`); what is left is each detector's final flush.
     for shard in shards {
         let mut state = shard.state.into_inner().expect("a shard's lock is not poisoned");
         debug_assert!(shard.pending.into_inner().map_or(true, |p| p.is_empty()));
@@ -510,7 +510,7 @@ impl Shard {
             }
             let next = state.next;
             drop(guard);
-            // A part queued while this worker held the lock found it taken and left it here.
+            // A file queued while this worker held the lock found it taken and was left here.
             if !self.has(next) {
                 return;
             }
