@@ -4,8 +4,8 @@
 //!  files (sorted by delivery time) ─► workers (one per core): read, inflate, decode, rules
 //!        ─► per-shard queues, by file number ─► detector shards (by principal) ─► sink
 //! ```
-//! Each worker takes the next file, decodes it, splits its events by shard and queues each part
-//! under the file's number; then it runs every shard it can lock, applying queued parts in file
+//! Each worker takes the next file, decodes it, notes each event's shard and queues the file for
+//! every shard under its number; then it runs every shard it can lock, applying queued files in file
 //! order. No thread is dedicated to a shard: whichever worker holds a shard's lock advances it, so
 //! both cores stay on useful work and events are usually checked by the core that decoded them.
 //! Each shard still sees its principals' events in the same order on every run, so the anomalies
@@ -483,7 +483,7 @@ impl Shard {
             .contains_key(&seq)
     }
 
-    /// Applies queued parts in file order for as long as the next one is there, unless another
+    /// Applies queued files in order for as long as the next one is there, unless another
     /// worker is already doing so.
     fn advance(&self, plan: &Plan<'_>, anomalies: &Sender<Vec<Anomaly>>) {
         loop {
