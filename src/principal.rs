@@ -54,8 +54,11 @@ pub struct Principal {
 /// holds `PRINCIPALS_REMEMBERED` identities.
 #[derive(Default)]
 pub struct PrincipalCache {
-    by_identity: FxHashMap<Box<str>, Vec<(Option<CompactString>, Arc<Principal>)>>,
+    by_identity: FxHashMap<Box<str>, ByRecipient>,
 }
+
+/// The principals of one identity text, by the recipient account of the records it came in.
+type ByRecipient = Vec<(Option<CompactString>, Arc<Principal>)>;
 
 const PRINCIPALS_REMEMBERED: usize = 4096;
 

@@ -375,7 +375,6 @@ pub fn replay(
         summary.alerts.suppressed += alerts.suppressed;
         summary.alerts.folded += alerts.folded;
     }
-    drop(write);
     write_result?;
     sink.flush()?;
     summary.settle_examples();
