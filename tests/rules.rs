@@ -395,3 +395,61 @@ fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
         rules.len()
     );
 }
+
+#[test]
+fn a_threshold_anomaly_names_the_events_behind_it() {
+    use std::sync::Arc;
+    use trailwatch::config::Settings;
+    use trailwatch::decode::{DecodeLimits, Decoder};
+    use trailwatch::detect::Detector;
+    use trailwatch::rules::RuleSet;
+
+    let records: Vec<Value> = (0..20)
+        .map(|i| {
+            serde_json::json!({
+                "eventVersion": "1.09",
+                "eventTime": format!("2026-03-02T10:00:{:02}Z", i * 2),
+                "eventSource": "iam.amazonaws.com",
+                "eventName": "ListUsers",
+                "errorCode": "AccessDenied",
+                "awsRegion": "us-east-1",
+                "sourceIPAddress": "203.0.113.7",
+                "userAgent": "aws-cli/2.15.0",
+                "eventID": format!("denied-{i:02}"),
+                "recipientAccountId": "111122223333",
+                "userIdentity": {"type": "IAMUser", "accountId": "111122223333",
+                    "arn": "arn:aws:iam::111122223333:user/mallory", "userName": "mallory"},
+            })
+        })
+        .collect();
+    let file = serde_json::json!({ "Records": records }).to_string();
+    let rules = Arc::new(RuleSet::builtin().unwrap());
+    let decoded = Decoder::with_rules(DecodeLimits::default(), Some(Arc::clone(&rules)))
+        .decode(&Arc::from("burst.json"), file.as_bytes());
+    assert_eq!(decoded.events.len(), 20);
+
+    let mut settings = Settings::default().detector;
+    settings.alerts.dedup_window = 0;
+    let mut detector = Detector::with_rules(settings, 1, Some(rules));
+    let mut out = Vec::new();
+    for event in &decoded.events {
+        detector.process(event, &mut out);
+    }
+    detector.flush(&mut out);
+    let burst = out
+        .iter()
+        .find(|a| {
+            a.rule
+                .as_ref()
+                .is_some_and(|r| r.title == "AWS Burst of Denied Calls")
+        })
+        .expect("twenty denied calls in 40 seconds complete the threshold");
+    // The event that completed it, then the latest of those the evaluator kept for the threshold
+    // (it keeps ten references per group), by eventID.
+    let ids = &burst.evidence.event_ids;
+    let want: Vec<String> = std::iter::once(19)
+        .chain(10..19)
+        .map(|i| format!("denied-{i:02}"))
+        .collect();
+    assert_eq!(ids, &want);
+}
