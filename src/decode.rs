@@ -134,14 +134,21 @@ pub fn classify_key(key: &str) -> Option<FileSkip> {
 /// record while it is still borrowed from that buffer.
 #[derive(Default)]
 pub struct Decoder {
+    inflater: Inflater,
+    rules: Option<Arc<RuleSet>>,
+    /// Caches the records of a file fill while they borrow from the inflater's buffer.
+    principals: RefCell<PrincipalCache>,
+    agents: RefCell<AgentFamilies>,
+}
+
+/// Inflates objects into a buffer reused from one to the next.
+#[derive(Default)]
+struct Inflater {
     limits: DecodeLimits,
     buffer: Vec<u8>,
     /// The inflater, reset for each gzip member rather than built anew (its window and tables
     /// are a few dozen KiB, allocated and zeroed), and the compressed input it reads.
     gzip: Option<GzDecoder<Cursor<Vec<u8>>>>,
-    rules: Option<Arc<RuleSet>>,
-    principals: PrincipalCache,
-    agents: AgentFamilies,
 }
 
 /// What decoding one record needs besides the record.
@@ -163,12 +170,12 @@ impl Decoder {
     /// A decoder that also evaluates `rules` on every record.
     pub fn with_rules(limits: DecodeLimits, rules: Option<Arc<RuleSet>>) -> Self {
         Decoder {
-            limits,
-            buffer: Vec::new(),
-            gzip: None,
+            inflater: Inflater {
+                limits,
+                ..Inflater::default()
+            },
             rules: rules.filter(|r| !r.is_empty()),
-            principals: PrincipalCache::default(),
-            agents: AgentFamilies::default(),
+            ..Decoder::default()
         }
     }
 
@@ -197,24 +204,19 @@ impl Decoder {
             out.skip = Some(skip);
             return;
         }
-        let rules = self.rules.clone();
-        let principals = RefCell::new(std::mem::take(&mut self.principals));
-        let agents = RefCell::new(std::mem::take(&mut self.agents));
-        let text = match self.inflate(bytes) {
+        let text = match self.inflater.inflate(bytes) {
             Ok(text) => text,
             Err(error) => {
                 out.error = Some(error);
-                self.principals = principals.into_inner();
-                self.agents = agents.into_inner();
                 return;
             }
         };
         let ctx = Context {
             object,
             text,
-            rules: rules.as_deref(),
-            principals: &principals,
-            agents: &agents,
+            rules: self.rules.as_deref(),
+            principals: &self.principals,
+            agents: &self.agents,
         };
         let json_lines = object.ends_with(".jsonl") || object.ends_with(".jsonl.gz");
         out.events.reserve(expected_records(text));
@@ -223,10 +225,10 @@ impl Decoder {
         } else {
             decode_records_object(ctx, text, out)
         }
-        self.principals = principals.into_inner();
-        self.agents = agents.into_inner();
     }
+}
 
+impl Inflater {
     /// Inflates every gzip member of `bytes` into the buffer, as a multi-member decoder would:
     /// bytes after a member must start another.
     fn inflate_gzip(&mut self, bytes: &[u8]) -> Result<(), FileError> {
