@@ -263,6 +263,8 @@ struct GateField {
     /// under, and the literals. When that key's JSON has no escape, a record whose text there
     /// contains none of the literals cannot match, and the nested value is not parsed at all.
     precheck: Option<(String, Vec<Finder<'static>>)>,
+    /// Gated on presence alone, at the top level: the value need not be read.
+    presence_only: bool,
 }
 
 impl GateIndex {
@@ -308,6 +310,7 @@ impl GateIndex {
         index.fields = fields.into_values().collect();
         for gate in &mut index.fields {
             let Some((root, _)) = gate.field.split_once('.') else {
+                gate.presence_only = gate.valued.is_empty();
                 continue;
             };
             if gate.present.is_empty() {
@@ -365,8 +368,7 @@ impl GateIndex {
                     }
                 }
             }
-            // A field gated on presence alone, at the top level: no need to read its value.
-            if gate.valued.is_empty() && !gate.field.contains('.') {
+            if gate.presence_only {
                 if event.top_level_text(&gate.field).is_some() {
                     mark(&gate.present);
                 }
