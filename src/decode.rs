@@ -23,7 +23,7 @@ use crate::event::{Event, RecordSkip};
 use crate::principal::{self, PrincipalCache};
 use crate::record::RawRecord;
 use crate::rules::view::{object_text, Element};
-use crate::rules::{RecordView, RuleSet};
+use crate::rules::{GateMemo, RecordView, RuleSet};
 use crate::useragent::AgentFamilies;
 
 /// Why an object is not decoded at all. A bounded set: these are metric labels.
@@ -139,6 +139,7 @@ pub struct Decoder {
     /// Caches the records of a file fill while they borrow from the inflater's buffer.
     principals: RefCell<PrincipalCache>,
     agents: RefCell<AgentFamilies>,
+    gates: RefCell<GateMemo>,
 }
 
 /// Inflates objects into a buffer reused from one to the next.
@@ -160,6 +161,7 @@ struct Context<'o> {
     rules: Option<&'o RuleSet>,
     principals: &'o RefCell<PrincipalCache>,
     agents: &'o RefCell<AgentFamilies>,
+    gates: &'o RefCell<GateMemo>,
 }
 
 impl Decoder {
@@ -217,6 +219,7 @@ impl Decoder {
             rules: self.rules.as_deref(),
             principals: &self.principals,
             agents: &self.agents,
+            gates: &self.gates,
         };
         let json_lines = object.ends_with(".jsonl") || object.ends_with(".jsonl.gz");
         out.events.reserve(expected_records(text));
@@ -362,7 +365,7 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
             event.agent_family = Some(ctx.agents.borrow_mut().family(agent).into());
         }
         if let Some(rules) = ctx.rules {
-            rules.evaluate(&view, &mut event.rule_hits);
+            rules.evaluate_with(&view, &mut ctx.gates.borrow_mut(), &mut event.rule_hits);
             if !event.rule_hits.is_empty() {
                 event.raw = Some(view.raw().into());
             }

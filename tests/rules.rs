@@ -321,7 +321,7 @@ detection:
 
 #[test]
 fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
-    use trailwatch::rules::{RecordView, RuleSet};
+    use trailwatch::rules::{GateMemo, RecordView, RuleSet};
     let tmp = tempfile::tempdir().unwrap();
     let trail = tmp.path().join("trail");
     generate(&trail, 5, 10, 10, 60);
@@ -374,15 +374,20 @@ fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
 
     let mut matched_records = 0;
     let mut rules_seen = std::collections::BTreeSet::new();
+    // The memo is kept across records, as a decoder keeps it: verdicts remembered from one
+    // record must hold for every later record with the same text.
+    let mut memo = GateMemo::default();
     for record in &records {
         let Some(view) = RecordView::new(record) else {
             continue;
         };
-        let (mut gated, mut full) = (Vec::new(), Vec::new());
+        let (mut gated, mut remembered, mut full) = (Vec::new(), Vec::new(), Vec::new());
         rules.evaluate(&view, &mut gated);
+        rules.evaluate_with(&view, &mut memo, &mut remembered);
         rules.evaluate_ungated(&view, &mut full);
         full.sort_unstable();
         assert_eq!(gated, full, "record {record}");
+        assert_eq!(remembered, full, "record {record}, verdicts remembered");
         matched_records += usize::from(!gated.is_empty());
         rules_seen.extend(gated);
     }

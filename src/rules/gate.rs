@@ -21,6 +21,7 @@
 //! every rule.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memchr::memmem::Finder;
 use rustc_hash::FxHashMap;
@@ -241,6 +242,8 @@ pub(crate) fn gate_of(rule: &SigmaRule) -> Option<(String, Requirement)> {
 /// Rules that a record can match, by a few gate fields.
 #[derive(Debug, Default)]
 pub struct GateIndex {
+    /// Tells indexes apart, for [`GateMemo`].
+    id: u64,
     rules: usize,
     /// Rules with no gate.
     always: Vec<usize>,
@@ -265,12 +268,18 @@ struct GateField {
     precheck: Option<(String, Vec<Finder<'static>>)>,
     /// Gated on presence alone, at the top level: the value need not be read.
     presence_only: bool,
+    /// For a nested field, the top-level key it is under.
+    root: Option<String>,
 }
 
 impl GateIndex {
     /// Indexes `rules`, whose positions are the rule numbers returned.
     pub fn new<'r>(rules: impl IntoIterator<Item = &'r SigmaRule>) -> GateIndex {
-        let mut index = GateIndex::default();
+        static INDEXES: AtomicU64 = AtomicU64::new(1);
+        let mut index = GateIndex {
+            id: INDEXES.fetch_add(1, Ordering::Relaxed),
+            ..GateIndex::default()
+        };
         let mut fields: BTreeMap<String, GateField> = BTreeMap::new();
         for (i, rule) in rules.into_iter().enumerate() {
             index.rules = i + 1;
@@ -313,6 +322,7 @@ impl GateIndex {
                 gate.presence_only = gate.valued.is_empty();
                 continue;
             };
+            gate.root = Some(root.to_owned());
             if gate.present.is_empty() {
                 let literals = gate
                     .values
@@ -332,7 +342,14 @@ impl GateIndex {
     }
 
     /// Calls `visit` with each rule `event` can match, in ascending order, each once.
-    pub fn candidates(&self, event: &RecordView<'_>, mut visit: impl FnMut(usize)) {
+    pub fn candidates(&self, event: &RecordView<'_>, visit: impl FnMut(usize)) {
+        self.candidates_with(event, &mut GateMemo::default(), visit);
+    }
+
+    /// [`GateIndex::candidates`], remembering each gate's verdict in `memo` by the JSON text it
+    /// was reached from, so that a value seen before is neither lower-cased nor searched again.
+    /// A memo serves one index: it is reset when used with another.
+    pub fn candidates_with(&self, event: &RecordView<'_>, memo: &mut GateMemo, mut visit: impl FnMut(usize)) {
         const STACK_WORDS: usize = 8;
         let words = self.rules.div_ceil(64);
         let mut stack = [0u64; STACK_WORDS];
@@ -349,50 +366,38 @@ impl GateIndex {
             }
         };
         mark(&self.always);
-        let mut folded = Folded::default();
-        let mut parent = Folded::default();
-        for gate in &self.fields {
-            // (A path that is itself a top-level key, dots and all, is read as such.)
-            if let Some((root, literals)) = gate
-                .precheck
-                .as_ref()
-                .filter(|_| event.top_level_text(&gate.field).is_none())
-            {
-                let Some(text) = event.top_level_text(root) else {
-                    continue;
-                };
-                if !text.contains('\\') {
-                    let text = parent.of(text).as_bytes();
-                    if !literals.iter().any(|l| l.find(text).is_some()) {
-                        continue;
-                    }
-                }
-            }
+        memo.serve(self);
+        let mut scratch = Scratch::default();
+        for (gate, remembered) in self.fields.iter().zip(&mut memo.by_gate) {
             if gate.presence_only {
                 if event.top_level_text(&gate.field).is_some() {
                     mark(&gate.present);
                 }
                 continue;
             }
-            let Some(value) = event.get_field(&gate.field) else {
-                continue;
-            };
-            mark(&gate.present);
-            match value {
-                EventValue::Str(s) => {
-                    let folded = folded.of(&s);
-                    if let Some(rules) = gate.values.get(folded) {
-                        mark(rules);
-                    }
-                    for (needle, rules) in &gate.needles {
-                        if needle.find(folded.as_bytes()).is_some() {
-                            mark(rules);
-                        }
-                    }
+            // The verdict depends on the field's text, or for a nested field on its top-level
+            // parent's (a top-level key with the dotted path itself, never seen in CloudTrail, is
+            // judged afresh).
+            let literal = event.top_level_text(&gate.field);
+            let text = match &gate.root {
+                Some(root) if literal.is_none() => event.top_level_text(root),
+                Some(_) => {
+                    mark(&gate.verdict(event, &mut scratch));
+                    continue;
                 }
-                // A null equals and contains no literal; any other shape is left to the evaluator.
-                EventValue::Null => {}
-                _ => mark(&gate.valued),
+                None => literal,
+            };
+            let Some(text) = text else { continue };
+            match remembered.get(text) {
+                Some(rules) => mark(rules),
+                None => {
+                    let rules = gate.verdict(event, &mut scratch);
+                    mark(&rules);
+                    if remembered.len() >= VERDICTS_REMEMBERED {
+                        remembered.clear();
+                    }
+                    remembered.insert(text.into(), rules.into_boxed_slice());
+                }
             }
         }
         for (w, &bits) in mask.iter().enumerate() {
@@ -403,6 +408,80 @@ impl GateIndex {
             }
         }
     }
+}
+
+impl GateField {
+    /// The rules this gate lets through for `event`.
+    fn verdict(&self, event: &RecordView<'_>, scratch: &mut Scratch) -> Vec<usize> {
+        let mut rules = Vec::new();
+        // (A path that is itself a top-level key, dots and all, is read as such.)
+        if let Some((root, literals)) = self
+            .precheck
+            .as_ref()
+            .filter(|_| event.top_level_text(&self.field).is_none())
+        {
+            let Some(text) = event.top_level_text(root) else {
+                return rules;
+            };
+            if memchr::memchr(b'\\', text.as_bytes()).is_none() {
+                let text = scratch.parent.of(text).as_bytes();
+                if !literals.iter().any(|l| l.find(text).is_some()) {
+                    return rules;
+                }
+            }
+        }
+        let Some(value) = event.get_field(&self.field) else {
+            return rules;
+        };
+        rules.extend_from_slice(&self.present);
+        match value {
+            EventValue::Str(s) => {
+                let folded = scratch.value.of(&s);
+                if let Some(equal) = self.values.get(folded) {
+                    rules.extend_from_slice(equal);
+                }
+                for (needle, containing) in &self.needles {
+                    if needle.find(folded.as_bytes()).is_some() {
+                        rules.extend_from_slice(containing);
+                    }
+                }
+            }
+            // A null equals and contains no literal; any other shape is left to the evaluator.
+            EventValue::Null => {}
+            _ => rules.extend_from_slice(&self.valued),
+        }
+        rules
+    }
+}
+
+/// How many verdicts a gate remembers before it forgets them all: far more than the distinct
+/// call names, agents or identities of a stream's recent records.
+const VERDICTS_REMEMBERED: usize = 4096;
+
+/// Gate verdicts already reached, by gate and by the JSON text each depends on. Field values
+/// recur record after record (a few hundred calls, agents and identities), so most records are
+/// judged by one hash lookup per gate. One per decoding thread; bounded.
+#[derive(Debug, Default)]
+pub struct GateMemo {
+    /// The index served: a memo used with another index starts afresh.
+    index: u64,
+    by_gate: Vec<FxHashMap<Box<str>, Box<[usize]>>>,
+}
+
+impl GateMemo {
+    fn serve(&mut self, index: &GateIndex) {
+        if self.index != index.id {
+            self.index = index.id;
+            self.by_gate = index.fields.iter().map(|_| FxHashMap::default()).collect();
+        }
+    }
+}
+
+/// Buffers for lower-casing a value and a nested field's parent.
+#[derive(Default)]
+struct Scratch {
+    value: Folded,
+    parent: Folded,
 }
 
 /// A value lower-cased for lookup, on the stack when short (field values mostly are).

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::anomaly::Severity;
 use crate::event::parse_event_time;
-pub use gate::GateIndex;
+pub use gate::{GateIndex, GateMemo};
 pub use view::RecordView;
 
 include!(concat!(env!("OUT_DIR"), "/builtin_rules.rs"));
@@ -335,7 +335,13 @@ impl RuleSet {
 
     /// Detection rules a record matches, as indices into [`RuleSet::rules`].
     pub fn evaluate(&self, view: &RecordView<'_>, out: &mut Vec<u16>) {
-        self.gates.candidates(view, |i| {
+        self.evaluate_with(view, &mut GateMemo::default(), out);
+    }
+
+    /// [`RuleSet::evaluate`], with the gates' verdicts remembered in `memo` from record to record
+    /// (see [`GateMemo`]): what a decoding thread calls.
+    pub fn evaluate_with(&self, view: &RecordView<'_>, memo: &mut GateMemo, out: &mut Vec<u16>) {
+        self.gates.candidates_with(view, memo, |i| {
             if rsigma_eval::evaluate_rule(&self.compiled[i], view).is_some() {
                 out.push(i as u16);
             }
