@@ -16,6 +16,8 @@
 
 use compact_str::CompactString;
 use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::hash_map::Entry;
+use std::collections::BTreeSet;
 
 use std::sync::Arc;
 
@@ -42,10 +44,13 @@ pub fn shard_of(principal_key: &str, shards: usize) -> usize {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DetectorState {
     pub principals: Vec<(CompactString, PrincipalBaseline)>,
-    /// Hashes of the eventIDs remembered for de-duplication.
-    pub seen_ids: Vec<u64>,
+    /// Hashes of the eventIDs remembered for de-duplication, by minute of event time.
+    pub seen_ids: SeenIds,
     pub watermark: i64,
 }
+
+/// Hashes of eventIDs by minute of event time, as a checkpoint keeps them.
+pub type SeenIds = Vec<(i64, Vec<u64>)>;
 
 /// Counters a detector keeps about itself.
 #[derive(Debug, Clone, Default)]
@@ -114,13 +119,7 @@ impl Detector {
         principals.sort_by(|a, b| a.0.cmp(&b.0));
         DetectorState {
             principals,
-            seen_ids: self
-                .seen_ids
-                .current
-                .iter()
-                .chain(&self.seen_ids.previous)
-                .copied()
-                .collect(),
+            seen_ids: self.seen_ids.snapshot(),
             watermark: self.watermark,
         }
     }
@@ -129,12 +128,14 @@ impl Detector {
     pub fn restore(
         &mut self,
         principals: impl IntoIterator<Item = (CompactString, PrincipalBaseline)>,
-        seen_ids: &[u64],
+        seen_ids: &[(i64, Vec<u64>)],
         watermark: i64,
     ) {
         self.principals.extend(principals);
-        for id in seen_ids {
-            self.seen_ids.insert_hash(*id);
+        for (minute, ids) in seen_ids {
+            for id in ids {
+                self.seen_ids.insert_hash(*minute, *id);
+            }
         }
         self.watermark = self.watermark.max(watermark);
     }
@@ -171,7 +172,7 @@ impl Detector {
 
     /// Judges one event, appending any anomalies it raises to `out`.
     pub fn process(&mut self, event: &Event, out: &mut Vec<Anomaly>) {
-        if !self.seen_ids.insert(&event.event_id) {
+        if !self.seen_ids.insert(event.time, &event.event_id) {
             self.stats.duplicates += 1;
             return;
         }
@@ -612,42 +613,66 @@ fn rate_spike(
     a
 }
 
-/// The eventIDs seen recently, in two generations: when the current one is full, it becomes the
-/// previous one and the old previous one is forgotten. Bounded at twice the capacity; an ID is
-/// remembered for at least `capacity` newer IDs.
+/// The eventIDs a shard has seen, as 64-bit hashes, by minute of event time. A duplicate carries
+/// its original's `eventTime`, so it is looked for among the IDs of that minute alone: a table
+/// small enough to stay in cache while a stream's events of that minute go by (one table of every
+/// ID cost a cache miss per event, and regrew as it filled). Bounded: past `capacity` IDs the
+/// oldest minutes are forgotten first, so a file delivered twice is recognised however late the
+/// second copy comes, as long as its minute is still held.
 struct EventIdMemory {
     capacity: usize,
-    current: FxHashSet<u64>,
-    previous: FxHashSet<u64>,
+    held: usize,
+    by_minute: FxHashMap<i64, FxHashSet<u64>>,
+    /// The minutes held, oldest first.
+    minutes: BTreeSet<i64>,
 }
 
 impl EventIdMemory {
     fn new(capacity: usize) -> Self {
         EventIdMemory {
             capacity,
-            current: FxHashSet::default(),
-            previous: FxHashSet::default(),
+            held: 0,
+            by_minute: FxHashMap::default(),
+            minutes: BTreeSet::new(),
         }
     }
 
-    /// Remembers `id`; false when it was already remembered.
-    fn insert(&mut self, id: &str) -> bool {
-        self.insert_hash(xxhash_rust::xxh3::xxh3_64(id.as_bytes()))
+    /// Remembers `id`, of an event at `time`; false when it was already remembered.
+    fn insert(&mut self, time: i64, id: &str) -> bool {
+        self.insert_hash(time.div_euclid(60), xxhash_rust::xxh3::xxh3_64(id.as_bytes()))
     }
 
-    fn insert_hash(&mut self, hash: u64) -> bool {
-        if self.previous.contains(&hash) {
+    fn insert_hash(&mut self, minute: i64, hash: u64) -> bool {
+        let ids = match self.by_minute.entry(minute) {
+            Entry::Occupied(held) => held.into_mut(),
+            Entry::Vacant(new) => {
+                self.minutes.insert(minute);
+                new.insert(FxHashSet::default())
+            }
+        };
+        if !ids.insert(hash) {
             return false;
         }
-        if !self.current.insert(hash) {
-            return false;
-        }
-        if self.current.len() >= self.capacity {
-            // The older generation's table is cleared and reused: no regrowth, no fresh pages.
-            std::mem::swap(&mut self.previous, &mut self.current);
-            self.current.clear();
+        self.held += 1;
+        while self.held > self.capacity {
+            let Some(oldest) = self.minutes.pop_first() else {
+                break;
+            };
+            self.held -= self.by_minute.remove(&oldest).map_or(0, |ids| ids.len());
         }
         true
+    }
+
+    /// Every hash held, by minute, oldest first.
+    fn snapshot(&self) -> SeenIds {
+        self.minutes
+            .iter()
+            .filter_map(|m| {
+                let mut ids: Vec<u64> = self.by_minute.get(m)?.iter().copied().collect();
+                ids.sort_unstable();
+                Some((*m, ids))
+            })
+            .collect()
     }
 }
 
@@ -782,10 +807,29 @@ mod tests {
     fn event_id_memory_is_bounded_but_remembers_recent_ids() {
         let mut m = EventIdMemory::new(100);
         for i in 0..10_000 {
-            assert!(m.insert(&i.to_string()));
-            assert!(!m.insert(&i.to_string()));
+            // Ten events a minute.
+            let time = i * 6;
+            assert!(m.insert(time, &i.to_string()));
+            assert!(!m.insert(time, &i.to_string()));
+            assert!(m.held <= 100);
         }
-        assert!(m.current.len() + m.previous.len() <= 200);
+        assert_eq!(m.held, m.by_minute.values().map(|ids| ids.len()).sum::<usize>());
+        assert_eq!(m.minutes.len(), m.by_minute.len());
+        // The newest minutes are held; the oldest are forgotten.
+        assert!(!m.insert(9_999 * 6, "9999"));
+        assert!(m.insert(0, "0"));
+    }
+
+    #[test]
+    fn a_duplicate_is_recognised_by_its_time_however_late_it_comes() {
+        let mut m = EventIdMemory::new(1_000);
+        assert!(m.insert(100, "a"));
+        for i in 0..500 {
+            assert!(m.insert(200 + i, &format!("later{i}")));
+        }
+        assert!(!m.insert(100, "a"));
+        // The same ID at another time is another event.
+        assert!(m.insert(160, "a"));
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::anomaly::Anomaly;
 use crate::baseline::PrincipalBaseline;
 use crate::config::Settings;
 use crate::decode::{DecodeLimits, DecodedFile, Decoder};
-use crate::detect::{shard_of, Detector, DetectorState};
+use crate::detect::{shard_of, Detector, DetectorState, SeenIds};
 use crate::event::Event;
 use crate::fetch::{FetchError, Fetcher};
 use crate::metrics::{Latencies, Metrics};
@@ -148,11 +148,18 @@ struct Checkpoint {
     /// For the folder source: files already processed.
     files_done: BTreeSet<String>,
     principals: Vec<(CompactString, PrincipalBaseline)>,
+    /// Hashes of the eventIDs remembered, by minute of event time (version 2).
+    #[serde(default)]
+    seen_by_minute: SeenIds,
+    /// Version 1's hashes, with no time: restored as of the checkpoint's watermark.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     seen_ids: Vec<u64>,
     watermark: i64,
 }
 
-const CHECKPOINT_VERSION: u32 = 1;
+const CHECKPOINT_VERSION: u32 = 2;
+/// Checkpoints of this version and later are read.
+const OLDEST_CHECKPOINT_VERSION: u32 = 1;
 const CHECKPOINT_NAME: &str = "trailwatch-state.json.gz";
 
 /// What is kept of a decoded file once its events went to the shards.
@@ -257,7 +264,7 @@ impl Engine {
         out
     }
 
-    fn snapshot(&self) -> (Vec<(CompactString, PrincipalBaseline)>, Vec<u64>, i64) {
+    fn snapshot(&self) -> (Vec<(CompactString, PrincipalBaseline)>, SeenIds, i64) {
         let mut principals = Vec::new();
         let mut seen = Vec::new();
         let mut watermark = i64::MIN;
@@ -280,9 +287,13 @@ impl Engine {
         for (key, baseline) in checkpoint.principals {
             parts[shard_of(&key, shards)].push((key, baseline));
         }
+        let mut seen = checkpoint.seen_by_minute;
+        if !checkpoint.seen_ids.is_empty() {
+            seen.push((checkpoint.watermark.div_euclid(60), checkpoint.seen_ids));
+        }
         for (detector, part) in self.detectors.iter_mut().zip(parts) {
             // Each shard remembers every restored eventID: an ID's shard is not known from its hash.
-            detector.restore(part, &checkpoint.seen_ids, checkpoint.watermark);
+            detector.restore(part, &seen, checkpoint.watermark);
         }
     }
 }
@@ -332,8 +343,8 @@ impl CheckpointStore {
         })
         .await??;
         anyhow::ensure!(
-            checkpoint.version == CHECKPOINT_VERSION,
-            "checkpoint version {} is not {CHECKPOINT_VERSION}",
+            (OLDEST_CHECKPOINT_VERSION..=CHECKPOINT_VERSION).contains(&checkpoint.version),
+            "checkpoint version {} is not one of {OLDEST_CHECKPOINT_VERSION} to {CHECKPOINT_VERSION}",
             checkpoint.version
         );
         Ok(Some(checkpoint))
@@ -740,7 +751,8 @@ async fn checkpoint(
             offsets,
             files_done: files_done.clone(),
             principals,
-            seen_ids,
+            seen_by_minute: seen_ids,
+            seen_ids: Vec::new(),
             watermark,
         };
         store.save(checkpoint).await?;
@@ -984,4 +996,63 @@ fn list_folder(
     let total = pending.len();
     pending.truncate(max);
     Ok((pending, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    fn event(id: &str, time: i64) -> Event {
+        let record = format!(
+            r#"{{"eventVersion":"1.08","eventTime":"{}","eventSource":"s3.amazonaws.com","eventName":"GetObject","eventID":"{id}","userIdentity":{{"type":"IAMUser","arn":"arn:aws:iam::111122223333:user/a","accountId":"111122223333"}}}}"#,
+            crate::event::format_time(time)
+        );
+        let raw: crate::record::RawRecord = serde_json::from_str(&record).unwrap();
+        Event::from_record(&raw, &record, &Arc::from("test")).unwrap()
+    }
+
+    fn duplicates_after_restore(checkpoint: &str) -> u64 {
+        let settings = Settings::default();
+        let mut engine = Engine::new(&settings, None);
+        engine.restore(serde_json::from_str(checkpoint).unwrap());
+        let e = event("a", 1_700_000_000);
+        let shard = shard_of(&e.principal.key, engine.detectors.len());
+        engine.detectors[shard].process(&e, &mut Vec::new());
+        engine.detectors[shard].stats.duplicates
+    }
+
+    #[test]
+    fn checkpoints_of_both_versions_restore_the_event_ids_they_hold() {
+        let hash = xxhash_rust::xxh3::xxh3_64(b"a");
+        let minute = 1_700_000_000 / 60;
+        let v1 = format!(
+            r#"{{"version":1,"offsets":{{}},"files_done":[],"principals":[],"seen_ids":[{hash}],"watermark":1700000000}}"#
+        );
+        assert_eq!(duplicates_after_restore(&v1), 1);
+        let v2 = format!(
+            r#"{{"version":2,"offsets":{{}},"files_done":[],"principals":[],"seen_by_minute":[[{minute},[{hash}]]],"watermark":1700000000}}"#
+        );
+        assert_eq!(duplicates_after_restore(&v2), 1);
+        // Another minute holds another event.
+        let elsewhere = v2.replace(&minute.to_string(), &(minute - 1).to_string());
+        assert_eq!(duplicates_after_restore(&elsewhere), 0);
+
+        // What a snapshot writes reads back the same.
+        let settings = Settings::default();
+        let mut engine = Engine::new(&settings, None);
+        engine.restore(serde_json::from_str(&v2).unwrap());
+        let (principals, seen_by_minute, watermark) = engine.snapshot();
+        let written = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            principals,
+            seen_by_minute,
+            watermark,
+            ..Checkpoint::default()
+        };
+        assert_eq!(
+            duplicates_after_restore(&serde_json::to_string(&written).unwrap()),
+            1
+        );
+    }
 }
