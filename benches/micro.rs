@@ -10,7 +10,7 @@ use trailwatch::detect::Detector;
 use trailwatch::notification::decode_notification;
 use trailwatch::principal;
 use trailwatch::record::RawRecord;
-use trailwatch::rules::{RecordView, RuleSet};
+use trailwatch::rules::{GateMemo, RecordView, RuleSet};
 
 /// The allocator the `trailwatch` binary runs with, so figures match it.
 #[global_allocator]
@@ -84,6 +84,15 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             hits.clear();
             rules.evaluate(black_box(&view), &mut hits);
+        })
+    });
+    // The same with the gates' memory warm, as for a record whose values recur.
+    c.bench_function(&format!("rules/evaluate_{}_rules_remembered", rules.len()), |b| {
+        let mut hits = Vec::new();
+        let mut memo = GateMemo::default();
+        b.iter(|| {
+            hits.clear();
+            rules.evaluate_with(black_box(&view), &mut memo, &mut hits);
         })
     });
 

@@ -24,7 +24,7 @@ use trailwatch::generate::{generate, GenerateOptions};
 use trailwatch::principal::Principal;
 use trailwatch::record::RawRecord;
 use trailwatch::replay::{list_inputs, replay, InputFile};
-use trailwatch::rules::{RecordView, RuleSet};
+use trailwatch::rules::{GateMemo, RecordView, RuleSet};
 
 /// The allocator the `trailwatch` binary runs with, so figures match it.
 #[global_allocator]
@@ -253,10 +253,12 @@ fn main() {
         &format!("rule evaluation alone, 1 core ({} rules)", rules.len()),
         runs,
         || {
+            // With the gates' memory, as a decoding thread evaluates them.
             let mut hits = Vec::new();
+            let mut memo = GateMemo::default();
             for raw in &raws {
                 if let Some(view) = RecordView::new(raw) {
-                    rules.evaluate(&view, &mut hits);
+                    rules.evaluate_with(&view, &mut memo, &mut hits);
                     hits.clear();
                 }
             }

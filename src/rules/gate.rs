@@ -341,15 +341,16 @@ impl GateIndex {
         self.always.len()
     }
 
-    /// Calls `visit` with each rule `event` can match, in ascending order, each once.
-    pub fn candidates(&self, event: &RecordView<'_>, visit: impl FnMut(usize)) {
-        self.candidates_with(event, &mut GateMemo::default(), visit);
-    }
-
-    /// [`GateIndex::candidates`], remembering each gate's verdict in `memo` by the JSON text it
-    /// was reached from, so that a value seen before is neither lower-cased nor searched again.
-    /// A memo serves one index: it is reset when used with another.
-    pub fn candidates_with(&self, event: &RecordView<'_>, memo: &mut GateMemo, mut visit: impl FnMut(usize)) {
+    /// Calls `visit` with each rule `event` can match, in ascending order, each once. With a
+    /// `memo`, each gate's verdict is remembered by the JSON text it was reached from, so that a
+    /// value seen before is neither lower-cased nor searched again; a memo serves one index and
+    /// is reset when used with another.
+    pub fn candidates(
+        &self,
+        event: &RecordView<'_>,
+        memo: Option<&mut GateMemo>,
+        mut visit: impl FnMut(usize),
+    ) {
         const STACK_WORDS: usize = 8;
         let words = self.rules.div_ceil(64);
         let mut stack = [0u64; STACK_WORDS];
@@ -366,9 +367,9 @@ impl GateIndex {
             }
         };
         mark(&self.always);
-        memo.serve(self);
+        let mut memo = memo.map(|m| m.serve(self));
         let mut scratch = Scratch::default();
-        for (gate, remembered) in self.fields.iter().zip(&mut memo.by_gate) {
+        for (i, gate) in self.fields.iter().enumerate() {
             if gate.presence_only {
                 if event.top_level_text(&gate.field).is_some() {
                     mark(&gate.present);
@@ -388,6 +389,10 @@ impl GateIndex {
                 None => literal,
             };
             let Some(text) = text else { continue };
+            let Some(remembered) = memo.as_mut().map(|m| &mut m[i]) else {
+                mark(&gate.verdict(event, &mut scratch));
+                continue;
+            };
             match remembered.get(text) {
                 Some(rules) => mark(rules),
                 None => {
@@ -469,11 +474,13 @@ pub struct GateMemo {
 }
 
 impl GateMemo {
-    fn serve(&mut self, index: &GateIndex) {
+    /// The tables for `index`'s gates, in order.
+    fn serve(&mut self, index: &GateIndex) -> &mut [FxHashMap<Box<str>, Box<[usize]>>] {
         if self.index != index.id {
             self.index = index.id;
             self.by_gate = index.fields.iter().map(|_| FxHashMap::default()).collect();
         }
+        &mut self.by_gate
     }
 }
 

@@ -335,13 +335,17 @@ impl RuleSet {
 
     /// Detection rules a record matches, as indices into [`RuleSet::rules`].
     pub fn evaluate(&self, view: &RecordView<'_>, out: &mut Vec<u16>) {
-        self.evaluate_with(view, &mut GateMemo::default(), out);
+        self.evaluate_in(view, None, out);
     }
 
     /// [`RuleSet::evaluate`], with the gates' verdicts remembered in `memo` from record to record
     /// (see [`GateMemo`]): what a decoding thread calls.
     pub fn evaluate_with(&self, view: &RecordView<'_>, memo: &mut GateMemo, out: &mut Vec<u16>) {
-        self.gates.candidates_with(view, memo, |i| {
+        self.evaluate_in(view, Some(memo), out);
+    }
+
+    fn evaluate_in(&self, view: &RecordView<'_>, memo: Option<&mut GateMemo>, out: &mut Vec<u16>) {
+        self.gates.candidates(view, memo, |i| {
             if rsigma_eval::evaluate_rule(&self.compiled[i], view).is_some() {
                 out.push(i as u16);
             }
