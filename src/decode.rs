@@ -359,19 +359,19 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
         Some(identity) => ctx.principals.borrow_mut().get(identity, recipient, derive),
         None => Arc::new(derive()),
     };
-    let result = Event::with_principal(&record, view.raw(), ctx.object, principal).map(|mut event| {
-        // Classified here, while the agent's text is in cache, and once per distinct agent.
-        if let Some(agent) = &event.user_agent {
-            event.agent_family = Some(ctx.agents.borrow_mut().family(agent).into());
-        }
-        if let Some(rules) = ctx.rules {
-            rules.evaluate_with(&view, &mut ctx.gates.borrow_mut(), &mut event.rule_hits);
-            if !event.rule_hits.is_empty() {
-                event.raw = Some(view.raw().into());
+    // User agents are classified here, while the text is in cache, and once per distinct agent,
+    // whose text the events share.
+    let agents = &mut ctx.agents.borrow_mut();
+    let result =
+        Event::with_principal(&record, view.raw(), ctx.object, principal, agents).map(|mut event| {
+            if let Some(rules) = ctx.rules {
+                rules.evaluate_with(&view, &mut ctx.gates.borrow_mut(), &mut event.rule_hits);
+                if !event.rule_hits.is_empty() {
+                    event.raw = Some(view.raw().into());
+                }
             }
-        }
-        event
-    });
+            event
+        });
     match result {
         Ok(event) => out.events.push(event),
         Err(reason) => out.skipped.push(SkippedRecord { index, reason }),

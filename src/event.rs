@@ -12,6 +12,7 @@ use compact_str::{format_compact, CompactString};
 use crate::net::parse_source_ip;
 use crate::principal::{self, Principal};
 use crate::record::RawRecord;
+use crate::useragent::AgentFamilies;
 
 /// One CloudTrail event, reduced to what baselines and anomalies use.
 #[derive(Debug, Clone)]
@@ -27,8 +28,9 @@ pub struct Event {
     pub source: Option<CompactString>,
     /// The address `source` names, if it names one.
     pub ip: Option<IpAddr>,
-    pub user_agent: Option<CompactString>,
-    /// The family of `user_agent` (see [`crate::useragent`]), found where the record is decoded.
+    /// Shared by the events of one agent (see [`crate::useragent::AgentFamilies`]).
+    pub user_agent: Option<Arc<str>>,
+    /// The family of `user_agent` (see [`crate::useragent`]), found when the event is built.
     pub agent_family: Option<CompactString>,
     pub error_code: Option<CompactString>,
     /// Shared by the events of one identity (see [`crate::principal::PrincipalCache`]).
@@ -78,15 +80,18 @@ impl Event {
             record.user_identity.as_ref().map(|u| &u.0),
             record.recipient_account_id.get(),
         );
-        Event::with_principal(record, raw, object, Arc::new(principal))
+        let agents = &mut AgentFamilies::default();
+        Event::with_principal(record, raw, object, Arc::new(principal), agents)
     }
 
-    /// [`Event::from_record`] with the principal already known.
+    /// [`Event::from_record`] with the principal already known, and the user agent's text and
+    /// family taken from `agents`.
     pub fn with_principal(
         record: &RawRecord<'_>,
         raw: &str,
         object: &Arc<str>,
         principal: Arc<Principal>,
+        agents: &mut AgentFamilies,
     ) -> Result<Event, RecordSkip> {
         if record.event_type.get() == Some("AwsCloudTrailInsight") {
             return Err(RecordSkip::InsightRecord);
@@ -100,6 +105,7 @@ impl Event {
             None => format_compact!("nid-{:032x}", xxhash_rust::xxh3::xxh3_128(raw.as_bytes())),
         };
         let source = record.source_ip.get();
+        let (user_agent, agent_family) = record.user_agent.get().map(|agent| agents.agent(agent)).unzip();
         Ok(Event {
             event_id,
             time,
@@ -108,8 +114,8 @@ impl Event {
             aws_region: record.aws_region.get().map(Into::into),
             source: source.map(Into::into),
             ip: source.and_then(parse_source_ip),
-            user_agent: record.user_agent.get().map(Into::into),
-            agent_family: None,
+            user_agent,
+            agent_family,
             error_code: record.error_code.get().map(Into::into),
             principal,
             object: Arc::clone(object),

@@ -16,6 +16,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::rules::view::{Known, RecordView};
+
 /// A JSON scalar read as text: strings as they are (borrowed when unescaped), numbers and booleans
 /// rendered, `null` as absent. Objects and arrays are skipped and read as absent, because no field
 /// the engine keys on is structured.
@@ -166,41 +168,38 @@ impl<'a> RawRecord<'a> {
     /// Reads the fields from a record's view (see [`crate::rules::RecordView`]), parsing only the
     /// values the engine uses: the rest of the record is not scanned again, and `userIdentity` is
     /// read from the entries the view shares with the rules.
-    pub fn from_view(view: &crate::rules::RecordView<'a>) -> RawRecord<'a> {
+    pub fn from_view(view: &RecordView<'a>) -> RawRecord<'a> {
         let mut r = RawRecord::top_level(view);
         r.user_identity = RawRecord::identity_of(view);
         r
     }
 
     /// The `userIdentity` of a record's view.
-    pub fn identity_of(view: &crate::rules::RecordView<'a>) -> Option<Lenient<UserIdentity<'a>>> {
-        let value = view.entries().iter().find(|(k, _)| k == "userIdentity")?.1;
+    pub fn identity_of(view: &RecordView<'a>) -> Option<Lenient<UserIdentity<'a>>> {
+        let value = view.known(Known::UserIdentity)?;
         match view.identity() {
             Some(entries) => Some(Lenient(UserIdentity::from_entries(entries))),
             None => nested(value),
         }
     }
 
-    /// [`RawRecord::from_view`] but for `userIdentity`, which is left unread.
-    pub fn top_level(view: &crate::rules::RecordView<'a>) -> RawRecord<'a> {
-        let mut r = RawRecord::default();
-        for (key, value) in view.entries() {
-            let value: &'a RawValue = value;
-            match key.as_ref() {
-                "eventTime" => r.event_time = text(value),
-                "eventSource" => r.event_source = text(value),
-                "eventName" => r.event_name = text(value),
-                "eventType" => r.event_type = text(value),
-                "eventID" => r.event_id = text(value),
-                "awsRegion" => r.aws_region = text(value),
-                "sourceIPAddress" => r.source_ip = text(value),
-                "userAgent" => r.user_agent = text(value),
-                "errorCode" => r.error_code = text(value),
-                "recipientAccountId" => r.recipient_account_id = text(value),
-                _ => {}
-            }
+    /// [`RawRecord::from_view`] but for `userIdentity`, which is left unread. Where a key is
+    /// repeated, the first is read, as the rules read it.
+    pub fn top_level(view: &RecordView<'a>) -> RawRecord<'a> {
+        let field = |key| view.known(key).map(text).unwrap_or_default();
+        RawRecord {
+            event_time: field(Known::EventTime),
+            event_source: field(Known::EventSource),
+            event_name: field(Known::EventName),
+            event_type: field(Known::EventType),
+            event_id: field(Known::EventId),
+            aws_region: field(Known::AwsRegion),
+            source_ip: field(Known::SourceIpAddress),
+            user_agent: field(Known::UserAgent),
+            error_code: field(Known::ErrorCode),
+            recipient_account_id: field(Known::RecipientAccountId),
+            user_identity: None,
         }
-        r
     }
 }
 
@@ -346,6 +345,28 @@ mod tests {
         let view = crate::rules::RecordView::new(json).unwrap();
         let fast = RawRecord::from_view(&view);
         assert_eq!(format!("{full:?}"), format!("{fast:?}"));
+    }
+
+    #[test]
+    fn a_repeated_key_is_read_as_the_rules_read_it() {
+        use rsigma_eval::{Event, EventValue};
+        // A record cannot show the rules one call and the baselines another.
+        let json = r#"{"eventName":"StopLogging","eventSource":"cloudtrail.amazonaws.com",
+            "eventName":"DescribeTrails","eventTime":"2024-01-01T00:00:00Z"}"#;
+        let view = crate::rules::RecordView::new(json).unwrap();
+        let record = RawRecord::top_level(&view);
+        assert_eq!(record.event_name.get(), Some("StopLogging"));
+        assert!(matches!(view.get_field("eventName"), Some(EventValue::Str(s)) if s == "StopLogging"));
+        assert_eq!(view.top_level_text("eventName"), Some(r#""StopLogging""#));
+    }
+
+    #[test]
+    fn a_dotted_top_level_key_is_found_whole() {
+        let json = r#"{"userIdentity.type":"Root","userIdentity":{"type":"IAMUser"}}"#;
+        let view = crate::rules::RecordView::new(json).unwrap();
+        assert_eq!(view.top_level_text("userIdentity.type"), Some(r#""Root""#));
+        let plain = crate::rules::RecordView::new(r#"{"userIdentity":{"type":"IAMUser"}}"#).unwrap();
+        assert_eq!(plain.top_level_text("userIdentity.type"), None);
     }
 
     #[test]

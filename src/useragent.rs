@@ -5,6 +5,8 @@
 //! A penetration-testing distribution named in the agent (Kali, Parrot, Pentoo) is appended, since
 //! the same SDK run from one is exactly the change a baseline should notice.
 
+use std::sync::Arc;
+
 use compact_str::{format_compact, CompactString};
 use rustc_hash::FxHashMap;
 
@@ -54,11 +56,12 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
-/// User-agent families by agent. Agents repeat heavily and classifying one scans it several
-/// times, so families are remembered; the memory is cleared when it holds `AGENTS_REMEMBERED`.
+/// User agents already seen, each with its family. Agents repeat heavily and classifying one scans
+/// it several times, so families are remembered, and the events of one agent share its text
+/// rather than each copying it. Cleared when it holds `AGENTS_REMEMBERED` agents.
 #[derive(Default)]
 pub struct AgentFamilies {
-    families: FxHashMap<Box<str>, CompactString>,
+    families: FxHashMap<Arc<str>, CompactString>,
 }
 
 const AGENTS_REMEMBERED: usize = 4096;
@@ -66,12 +69,26 @@ const AGENTS_REMEMBERED: usize = 4096;
 impl AgentFamilies {
     pub fn family(&mut self, agent: &str) -> &str {
         if !self.families.contains_key(agent) {
-            if self.families.len() >= AGENTS_REMEMBERED {
-                self.families.clear();
-            }
-            self.families.insert(agent.into(), family(agent));
+            self.remember(agent);
         }
         &self.families[agent]
+    }
+
+    /// The agent's shared text and its family.
+    pub fn agent(&mut self, agent: &str) -> (Arc<str>, CompactString) {
+        if let Some((text, family)) = self.families.get_key_value(agent) {
+            return (Arc::clone(text), family.clone());
+        }
+        self.remember(agent)
+    }
+
+    fn remember(&mut self, agent: &str) -> (Arc<str>, CompactString) {
+        if self.families.len() >= AGENTS_REMEMBERED {
+            self.families.clear();
+        }
+        let (text, family): (Arc<str>, _) = (agent.into(), family(agent));
+        self.families.insert(Arc::clone(&text), family.clone());
+        (text, family)
     }
 }
 

@@ -368,7 +368,8 @@ impl GateIndex {
         };
         mark(&self.always);
         let mut memo = memo.map(|m| m.serve(self));
-        let mut scratch = Scratch::default();
+        // Lower-casing buffers, made only when a verdict is not remembered.
+        let mut scratch = None;
         for (i, gate) in self.fields.iter().enumerate() {
             if gate.presence_only {
                 if event.top_level_text(&gate.field).is_some() {
@@ -383,20 +384,20 @@ impl GateIndex {
             let text = match &gate.root {
                 Some(root) if literal.is_none() => event.top_level_text(root),
                 Some(_) => {
-                    mark(&gate.verdict(event, &mut scratch));
+                    mark(&gate.verdict(event, scratch.get_or_insert_with(Scratch::default)));
                     continue;
                 }
                 None => literal,
             };
             let Some(text) = text else { continue };
             let Some(remembered) = memo.as_mut().map(|m| &mut m[i]) else {
-                mark(&gate.verdict(event, &mut scratch));
+                mark(&gate.verdict(event, scratch.get_or_insert_with(Scratch::default)));
                 continue;
             };
             match remembered.get(text) {
                 Some(rules) => mark(rules),
                 None => {
-                    let rules = gate.verdict(event, &mut scratch);
+                    let rules = gate.verdict(event, scratch.get_or_insert_with(Scratch::default));
                     mark(&rules);
                     if remembered.len() >= VERDICTS_REMEMBERED {
                         remembered.clear();

@@ -19,10 +19,52 @@ const MAX_DEPTH: usize = 32;
 
 pub type Entries<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
 
+/// Top-level keys the engine reads from every record, located once when the record is indexed
+/// so that reading one does not search the record's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    EventTime,
+    EventSource,
+    EventName,
+    EventType,
+    EventId,
+    AwsRegion,
+    SourceIpAddress,
+    UserAgent,
+    ErrorCode,
+    RecipientAccountId,
+    UserIdentity,
+}
+
+impl Known {
+    const COUNT: usize = 11;
+
+    pub fn of(key: &str) -> Option<Known> {
+        Some(match key {
+            "eventTime" => Known::EventTime,
+            "eventSource" => Known::EventSource,
+            "eventName" => Known::EventName,
+            "eventType" => Known::EventType,
+            "eventID" => Known::EventId,
+            "awsRegion" => Known::AwsRegion,
+            "sourceIPAddress" => Known::SourceIpAddress,
+            "userAgent" => Known::UserAgent,
+            "errorCode" => Known::ErrorCode,
+            "recipientAccountId" => Known::RecipientAccountId,
+            "userIdentity" => Known::UserIdentity,
+            _ => return None,
+        })
+    }
+}
+
 /// One record, indexed at its top level.
 pub struct RecordView<'a> {
     raw: &'a str,
     top: Entries<'a>,
+    /// Where each [`Known`] key is among the entries (its first occurrence), plus one; 0: absent.
+    known: [u32; Known::COUNT],
+    /// Whether a top-level key has a dot in it, so that a dotted path could name it whole.
+    dotted_keys: bool,
     /// `userIdentity`'s entries, parsed on first use: the principal and many rules read it.
     identity: OnceCell<Option<Entries<'a>>>,
 }
@@ -36,9 +78,24 @@ impl<'a> RecordView<'a> {
 
     /// A view of an object already indexed, whose text is `raw`.
     pub fn from_entries(raw: &'a str, top: Entries<'a>) -> RecordView<'a> {
+        let mut known = [0; Known::COUNT];
+        let mut dotted_keys = false;
+        for (i, (key, _)) in top.iter().enumerate() {
+            match Known::of(key) {
+                Some(k) => {
+                    let at = &mut known[k as usize];
+                    if *at == 0 {
+                        *at = u32::try_from(i + 1).unwrap_or(0);
+                    }
+                }
+                None => dotted_keys |= key.contains('.'),
+            }
+        }
         RecordView {
             raw,
             top,
+            known,
+            dotted_keys,
             identity: OnceCell::new(),
         }
     }
@@ -54,13 +111,32 @@ impl<'a> RecordView<'a> {
 
     /// The JSON text of a top-level value, unparsed.
     pub fn top_level_text(&self, key: &str) -> Option<&'a str> {
-        lookup(&self.top, key).map(RawValue::get)
+        self.top_level(key).map(RawValue::get)
+    }
+
+    /// A top-level value, unparsed: the first of its key, as JSON parsers keep no single rule
+    /// for repeated keys and every reader here must see the same one.
+    pub fn top_level(&self, key: &str) -> Option<&'a RawValue> {
+        match Known::of(key) {
+            Some(k) => self.known(k),
+            None if !self.dotted_keys && key.contains('.') => None,
+            None => lookup(&self.top, key),
+        }
+    }
+
+    /// A [`Known`] top-level value, unparsed.
+    pub fn known(&self, key: Known) -> Option<&'a RawValue> {
+        let at = self.known[key as usize].checked_sub(1)?;
+        self.top.get(at as usize).map(|(_, v)| *v)
     }
 
     /// The entries of `userIdentity`, when it is an object.
     pub fn identity(&self) -> Option<&Entries<'a>> {
         self.identity
-            .get_or_init(|| lookup(&self.top, "userIdentity").and_then(|v| parse_object(v.get())))
+            .get_or_init(|| {
+                self.known(Known::UserIdentity)
+                    .and_then(|v| parse_object(v.get()))
+            })
             .as_ref()
     }
 }
@@ -272,7 +348,7 @@ fn split_path(path: &str) -> (&str, Option<&str>) {
 
 impl Event for RecordView<'_> {
     fn get_field(&self, path: &str) -> Option<EventValue<'_>> {
-        if let Some(v) = lookup(&self.top, path) {
+        if let Some(v) = self.top_level(path) {
             return Some(to_event_value(v, 0));
         }
         let (first, rest) = path.split_once('.')?;
@@ -283,7 +359,7 @@ impl Event for RecordView<'_> {
                 let (second, rest) = split_path(rest);
                 follow(lookup(entries, second)?, rest, 2, &mut found);
             }
-            None => follow(lookup(&self.top, first)?, Some(rest), 1, &mut found),
+            None => follow(self.top_level(first)?, Some(rest), 1, &mut found),
         }
         match found.len() {
             0 => None,
@@ -309,7 +385,7 @@ impl Event for RecordView<'_> {
     /// are kept (trailwatch never asks the evaluator for whole events), so the rest of the record
     /// is not converted.
     fn to_json(&self) -> Value {
-        let id = lookup(&self.top, "eventID").map(|v| match to_event_value(v, 0) {
+        let id = self.known(Known::EventId).map(|v| match to_event_value(v, 0) {
             EventValue::Str(s) => Value::String(s.into_owned()),
             _ => serde_json::from_str(v.get()).unwrap_or(Value::Null),
         });
