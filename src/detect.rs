@@ -420,7 +420,7 @@ impl DimensionValues {
         }
         match (&event.agent_family, &event.user_agent) {
             (Some(family), _) => v[4].push_str(family),
-            (None, Some(agent)) => v[4].push_str(agents.family(agent)),
+            (None, Some(agent)) => v[4].push_str(&agents.family(agent)),
             (None, None) => {}
         }
         if let Some(region) = &event.aws_region {

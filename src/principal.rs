@@ -62,6 +62,10 @@ type ByRecipient = Vec<(Option<CompactString>, Arc<Principal>)>;
 
 const PRINCIPALS_REMEMBERED: usize = 4096;
 
+/// Identities with a longer text are derived each time rather than remembered, so that the cache
+/// stays bounded in bytes whatever a file holds.
+const LONGEST_IDENTITY_REMEMBERED: usize = 4096;
+
 impl PrincipalCache {
     /// The principal of a record whose `userIdentity` is `identity` (its JSON text), derived by
     /// `derive` unless known.
@@ -77,6 +81,9 @@ impl PrincipalCache {
                 .find(|(recipient, _)| recipient.as_deref() == recipient_account)
         }) {
             return Arc::clone(&known.1);
+        }
+        if identity.len() > LONGEST_IDENTITY_REMEMBERED {
+            return Arc::new(derive());
         }
         if self.by_identity.len() >= PRINCIPALS_REMEMBERED {
             self.by_identity.clear();
@@ -277,7 +284,21 @@ mod tests {
         for i in 0..(PRINCIPALS_REMEMBERED + 10) {
             get(&format!(r#"{{"type":"IAMUser","userName":"u{i}"}}"#), None);
         }
+        // An identity too long to remember is derived each time, and right.
+        let long = format!(
+            r#"{{"type":"IAMUser","userName":"bob","pad":"{}"}}"#,
+            "x".repeat(5000)
+        );
+        let before = derived.get();
+        let d = get(&long, Some("111122223333"));
+        let e = get(&long, Some("111122223333"));
+        assert_eq!(derived.get(), before + 2);
+        assert_eq!(
+            (d.key.as_str(), e.key.as_str()),
+            ("iamuser:111122223333:bob", "iamuser:111122223333:bob")
+        );
         assert!(cache.by_identity.len() <= PRINCIPALS_REMEMBERED);
+        assert!(!cache.by_identity.contains_key(long.as_str()));
     }
 
     fn principal_of(json: &str) -> Principal {

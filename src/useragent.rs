@@ -66,12 +66,13 @@ pub struct AgentFamilies {
 
 const AGENTS_REMEMBERED: usize = 4096;
 
+/// Longer agents are classified each time rather than remembered, so that the memory stays
+/// bounded in bytes whatever a file holds.
+const LONGEST_AGENT_REMEMBERED: usize = 1024;
+
 impl AgentFamilies {
-    pub fn family(&mut self, agent: &str) -> &str {
-        if !self.families.contains_key(agent) {
-            self.remember(agent);
-        }
-        &self.families[agent]
+    pub fn family(&mut self, agent: &str) -> CompactString {
+        self.agent(agent).1
     }
 
     /// The agent's shared text and its family.
@@ -83,6 +84,9 @@ impl AgentFamilies {
     }
 
     fn remember(&mut self, agent: &str) -> (Arc<str>, CompactString) {
+        if agent.len() > LONGEST_AGENT_REMEMBERED {
+            return (agent.into(), family(agent));
+        }
         if self.families.len() >= AGENTS_REMEMBERED {
             self.families.clear();
         }
@@ -140,6 +144,19 @@ mod tests {
             family("aws-cli/2.0 Python/3 Linux/6.1-parrot"),
             "aws-cli (parrot)"
         );
+    }
+
+    #[test]
+    fn agents_are_shared_and_long_ones_not_remembered() {
+        let mut agents = super::AgentFamilies::default();
+        let (a, family) = agents.agent("aws-cli/2.0 Python/3");
+        let (b, _) = agents.agent("aws-cli/2.0 Python/3");
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        assert_eq!(family, "aws-cli");
+        let long = format!("Boto3/1.0 kali {}", "x".repeat(2000));
+        let (text, family) = agents.agent(&long);
+        assert_eq!((&*text, family.as_str()), (long.as_str(), "boto3 (kali)"));
+        assert_eq!(agents.families.len(), 1);
     }
 
     #[test]

@@ -390,7 +390,8 @@ impl GateIndex {
                 None => literal,
             };
             let Some(text) = text else { continue };
-            let Some(remembered) = memo.as_mut().map(|m| &mut m[i]) else {
+            let memo = memo.as_mut().filter(|_| text.len() <= LONGEST_REMEMBERED);
+            let Some(remembered) = memo.map(|m| &mut m[i]) else {
                 mark(&gate.verdict(event, scratch.get_or_insert_with(Scratch::default)));
                 continue;
             };
@@ -463,6 +464,10 @@ impl GateField {
 /// How many verdicts a gate remembers before it forgets them all: far more than the distinct
 /// call names, agents or identities of a stream's recent records.
 const VERDICTS_REMEMBERED: usize = 4096;
+
+/// Texts longer than this are judged afresh each time rather than remembered, so that the memory
+/// stays bounded in bytes whatever a file holds (CloudTrail's identities run to a few hundred).
+pub(crate) const LONGEST_REMEMBERED: usize = 4096;
 
 /// Gate verdicts already reached, by gate and by the JSON text each depends on. Field values
 /// recur record after record (a few hundred calls, agents and identities), so most records are
