@@ -7,6 +7,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use trailwatch::config::Settings;
 use trailwatch::decode::{DecodeLimits, Decoder};
 use trailwatch::detect::Detector;
+use trailwatch::gunzip::Gunzip;
 use trailwatch::notification::decode_notification;
 use trailwatch::principal;
 use trailwatch::record::RawRecord;
@@ -48,12 +49,13 @@ fn benches(c: &mut Criterion) {
             #[serde(rename = "Records", borrow)]
             records: Vec<RawRecord<'a>>,
         }
+        // The same inflater the engine uses, reused as the engine reuses it.
         let mut text = Vec::new();
+        let mut gunzip = Gunzip::default();
         b.iter(|| {
-            use std::io::Read;
             text.clear();
-            flate2::read::MultiGzDecoder::new(black_box(&file[..]))
-                .read_to_end(&mut text)
+            gunzip
+                .inflate(black_box(&file[..]), &mut text, usize::MAX)
                 .unwrap();
             serde_json::from_slice::<Floor>(&text).unwrap().records.len()
         })

@@ -21,6 +21,7 @@ use trailwatch::decode::{DecodeLimits, Decoder};
 use trailwatch::detect::Detector;
 use trailwatch::event::Event;
 use trailwatch::generate::{generate, GenerateOptions};
+use trailwatch::gunzip::Gunzip;
 use trailwatch::principal::Principal;
 use trailwatch::record::RawRecord;
 use trailwatch::replay::{list_inputs, replay, InputFile};
@@ -42,12 +43,13 @@ struct RawFile<'a> {
     records: Vec<&'a serde_json::value::RawValue>,
 }
 
-fn inflate(bytes: &[u8], out: &mut Vec<u8>) {
-    use std::io::Read;
+/// Inflates a file with the engine's own gzip reader (one per thread, reused, as the engine's):
+/// the floor and the engine inflate alike, so their ratio measures everything else.
+fn inflate(gunzip: &mut Gunzip, bytes: &[u8], out: &mut Vec<u8>) {
     out.clear();
     if bytes.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::MultiGzDecoder::new(bytes)
-            .read_to_end(out)
+        gunzip
+            .inflate(bytes, out, usize::MAX)
             .expect("generated files inflate");
     } else {
         out.extend_from_slice(bytes);
@@ -62,10 +64,11 @@ fn floor(files: &[InputFile], threads: usize) -> usize {
         for _ in 0..threads {
             s.spawn(|| {
                 let mut buf = Vec::new();
+                let mut gunzip = Gunzip::default();
                 let mut n = 0;
                 while let Some(file) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let bytes = std::fs::read(&file.path).expect("readable");
-                    inflate(&bytes, &mut buf);
+                    inflate(&mut gunzip, &bytes, &mut buf);
                     if let Ok(f) = serde_json::from_slice::<FloorFile>(&buf) {
                         n += f.records.len();
                     }
@@ -236,8 +239,13 @@ fn main() {
     let rules = Arc::new(RuleSet::builtin().expect("the shipped rules load"));
     let mut texts = Vec::new();
     let mut buf = Vec::new();
+    let mut gunzip = Gunzip::default();
     for file in &files {
-        inflate(&std::fs::read(&file.path).expect("readable"), &mut buf);
+        inflate(
+            &mut gunzip,
+            &std::fs::read(&file.path).expect("readable"),
+            &mut buf,
+        );
         texts.push(String::from_utf8(buf.clone()).expect("UTF-8"));
     }
     let raws: Vec<&str> = texts

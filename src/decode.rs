@@ -13,13 +13,12 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::io::{Cursor, Read};
 use std::sync::Arc;
 
-use flate2::bufread::GzDecoder;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::event::{Event, RecordSkip};
+use crate::gunzip::{Gunzip, GunzipError};
 use crate::principal::{self, PrincipalCache};
 use crate::record::RawRecord;
 use crate::rules::view::{object_text, Element};
@@ -53,7 +52,7 @@ pub enum FileError {
     #[error("cannot read: {0}")]
     Io(#[from] std::io::Error),
     #[error("corrupt gzip after {inflated} bytes: {source}")]
-    Gzip { inflated: usize, source: std::io::Error },
+    Gzip { inflated: usize, source: GunzipError },
     #[error("inflates to more than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("invalid JSON at line {line} column {column} (after {records} records): {message}")]
@@ -147,9 +146,8 @@ pub struct Decoder {
 struct Inflater {
     limits: DecodeLimits,
     buffer: Vec<u8>,
-    /// The inflater, reset for each gzip member rather than built anew (its window and tables
-    /// are a few dozen KiB, allocated and zeroed), and the compressed input it reads.
-    gzip: Option<GzDecoder<Cursor<Vec<u8>>>>,
+    /// Reused for every gzip member (its window and tables are a few dozen KiB).
+    gunzip: Gunzip,
 }
 
 /// What decoding one record needs besides the record.
@@ -237,34 +235,15 @@ impl Inflater {
     fn inflate_gzip(&mut self, bytes: &[u8]) -> Result<(), FileError> {
         self.buffer.clear();
         let limit = self.limits.max_inflated_bytes;
-        let gzip = self
-            .gzip
-            .get_or_insert_with(|| GzDecoder::new(Cursor::new(Vec::new())));
-        let mut input = std::mem::take(gzip.get_mut()).into_inner();
-        input.clear();
-        input.extend_from_slice(bytes);
-        let mut input = Cursor::new(input);
-        let result = loop {
-            gzip.reset(input);
-            let room = (limit + 1 - self.buffer.len()) as u64;
-            let read = gzip.by_ref().take(room).read_to_end(&mut self.buffer);
-            input = gzip.reset(Cursor::new(Vec::new()));
-            if let Err(source) = read {
-                break Err(FileError::Gzip {
+        self.gunzip
+            .inflate(bytes, &mut self.buffer, limit)
+            .map_err(|source| match source {
+                GunzipError::TooLarge { limit } => FileError::TooLarge { limit },
+                source => FileError::Gzip {
                     inflated: self.buffer.len(),
                     source,
-                });
-            }
-            if self.buffer.len() > limit {
-                break Err(FileError::TooLarge { limit });
-            }
-            if input.position() >= input.get_ref().len() as u64 {
-                break Ok(());
-            }
-        };
-        // Keep the input's allocation for the next file.
-        *gzip.get_mut() = input;
-        result
+                },
+            })
     }
 
     /// Inflates gzip input (by magic number) into the reused buffer and checks it is UTF-8.

@@ -10,7 +10,7 @@
 //! - [`notification`]: delivery notifications (SNS, SQS, S3 events, EventBridge) → objects to fetch.
 //! - [`fetch`]: objects from S3 (or a local folder) through `object_store`, bounded and retried.
 //! - [`decode`]: one object's bytes (gzip or not) → events, with skipped records and file
-//!   failures reported by file, index and reason.
+//!   failures reported by file, index and reason; [`gunzip`] inflates them.
 //! - [`record`]: the borrowed, lenient view of one CloudTrail record the decoder parses into.
 //! - [`event`]: a record validated into the owned [`event::Event`] detectors see.
 //! - [`principal`]: `userIdentity` → the stable principal key baselines are kept under.
@@ -36,6 +36,7 @@ pub mod detect;
 pub mod event;
 pub mod fetch;
 pub mod generate;
+pub mod gunzip;
 pub mod labels;
 pub mod metrics;
 pub mod net;

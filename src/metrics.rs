@@ -415,7 +415,7 @@ mod tests {
             FileError::Io(io()),
             FileError::Gzip {
                 inflated: 0,
-                source: io(),
+                source: crate::gunzip::GunzipError::Truncated,
             },
             FileError::TooLarge { limit: 1 },
             FileError::Json {
