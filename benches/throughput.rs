@@ -325,26 +325,24 @@ fn main() {
         );
     }
     let [floor_all, full, baselines_only] = rates;
+    // Median, lowest and highest of the per-run ratios of the floor's time to replay `i`'s.
     let ratio = |i: usize| {
         let mut per_run: Vec<f64> = rounds
             .iter()
             .map(|r| r[0].as_secs_f64() / r[i].as_secs_f64())
             .collect();
         per_run.sort_by(f64::total_cmp);
-        per_run[per_run.len() / 2]
+        (per_run[per_run.len() / 2], per_run[0], per_run[per_run.len() - 1])
     };
     println!();
     println!("records per run: {n}");
-    println!(
-        "full / floor ({threads} cores): {:.2} (median of per-run ratios; of medians {:.2})",
-        ratio(1),
-        full / floor_all
-    );
-    println!(
-        "replay without rules / floor ({threads} cores): {:.2} (median of per-run ratios; of medians {:.2})",
-        ratio(2),
-        baselines_only / floor_all
-    );
+    for (i, name, rate) in [(1, "full", full), (2, "replay without rules", baselines_only)] {
+        let (median, low, high) = ratio(i);
+        println!(
+            "{name} / floor ({threads} cores): {median:.2} (median of per-run ratios, {low:.2} to {high:.2}; of medians {:.2})",
+            rate / floor_all
+        );
+    }
     println!(
         "floor scaling, {threads} cores / 1 core: {:.2}",
         floor_all / floor_one
