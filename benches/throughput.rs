@@ -80,6 +80,19 @@ fn floor(files: &[InputFile], threads: usize) -> usize {
     total.into_inner()
 }
 
+/// CPU time used by every thread of this process so far (Linux; zero elsewhere), at the
+/// kernel's clock-tick resolution (10 ms), small against runs of a second on each core.
+fn process_cpu() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat").ok().and_then(|stat| {
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    });
+    Duration::from_millis(ticks.unwrap_or(0) * 10)
+}
+
 fn median(mut runs: Vec<Duration>) -> Duration {
     runs.sort();
     runs[runs.len() / 2]
@@ -297,17 +310,23 @@ fn main() {
         summary.records as usize
     };
     let mut rounds: Vec<[Duration; 3]> = Vec::new();
+    // CPU time of the same runs, every thread's: unlike wall time, it does not count the moments
+    // a busy neighbour holds a core, so it varies less from run to run on a shared machine.
+    let mut cpu_rounds: Vec<[Duration; 3]> = Vec::new();
     for _ in 0..runs {
-        let time = |f: &mut dyn FnMut() -> usize| {
-            let start = Instant::now();
+        let mut cpu = [Duration::ZERO; 3];
+        let mut time = |i: usize, f: &mut dyn FnMut() -> usize| {
+            let (start, cpu_start) = (Instant::now(), process_cpu());
             assert_eq!(f(), n, "every measurement reads every record");
+            cpu[i] = process_cpu().saturating_sub(cpu_start);
             start.elapsed()
         };
         rounds.push([
-            time(&mut || floor(&files, threads)),
-            time(&mut || replay_files(Some(Arc::clone(&rules)))),
-            time(&mut || replay_files(None)),
+            time(0, &mut || floor(&files, threads)),
+            time(1, &mut || replay_files(Some(Arc::clone(&rules)))),
+            time(2, &mut || replay_files(None)),
         ]);
+        cpu_rounds.push(cpu);
     }
     let labels = [
         format!("floor, {threads} cores"),
@@ -343,6 +362,15 @@ fn main() {
             rate / floor_all
         );
     }
+    let cpu_per_million =
+        |i: usize| median(cpu_rounds.iter().map(|r| r[i]).collect()).as_secs_f64() * 1e6 / n as f64;
+    let (floor_cpu, full_cpu, no_rules_cpu) = (cpu_per_million(0), cpu_per_million(1), cpu_per_million(2));
+    println!(
+        "CPU-seconds per million records: floor {floor_cpu:.2}, full {full_cpu:.2}, without rules {no_rules_cpu:.2}; \
+         floor / full {:.2}, floor / without rules {:.2}",
+        floor_cpu / full_cpu,
+        floor_cpu / no_rules_cpu
+    );
     println!(
         "floor scaling, {threads} cores / 1 core: {:.2}",
         floor_all / floor_one

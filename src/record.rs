@@ -186,7 +186,14 @@ impl<'a> RawRecord<'a> {
     /// [`RawRecord::from_view`] but for `userIdentity`, which is left unread. Where a key is
     /// repeated, the first is read, as the rules read it.
     pub fn top_level(view: &RecordView<'a>) -> RawRecord<'a> {
-        let field = |key| view.known(key).map(text).unwrap_or_default();
+        let field = |key| {
+            view.known(key)
+                .map(|v| match view.plain_string(v) {
+                    Some(s) => Text(Some(Cow::Borrowed(s))),
+                    None => text(v),
+                })
+                .unwrap_or_default()
+        };
         RawRecord {
             event_time: field(Known::EventTime),
             event_source: field(Known::EventSource),

@@ -65,6 +65,9 @@ pub struct RecordView<'a> {
     known: [u32; Known::COUNT],
     /// Whether a top-level key has a dot in it, so that a dotted path could name it whole.
     dotted_keys: bool,
+    /// Whether the record's text has a backslash anywhere: without one, no string in it has an
+    /// escape, and every string value is the text between its quotes.
+    escapes: bool,
     /// `userIdentity`'s entries, parsed on first use: the principal and many rules read it.
     identity: OnceCell<Option<Entries<'a>>>,
 }
@@ -88,7 +91,7 @@ impl<'a> RecordView<'a> {
                         *at = u32::try_from(i + 1).unwrap_or(0);
                     }
                 }
-                None => dotted_keys |= key.contains('.'),
+                None => dotted_keys |= memchr::memchr(b'.', key.as_bytes()).is_some(),
             }
         }
         RecordView {
@@ -96,6 +99,7 @@ impl<'a> RecordView<'a> {
             top,
             known,
             dotted_keys,
+            escapes: memchr::memchr(b'\\', raw.as_bytes()).is_some(),
             identity: OnceCell::new(),
         }
     }
@@ -122,6 +126,16 @@ impl<'a> RecordView<'a> {
             None if !self.dotted_keys && key.contains('.') => None,
             None => lookup(&self.top, key),
         }
+    }
+
+    /// The contents of a string value of this record that has no escapes, borrowed; `None` for
+    /// any other value (see [`crate::record::plain_string`]). One search of the whole record for a
+    /// backslash answers for all its values, where most records have none.
+    pub fn plain_string(&self, value: &'a RawValue) -> Option<&'a str> {
+        if self.escapes {
+            return crate::record::plain_string(value);
+        }
+        value.get().strip_prefix('"')?.strip_suffix('"')
     }
 
     /// A [`Known`] top-level value, unparsed.
