@@ -381,30 +381,30 @@ impl GateIndex {
             // parent's (a top-level key with the dotted path itself, never seen in CloudTrail, is
             // judged afresh).
             let literal = event.top_level_text(&gate.field);
-            let text = match &gate.root {
-                Some(root) if literal.is_none() => event.top_level_text(root),
-                Some(_) => {
-                    mark(&gate.verdict(event, scratch.get_or_insert_with(Scratch::default)));
-                    continue;
-                }
-                None => literal,
+            let (text, rememberable) = match &gate.root {
+                Some(root) if literal.is_none() => (event.top_level_text(root), true),
+                Some(_) => (literal, false),
+                None => (literal, true),
             };
             let Some(text) = text else { continue };
-            let memo = memo.as_mut().filter(|_| text.len() <= LONGEST_REMEMBERED);
-            let Some(remembered) = memo.map(|m| &mut m[i]) else {
-                mark(&gate.verdict(event, scratch.get_or_insert_with(Scratch::default)));
-                continue;
-            };
-            match remembered.get(text) {
-                Some(rules) => mark(rules),
-                None => {
-                    let rules = gate.verdict(event, scratch.get_or_insert_with(Scratch::default));
-                    mark(&rules);
-                    if remembered.len() >= VERDICTS_REMEMBERED {
-                        remembered.clear();
+            let remembered = memo
+                .as_mut()
+                .filter(|_| rememberable && text.len() <= LONGEST_REMEMBERED)
+                .map(|m| &mut m[i]);
+            let mut judge = || gate.verdict(event, scratch.get_or_insert_with(Scratch::default));
+            match remembered {
+                None => mark(&judge()),
+                Some(remembered) => match remembered.get(text) {
+                    Some(rules) => mark(rules),
+                    None => {
+                        let rules = judge();
+                        mark(&rules);
+                        if remembered.len() >= VERDICTS_REMEMBERED {
+                            remembered.clear();
+                        }
+                        remembered.insert(text.into(), rules.into_boxed_slice());
                     }
-                    remembered.insert(text.into(), rules.into_boxed_slice());
-                }
+                },
             }
         }
         for (w, &bits) in mask.iter().enumerate() {
@@ -467,7 +467,7 @@ const VERDICTS_REMEMBERED: usize = 4096;
 
 /// Texts longer than this are judged afresh each time rather than remembered, so that the memory
 /// stays bounded in bytes whatever a file holds (CloudTrail's identities run to a few hundred).
-pub(crate) const LONGEST_REMEMBERED: usize = 4096;
+const LONGEST_REMEMBERED: usize = 4096;
 
 /// Gate verdicts already reached, by gate and by the JSON text each depends on. Field values
 /// recur record after record (a few hundred calls, agents and identities), so most records are
