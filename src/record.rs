@@ -190,7 +190,7 @@ impl<'a> RawRecord<'a> {
             view.known(key)
                 .map(|v| match view.plain_string(v) {
                     Some(s) => Text(Some(Cow::Borrowed(s))),
-                    None => text(v),
+                    None => parsed_text(v),
                 })
                 .unwrap_or_default()
         };
@@ -213,8 +213,13 @@ impl<'a> RawRecord<'a> {
 fn text<'a>(v: &'a RawValue) -> Text<'a> {
     match plain_string(v) {
         Some(s) => Text(Some(Cow::Borrowed(s))),
-        None => serde_json::from_str(v.get()).unwrap_or_default(),
+        None => parsed_text(v),
     }
+}
+
+/// A value that is not a plain string, read by the parser.
+fn parsed_text<'a>(v: &'a RawValue) -> Text<'a> {
+    serde_json::from_str(v.get()).unwrap_or_default()
 }
 
 fn nested<'a, T: Deserialize<'a> + Default>(v: &'a RawValue) -> Option<Lenient<T>> {
