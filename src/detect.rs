@@ -255,7 +255,6 @@ impl Detector {
 
     /// The baseline detectors.
     fn judge(&mut self, event: &Event, out: &mut Vec<Anomaly>) {
-        self.dimension_values.fill(event, &mut self.agents);
         let s = &self.settings;
         let baseline = match self.principals.get_mut(event.principal.key.as_str()) {
             Some(b) => b,
@@ -278,9 +277,9 @@ impl Detector {
             }
         }
 
-        let values = &self.dimension_values;
+        let values = self.dimension_values.of(event, &mut self.agents);
         let seen: [Option<Seen>; DIMENSIONS] = std::array::from_fn(|i| {
-            let value = values.get(i)?;
+            let value = values[i]?;
             Some(baseline.dimensions[i].observe(value, event.time, s.window, s.max_values_per_dimension))
         });
         if let (true, Some(novelty)) = (mature, &s.novelty) {
@@ -296,7 +295,7 @@ impl Detector {
                     .iter()
                     .zip(seen)
                     .enumerate()
-                    .filter_map(|(i, (&d, seen))| Some(dimension_report(baseline, d, values.get(i)?, seen?)))
+                    .filter_map(|(i, (&d, seen))| Some(dimension_report(baseline, d, values[i]?, seen?)))
                     .collect();
                 out.push(new_value(event, baseline, score, reports));
             }
@@ -396,48 +395,43 @@ impl Detector {
     }
 }
 
-/// One event's value on each dimension, in [`Dimension::ALL`] order, in buffers reused from
-/// event to event so that building them allocates nothing.
+/// The dimension values an event does not hold as they stand (its API call, its network, the
+/// family of an agent not classified yet), built in buffers reused from event to event so that
+/// judging an event copies and allocates nothing.
 #[derive(Default)]
 struct DimensionValues {
-    values: [String; DIMENSIONS],
-    present: [bool; DIMENSIONS],
+    api_call: String,
+    network: String,
+    family: CompactString,
 }
 
 impl DimensionValues {
-    fn fill(&mut self, event: &Event, agents: &mut AgentFamilies) {
-        let v = &mut self.values;
-        v.iter_mut().for_each(String::clear);
-        v[0].push_str(&event.event_source);
-        v[1].push_str(&event.event_source);
-        v[1].push(':');
-        v[1].push_str(&event.event_name);
-        if let Some(source) = &event.source {
-            v[2].push_str(source);
-        }
+    /// `event`'s value on each dimension, in [`Dimension::ALL`] order.
+    fn of<'v>(&'v mut self, event: &'v Event, agents: &mut AgentFamilies) -> [Option<&'v str>; DIMENSIONS] {
+        self.api_call.clear();
+        self.api_call.push_str(&event.event_source);
+        self.api_call.push(':');
+        self.api_call.push_str(&event.event_name);
+        self.network.clear();
         if let Some(ip) = event.ip {
-            write_network_prefix(ip, &mut v[3]);
+            write_network_prefix(ip, &mut self.network);
         }
-        match (&event.agent_family, &event.user_agent) {
-            (Some(family), _) => v[4].push_str(family),
-            (None, Some(agent)) => v[4].push_str(&agents.family(agent)),
-            (None, None) => {}
-        }
-        if let Some(region) = &event.aws_region {
-            v[5].push_str(region);
-        }
-        self.present = [
-            true,
-            true,
-            event.source.is_some(),
-            event.ip.is_some(),
-            event.user_agent.is_some(),
-            event.aws_region.is_some(),
-        ];
-    }
-
-    fn get(&self, i: usize) -> Option<&str> {
-        self.present[i].then(|| self.values[i].as_str())
+        let family = match (&event.agent_family, &event.user_agent) {
+            (Some(family), _) => Some(family.as_str()),
+            (None, Some(agent)) => {
+                self.family = agents.family(agent);
+                Some(self.family.as_str())
+            }
+            (None, None) => None,
+        };
+        [
+            Some(&event.event_source),
+            Some(&self.api_call),
+            event.source.as_deref(),
+            event.ip.map(|_| self.network.as_str()),
+            family,
+            event.aws_region.as_deref(),
+        ]
     }
 }
 
