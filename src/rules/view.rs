@@ -40,18 +40,22 @@ impl Known {
     const COUNT: usize = 11;
 
     pub fn of(key: &str) -> Option<Known> {
-        Some(match key {
-            "eventTime" => Known::EventTime,
-            "eventSource" => Known::EventSource,
-            "eventName" => Known::EventName,
-            "eventType" => Known::EventType,
-            "eventID" => Known::EventId,
-            "awsRegion" => Known::AwsRegion,
-            "sourceIPAddress" => Known::SourceIpAddress,
-            "userAgent" => Known::UserAgent,
-            "errorCode" => Known::ErrorCode,
-            "recipientAccountId" => Known::RecipientAccountId,
-            "userIdentity" => Known::UserIdentity,
+        // By length first: most of a record's keys are of no length here and cost one compare.
+        Some(match key.len() {
+            7 if key == "eventID" => Known::EventId,
+            9 => match key {
+                "eventTime" => Known::EventTime,
+                "eventName" => Known::EventName,
+                "eventType" => Known::EventType,
+                "awsRegion" => Known::AwsRegion,
+                "userAgent" => Known::UserAgent,
+                "errorCode" => Known::ErrorCode,
+                _ => return None,
+            },
+            11 if key == "eventSource" => Known::EventSource,
+            12 if key == "userIdentity" => Known::UserIdentity,
+            15 if key == "sourceIPAddress" => Known::SourceIpAddress,
+            18 if key == "recipientAccountId" => Known::RecipientAccountId,
             _ => return None,
         })
     }
@@ -91,7 +95,9 @@ impl<'a> RecordView<'a> {
                         *at = u32::try_from(i + 1).unwrap_or(0);
                     }
                 }
-                None => dotted_keys |= memchr::memchr(b'.', key.as_bytes()).is_some(),
+                // Keys are short: a loop without early exit costs less than a search call each,
+                // and nested gates ask for this on every record.
+                None => dotted_keys |= key.bytes().fold(false, |dot, b| dot | (b == b'.')),
             }
         }
         RecordView {
@@ -495,6 +501,41 @@ mod tests {
             })
             .collect();
         assert_eq!(texts, [r#"{"a":1,"b":{"c":"}"}}"#, r#"{ "d" : [2] }"#]);
+    }
+
+    #[test]
+    fn known_keys_are_told_from_keys_of_the_same_length() {
+        let names = [
+            "eventTime",
+            "eventSource",
+            "eventName",
+            "eventType",
+            "eventID",
+            "awsRegion",
+            "sourceIPAddress",
+            "userAgent",
+            "errorCode",
+            "recipientAccountId",
+            "userIdentity",
+        ];
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(Known::of(name).map(|k| k as usize), Some(i), "{name}");
+            // The same length, one letter off; and a prefix.
+            let mut twin = name.to_string();
+            twin.replace_range(..1, "x");
+            assert_eq!(Known::of(&twin), None, "{twin}");
+            assert_eq!(Known::of(&name[..name.len() - 1]), None);
+        }
+        assert_eq!(Known::of("eventid"), None);
+    }
+
+    #[test]
+    fn a_dotted_top_level_key_is_found_whole() {
+        let v = RecordView::new(r#"{"a.b":1,"a":{"b":2},"eventName":"X"}"#).unwrap();
+        assert_eq!(v.top_level_text("a.b"), Some("1"));
+        let plain = RecordView::new(r#"{"a":{"b":2}}"#).unwrap();
+        assert_eq!(plain.top_level_text("a.b"), None);
+        assert_eq!(v.top_level_text("eventName"), Some(r#""X""#));
     }
 
     #[test]
