@@ -11,11 +11,21 @@ use compact_str::CompactString;
 
 /// The address a `sourceIPAddress` value names, if it names one.
 pub fn parse_source_ip(text: &str) -> Option<IpAddr> {
-    let first = text.split(',').next()?.trim();
-    if let Ok(ip) = first.parse::<IpAddr>() {
-        return Some(ip);
+    // Byte loops: the text is short, and this runs for every event.
+    let first = match text.bytes().position(|b| b == b',') {
+        Some(comma) => &text[..comma],
+        None => text,
     }
-    parse_padded_ipv4(first).map(IpAddr::V4)
+    .trim();
+    let parsed = if first.bytes().any(|b| b == b':') {
+        first.parse::<Ipv6Addr>().map(IpAddr::V6)
+    } else {
+        first.parse::<Ipv4Addr>().map(IpAddr::V4)
+    };
+    match parsed {
+        Ok(ip) => Some(ip),
+        Err(_) => parse_padded_ipv4(first).map(IpAddr::V4),
+    }
 }
 
 fn parse_padded_ipv4(text: &str) -> Option<Ipv4Addr> {
@@ -99,6 +109,15 @@ mod tests {
         assert_eq!(
             parse_source_ip("2001:db8::1"),
             Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(parse_source_ip(" 10.0.0.1 "), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            parse_source_ip("2001:db8::1 , 10.0.0.1"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(
+            parse_source_ip("::ffff:192.0.2.1"),
+            Some("::ffff:192.0.2.1".parse().unwrap())
         );
         assert_eq!(parse_source_ip("ec2.amazonaws.com"), None);
         assert_eq!(parse_source_ip("AWS Internal"), None);
