@@ -261,8 +261,7 @@ impl Inflater {
             }
             bytes
         };
-        // Checked with SIMD: a plain byte loop over every inflated byte costs as much as a tenth
-        // of indexing the records.
+        // Checked with SIMD: std's byte-wise check of every inflated byte was ~2 % of a replay.
         simdutf8::compat::from_utf8(data).map_err(|e| FileError::NotUtf8 {
             offset: e.valid_up_to(),
         })

@@ -413,7 +413,9 @@ impl Plan<'_> {
 
     fn recycle(&self, file: FileEvents) {
         if let Ok(mut spare) = self.spare[file.worker].lock() {
-            if spare.len() < 4 * self.shards.len() {
+            // As many as can be in flight: a vector dropped here would be allocated (and its
+            // pages faulted in) again for a later file.
+            if spare.len() < self.window {
                 spare.push(file.events);
             }
         }
