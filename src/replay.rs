@@ -5,12 +5,13 @@
 //!        ─► per-shard queues, by file number ─► detector shards (by principal) ─► sink
 //! ```
 //! Each worker takes the next file, decodes it, notes each event's shard and queues the file for
-//! every shard under its number; then it runs every shard it can lock, applying queued files in file
-//! order. No thread is dedicated to a shard: whichever worker holds a shard's lock advances it, so
-//! both cores stay on useful work and events are usually checked by the core that decoded them.
-//! Each shard still sees its principals' events in the same order on every run, so the anomalies
-//! raised do not depend on thread timing. Workers stay within a window of files ahead of the
-//! slowest shard, which bounds the events held in the queues.
+//! every shard under its number; then it advances its own shard, applying queued files in file
+//! order, so that a shard's baselines stay in one core's cache. No thread is bound to a shard,
+//! though: whichever worker holds a shard's lock advances it, and a worker helps another's shard
+//! when that one falls half a window behind, when it must wait, and when the files run out, so
+//! both cores stay on useful work. Each shard still sees its principals' events in the same order
+//! on every run, so the anomalies raised do not depend on thread timing. Workers stay within a
+//! window of files ahead of the slowest shard, which bounds the events held in the queues.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -537,11 +538,22 @@ fn work(
     loop {
         let seq = plan.next_file.fetch_add(1, Ordering::Relaxed);
         let Some(file) = plan.files.get(seq) else {
+            // Every file is queued or being decoded by another worker, which applies what it
+            // queues to its own shard; what is left on the others is applied here.
+            for shard in plan.shards {
+                shard.advance(plan, anomalies);
+            }
             return summary;
         };
-        // Every earlier file is taken; the slowest of them is being decoded by another worker.
+        // Every earlier file is taken: the slowest shard waits for one another worker is still
+        // decoding, or for one queued and left to the shard's own worker, applied here.
         while seq >= slowest(plan.shards) + plan.window {
-            std::thread::sleep(Duration::from_micros(200));
+            for shard in plan.shards {
+                shard.advance(plan, anomalies);
+            }
+            if seq >= slowest(plan.shards) + plan.window {
+                std::thread::sleep(Duration::from_micros(200));
+            }
         }
         bytes.clear();
         let read = std::fs::File::open(&file.path).and_then(|mut f| f.read_to_end(&mut bytes));
@@ -567,8 +579,12 @@ fn work(
             shard.queue(seq, Arc::clone(&events));
         }
         drop(events);
-        for shard in plan.shards {
-            shard.advance(plan, anomalies);
+        // A worker keeps to its own shard, whose baselines then stay in its core's cache, and
+        // helps another only when that one has fallen half a window behind.
+        for (i, shard) in plan.shards.iter().enumerate() {
+            if i == worker % shards || shard.next.load(Ordering::Acquire) + plan.window / 2 <= seq {
+                shard.advance(plan, anomalies);
+            }
         }
     }
 }
