@@ -246,7 +246,7 @@ fn main() {
         bytes as f64 / 1048576.0
     );
 
-    let (floor_one, n) = measure("floor, 1 core (inflate + parse)", runs, || floor(&files, 1));
+    let n = floor(&files, 1);
 
     // Rule evaluation alone, on records already inflated and split.
     let rules = Arc::new(RuleSet::builtin().expect("the shipped rules load"));
@@ -289,87 +289,104 @@ fn main() {
     drop(raws);
     drop(texts);
 
-    // The decoding stage of the engine alone: read, inflate, index, build events, run the rules.
-    let (decode_rate, _) = measure("decode + rules (engine's stage 1), 1 core", runs, || {
-        let mut decoder = Decoder::with_rules(DecodeLimits::default(), Some(Arc::clone(&rules)));
-        let mut n = 0;
-        for file in &files {
-            let bytes = std::fs::read(&file.path).expect("readable");
-            let decoded = decoder.decode(&file.name, &bytes);
-            n += decoded.events.len() + decoded.skipped.len();
-        }
-        n
-    });
+    // One core: the floor, the engine's decoding stage alone (read, inflate, index, build events,
+    // run the rules) and the whole replay with one worker, interleaved run by run.
+    let one_worker = Settings {
+        workers: std::num::NonZeroUsize::MIN,
+        ..Settings::default()
+    };
+    let one_core = interleaved(
+        runs,
+        n,
+        &mut [
+            &mut || floor(&files, 1),
+            &mut || {
+                let mut decoder = Decoder::with_rules(DecodeLimits::default(), Some(Arc::clone(&rules)));
+                let mut n = 0;
+                for file in &files {
+                    let bytes = std::fs::read(&file.path).expect("readable");
+                    let decoded = decoder.decode(&file.name, &bytes);
+                    n += decoded.events.len() + decoded.skipped.len();
+                }
+                n
+            },
+            &mut || {
+                let mut sink = std::io::sink();
+                let summary = replay(
+                    files.clone(),
+                    &one_worker,
+                    Some(Arc::clone(&rules)),
+                    &mut sink,
+                    &|_| {},
+                )
+                .expect("replay runs");
+                summary.records as usize
+            },
+        ],
+    );
+    let one_core_rates = one_core.report(
+        n,
+        &[
+            "floor, 1 core (inflate + parse)",
+            "decode + rules (engine's stage 1), 1 core",
+            "full replay, 1 core (workers = 1)",
+        ],
+    );
+    let floor_one = one_core_rates[0];
 
-    // The floor on every core and the two replays, interleaved run by run, so that a slow
-    // stretch of a shared machine weighs on all three alike; ratios are medians of per-run ratios.
+    // The floor on every core and the two replays, interleaved run by run in the same way.
     let settings = Settings::default();
     let replay_files = |rules: Option<Arc<RuleSet>>| {
         let mut sink = std::io::sink();
         let summary = replay(files.clone(), &settings, rules, &mut sink, &|_| {}).expect("replay runs");
         summary.records as usize
     };
-    let mut rounds: Vec<[Duration; 3]> = Vec::new();
-    // CPU time of the same runs, every thread's: unlike wall time, it does not count the moments
-    // a busy neighbour holds a core, so it varies less from run to run on a shared machine.
-    let mut cpu_rounds: Vec<[Duration; 3]> = Vec::new();
-    for _ in 0..runs {
-        let mut cpu = [Duration::ZERO; 3];
-        let mut time = |i: usize, f: &mut dyn FnMut() -> usize| {
-            let (start, cpu_start) = (Instant::now(), process_cpu());
-            assert_eq!(f(), n, "every measurement reads every record");
-            cpu[i] = process_cpu().saturating_sub(cpu_start);
-            start.elapsed()
-        };
-        rounds.push([
-            time(0, &mut || floor(&files, threads)),
-            time(1, &mut || replay_files(Some(Arc::clone(&rules)))),
-            time(2, &mut || replay_files(None)),
-        ]);
-        cpu_rounds.push(cpu);
-    }
-    let labels = [
-        format!("floor, {threads} cores"),
-        format!("full replay, {threads} cores"),
-        format!("replay without rules, {threads} cores"),
-    ];
-    let mut rates = [0.0; 3];
-    for (i, label) in labels.iter().enumerate() {
-        let m = median(rounds.iter().map(|r| r[i]).collect());
-        rates[i] = n as f64 / m.as_secs_f64();
-        println!(
-            "{label:<34} {:>12.0} records/s   (median {:.3}s of {runs}, interleaved)",
-            rates[i],
-            m.as_secs_f64()
-        );
-    }
-    let [floor_all, full, baselines_only] = rates;
-    // Median, lowest and highest of the per-run ratios of the floor's time to replay `i`'s.
-    let ratio = |i: usize| {
-        let mut per_run: Vec<f64> = rounds
-            .iter()
-            .map(|r| r[0].as_secs_f64() / r[i].as_secs_f64())
-            .collect();
-        per_run.sort_by(f64::total_cmp);
-        (per_run[per_run.len() / 2], per_run[0], per_run[per_run.len() - 1])
-    };
+    let all_cores = interleaved(
+        runs,
+        n,
+        &mut [
+            &mut || floor(&files, threads),
+            &mut || replay_files(Some(Arc::clone(&rules))),
+            &mut || replay_files(None),
+        ],
+    );
+    let floor_all = all_cores.report(
+        n,
+        &[
+            &format!("floor, {threads} cores"),
+            &format!("full replay, {threads} cores"),
+            &format!("replay without rules, {threads} cores"),
+        ],
+    )[0];
+
     println!();
     println!("records per run: {n}");
-    for (i, name, rate) in [(1, "full", full), (2, "replay without rules", baselines_only)] {
-        let (median, low, high) = ratio(i);
-        println!(
-            "{name} / floor ({threads} cores): {median:.2} (median of per-run ratios, {low:.2} to {high:.2}; of medians {:.2})",
-            rate / floor_all
-        );
+    for (rounds, cores) in [(&one_core, 1), (&all_cores, threads)] {
+        let names: &[(usize, &str)] = if cores == 1 {
+            &[(1, "decode + rules"), (2, "full")]
+        } else {
+            &[(1, "full"), (2, "replay without rules")]
+        };
+        for &(i, name) in names {
+            let (median, low, high) = rounds.ratio(i);
+            println!(
+                "{name} / floor ({cores} core{}): {median:.2} (median of per-run ratios, {low:.2} to {high:.2})",
+                if cores == 1 { "" } else { "s" }
+            );
+        }
     }
-    let cpu_per_million =
-        |i: usize| median(cpu_rounds.iter().map(|r| r[i]).collect()).as_secs_f64() * 1e6 / n as f64;
-    let (floor_cpu, full_cpu, no_rules_cpu) = (cpu_per_million(0), cpu_per_million(1), cpu_per_million(2));
+    let cpu = |i: usize| all_cores.cpu_per_million(i, n);
+    let (floor_cpu, full_cpu, no_rules_cpu) = (cpu(0), cpu(1), cpu(2));
     println!(
-        "CPU-seconds per million records: floor {floor_cpu:.2}, full {full_cpu:.2}, without rules {no_rules_cpu:.2}; \
-         floor / full {:.2}, floor / without rules {:.2}",
+        "CPU-seconds per million records, {threads} cores: floor {floor_cpu:.2}, full {full_cpu:.2}, \
+         without rules {no_rules_cpu:.2}; floor / full {:.2}, floor / without rules {:.2}",
         floor_cpu / full_cpu,
         floor_cpu / no_rules_cpu
+    );
+    println!(
+        "CPU-seconds per million records, 1 core: floor {:.2}, full {:.2}",
+        one_core.cpu_per_million(0, n),
+        one_core.cpu_per_million(2, n)
     );
     println!(
         "floor scaling, {threads} cores / 1 core: {:.2}",
@@ -379,5 +396,70 @@ fn main() {
         "rule evaluation alone / floor (1 core): {:.2}",
         rules_rate / floor_one
     );
-    println!("decode + rules / floor (1 core): {:.2}", decode_rate / floor_one);
+}
+
+/// Wall and CPU times of measurements run in turn, round after round.
+struct Rounds {
+    /// Per round, each measurement's (wall, CPU) time.
+    times: Vec<Vec<(Duration, Duration)>>,
+}
+
+/// Runs every job once per round, for `runs` rounds, so that a slow stretch of a shared machine
+/// weighs on all of them alike. Every job must read all `n` records.
+fn interleaved(runs: usize, n: usize, jobs: &mut [&mut dyn FnMut() -> usize]) -> Rounds {
+    let times = (0..runs)
+        .map(|_| {
+            jobs.iter_mut()
+                .map(|job| {
+                    let (start, cpu_start) = (Instant::now(), process_cpu());
+                    assert_eq!(job(), n, "every measurement reads every record");
+                    // CPU time of every thread: unlike wall time, it does not count the moments
+                    // a busy neighbour holds a core.
+                    (start.elapsed(), process_cpu().saturating_sub(cpu_start))
+                })
+                .collect()
+        })
+        .collect();
+    Rounds { times }
+}
+
+impl Rounds {
+    fn wall(&self, i: usize) -> Vec<Duration> {
+        self.times.iter().map(|round| round[i].0).collect()
+    }
+
+    /// Prints each measurement's median rate under its label; returns the rates.
+    fn report(&self, n: usize, labels: &[&str]) -> Vec<f64> {
+        let runs = self.times.len();
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, label)| {
+                let m = median(self.wall(i));
+                let rate = n as f64 / m.as_secs_f64();
+                println!(
+                    "{label:<42} {rate:>10.0} records/s   (median {:.3}s of {runs}, interleaved)",
+                    m.as_secs_f64()
+                );
+                rate
+            })
+            .collect()
+    }
+
+    /// Median, lowest and highest of the per-round ratios of measurement 0's time to `i`'s.
+    fn ratio(&self, i: usize) -> (f64, f64, f64) {
+        let mut per_run: Vec<f64> = self
+            .times
+            .iter()
+            .map(|round| round[0].0.as_secs_f64() / round[i].0.as_secs_f64())
+            .collect();
+        per_run.sort_by(f64::total_cmp);
+        (per_run[per_run.len() / 2], per_run[0], per_run[per_run.len() - 1])
+    }
+
+    /// Median CPU-seconds per million records of measurement `i`.
+    fn cpu_per_million(&self, i: usize, n: usize) -> f64 {
+        let cpu = self.times.iter().map(|round| round[i].1).collect();
+        median(cpu).as_secs_f64() * 1e6 / n as f64
+    }
 }
