@@ -385,6 +385,37 @@ mod tests {
         }
 
         #[test]
+        fn below_the_cap_answers_match_a_plain_map(
+            uses in proptest::collection::vec((0u32..12, 0i64..200), 1..400),
+        ) {
+            // The set's order changes as values are used; its answers must not.
+            let window = 50;
+            let mut set = ValueSet::default();
+            let mut model: std::collections::HashMap<String, (i64, i64)> = Default::default();
+            for (v, t) in uses {
+                let value = format!("value-{v}");
+                let expected = match model.get_mut(&value) {
+                    Some((first, last)) if t - *last <= window => {
+                        let answer = Seen::Known { first_seen: *first };
+                        *first = (*first).min(t);
+                        *last = (*last).max(t);
+                        answer
+                    }
+                    Some((first, last)) => {
+                        *first = t;
+                        *last = (*last).max(t);
+                        Seen::Novel
+                    }
+                    None => {
+                        model.insert(value.clone(), (t, t));
+                        Seen::Novel
+                    }
+                };
+                prop_assert_eq!(set.observe(&value, t, window, 64), expected);
+            }
+        }
+
+        #[test]
         fn a_value_just_observed_is_known(
             values in proptest::collection::vec(0u32..50, 1..500),
         ) {
