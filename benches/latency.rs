@@ -36,6 +36,7 @@ fn record(id: &str) -> serde_json::Value {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    trailwatch::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
         args.iter()

@@ -27,7 +27,7 @@ use trailwatch::record::RawRecord;
 use trailwatch::replay::{list_inputs, replay, InputFile};
 use trailwatch::rules::{GateMemo, RecordView, RuleSet};
 
-/// The allocator the `trailwatch` binary runs with, so figures match it.
+/// The allocator the `trailwatch` binary runs with, tuned as it is, so figures match it.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -179,6 +179,7 @@ fn memory_per_principal(principals: usize) -> (f64, u64) {
 }
 
 fn main() {
+    trailwatch::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
         args.iter()

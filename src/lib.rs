@@ -26,8 +26,10 @@
 //! - [`labels`]: scoring anomalies against a generated trail's labels.
 //! - [`metrics`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`, latency percentiles.
 //! - [`config`]: the TOML configuration, validated into typed settings.
+//! - [`allocator`]: settings for the allocator the binary runs with.
 
 pub mod alert;
+pub mod allocator;
 pub mod anomaly;
 pub mod baseline;
 pub mod config;

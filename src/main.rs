@@ -17,7 +17,8 @@ use trailwatch::replay::{list_inputs, replay, Summary};
 use trailwatch::rules::RuleSet;
 
 /// Events are built on decode threads and freed on shard threads; mimalloc's per-thread heaps
-/// take those cross-thread frees without the lock contention of the system allocator.
+/// take those cross-thread frees without the lock contention of the system allocator. Tuned at
+/// start-up by [`trailwatch::allocator::keep_freed_memory`].
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -150,6 +151,7 @@ impl TrailArgs {
 }
 
 fn main() -> ExitCode {
+    trailwatch::allocator::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
