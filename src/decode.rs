@@ -335,10 +335,14 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
         let identity = RawRecord::identity_of(&view);
         principal::derive(identity.as_ref().map(|u| &u.0), recipient)
     };
-    let principal = match view.top_level_text("userIdentity") {
+    let (principal, identity_key) = match view.top_level_text("userIdentity") {
         Some(identity) => ctx.principals.borrow_mut().get(identity, recipient, derive),
-        None => Arc::new(derive()),
+        None => (Arc::new(derive()), None),
     };
+    let mut view = view;
+    if let Some(key) = identity_key {
+        view.set_identity_key(key);
+    }
     // User agents are classified here, while the text is in cache, and once per distinct agent,
     // whose text the events share.
     let agents = &mut ctx.agents.borrow_mut();

@@ -54,7 +54,18 @@ pub struct Principal {
 /// holds `PRINCIPALS_REMEMBERED` identities.
 #[derive(Default)]
 pub struct PrincipalCache {
-    by_identity: FxHashMap<Box<str>, ByRecipient>,
+    /// Each remembered text's [`IdentityKey`] and its principals.
+    by_identity: FxHashMap<Box<str>, (IdentityKey, ByRecipient)>,
+}
+
+/// A number standing for one exact `userIdentity` text: two records given the same key have the
+/// same text. Unique within the process (never reused, also after a cache is cleared), so that
+/// memories keyed by it (the rules' gate verdicts) need not store and compare the text again.
+pub type IdentityKey = u64;
+
+fn next_identity_key() -> IdentityKey {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The principals of one identity text, by the recipient account of the records it came in.
@@ -68,32 +79,34 @@ const LONGEST_IDENTITY_REMEMBERED: usize = 4096;
 
 impl PrincipalCache {
     /// The principal of a record whose `userIdentity` is `identity` (its JSON text), derived by
-    /// `derive` unless known.
+    /// `derive` unless known, and the text's key when it is remembered.
     pub fn get(
         &mut self,
         identity: &str,
         recipient_account: Option<&str>,
         derive: impl FnOnce() -> Principal,
-    ) -> Arc<Principal> {
-        if let Some(known) = self.by_identity.get(identity).and_then(|for_identity| {
-            for_identity
+    ) -> (Arc<Principal>, Option<IdentityKey>) {
+        if let Some((key, for_identity)) = self.by_identity.get(identity) {
+            if let Some((_, known)) = for_identity
                 .iter()
                 .find(|(recipient, _)| recipient.as_deref() == recipient_account)
-        }) {
-            return Arc::clone(&known.1);
+            {
+                return (Arc::clone(known), Some(*key));
+            }
         }
         if identity.len() > LONGEST_IDENTITY_REMEMBERED {
-            return Arc::new(derive());
+            return (Arc::new(derive()), None);
         }
         if self.by_identity.len() >= PRINCIPALS_REMEMBERED {
             self.by_identity.clear();
         }
         let principal = Arc::new(derive());
-        self.by_identity
+        let (key, for_identity) = self
+            .by_identity
             .entry(identity.into())
-            .or_default()
-            .push((recipient_account.map(Into::into), Arc::clone(&principal)));
-        principal
+            .or_insert_with(|| (next_identity_key(), Vec::new()));
+        for_identity.push((recipient_account.map(Into::into), Arc::clone(&principal)));
+        (principal, Some(*key))
     }
 }
 
@@ -262,13 +275,19 @@ mod tests {
     fn the_cache_reuses_a_principal_only_for_the_same_identity_and_recipient() {
         let mut cache = PrincipalCache::default();
         let derived = std::cell::Cell::new(0);
+        let mut keys = std::collections::HashMap::new();
         let mut get = |identity: &str, recipient: Option<&str>| {
-            cache.get(identity, recipient, || {
+            let (principal, key) = cache.get(identity, recipient, || {
                 derived.set(derived.get() + 1);
                 let json = format!(r#"{{"userIdentity":{identity}}}"#);
                 let r: RawRecord = serde_json::from_str(&json).unwrap();
                 derive(r.user_identity.as_ref().map(|u| &u.0), recipient)
-            })
+            });
+            // A key stands for one text only, across recipients and cache clearings.
+            if let Some(key) = key {
+                assert_eq!(*keys.entry(key).or_insert_with(|| identity.to_owned()), identity);
+            }
+            principal
         };
         let no_account = r#"{"type":"AWSService","invokedBy":"a.amazonaws.com"}"#;
         let user = r#"{"type":"IAMUser","userName":"alice"}"#;

@@ -387,17 +387,38 @@ fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
     // The memo is kept across records, as a decoder keeps it: verdicts remembered from one
     // record must hold for every later record with the same text.
     let mut memo = GateMemo::default();
+    // And as a decoder keeps it with the keys its principal cache gives identity texts.
+    let mut identities = trailwatch::principal::PrincipalCache::default();
+    let mut keyed_memo = GateMemo::default();
     for record in &records {
-        let Some(view) = RecordView::new(record) else {
+        let (Some(view), Some(mut keyed_view)) = (RecordView::new(record), RecordView::new(record)) else {
             continue;
         };
-        let (mut gated, mut remembered, mut full) = (Vec::new(), Vec::new(), Vec::new());
+        if let Some(identity) = keyed_view.top_level_text("userIdentity") {
+            let (_, key) = identities.get(identity, None, || trailwatch::principal::Principal {
+                key: "k".into(),
+                kind: "t".into(),
+                account_id: None,
+                arn: None,
+                session: None,
+            });
+            if let Some(key) = key {
+                keyed_view.set_identity_key(key);
+            }
+        }
+        let (mut gated, mut remembered, mut keyed, mut full) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         rules.evaluate(&view, &mut gated);
         rules.evaluate_with(&view, &mut memo, &mut remembered);
+        rules.evaluate_with(&keyed_view, &mut keyed_memo, &mut keyed);
         rules.evaluate_ungated(&view, &mut full);
         full.sort_unstable();
         assert_eq!(gated, full, "record {record}");
         assert_eq!(remembered, full, "record {record}, verdicts remembered");
+        assert_eq!(
+            keyed, full,
+            "record {record}, verdicts remembered by identity key"
+        );
         matched_records += usize::from(!gated.is_empty());
         rules_seen.extend(gated);
     }

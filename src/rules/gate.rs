@@ -270,6 +270,8 @@ struct GateField {
     presence_only: bool,
     /// For a nested field, the top-level key it is under.
     root: Option<String>,
+    /// Whether that key is `userIdentity`, whose text a decoder may know by a key.
+    under_identity: bool,
 }
 
 impl GateIndex {
@@ -323,6 +325,7 @@ impl GateIndex {
                 continue;
             };
             gate.root = Some(root.to_owned());
+            gate.under_identity = root == "userIdentity";
             if gate.present.is_empty() {
                 let literals = gate
                     .values
@@ -387,24 +390,15 @@ impl GateIndex {
                 None => (literal, true),
             };
             let Some(text) = text else { continue };
-            let remembered = memo
-                .as_mut()
-                .filter(|_| rememberable && text.len() <= LONGEST_REMEMBERED)
-                .map(|m| &mut m[i]);
             let mut judge = || gate.verdict(event, scratch.get_or_insert_with(Scratch::default));
-            match remembered {
-                None => mark(&judge()),
-                Some(remembered) => match remembered.get(text) {
-                    Some(rules) => mark(rules),
-                    None => {
-                        let rules = judge();
-                        mark(&rules);
-                        if remembered.len() >= VERDICTS_REMEMBERED {
-                            remembered.clear();
-                        }
-                        remembered.insert(text.into(), rules.into_boxed_slice());
-                    }
-                },
+            // Under `userIdentity`, whose text the decoder knows by a key, by the key.
+            let identity_key = event.identity_key().filter(|_| gate.under_identity);
+            match (memo.as_mut().filter(|_| rememberable), identity_key) {
+                (Some(m), Some(key)) => recall(&mut m[i].by_identity, &key, || key, judge, &mut mark),
+                (Some(m), None) if text.len() <= LONGEST_REMEMBERED => {
+                    recall(&mut m[i].by_text, text, || text.into(), judge, &mut mark)
+                }
+                _ => mark(&judge()),
             }
         }
         for (w, &bits) in mask.iter().enumerate() {
@@ -476,17 +470,50 @@ const LONGEST_REMEMBERED: usize = 4096;
 pub struct GateMemo {
     /// The index served: a memo used with another index starts afresh.
     index: u64,
-    by_gate: Vec<FxHashMap<Box<str>, Box<[usize]>>>,
+    by_gate: Vec<Verdicts>,
+}
+
+/// One gate's remembered verdicts, by the text they were reached from, or for a gate under
+/// `userIdentity` by the key standing for that text.
+#[derive(Debug, Default)]
+struct Verdicts {
+    by_text: FxHashMap<Box<str>, Box<[usize]>>,
+    by_identity: FxHashMap<crate::principal::IdentityKey, Box<[usize]>>,
 }
 
 impl GateMemo {
     /// The tables for `index`'s gates, in order.
-    fn serve(&mut self, index: &GateIndex) -> &mut [FxHashMap<Box<str>, Box<[usize]>>] {
+    fn serve(&mut self, index: &GateIndex) -> &mut [Verdicts] {
         if self.index != index.id {
             self.index = index.id;
-            self.by_gate = index.fields.iter().map(|_| FxHashMap::default()).collect();
+            self.by_gate = index.fields.iter().map(|_| Verdicts::default()).collect();
         }
         &mut self.by_gate
+    }
+}
+
+/// Marks the verdict remembered in `table` under `key`, or `judge`'s, then remembering it (the
+/// table is emptied when full).
+fn recall<K, Q>(
+    table: &mut FxHashMap<K, Box<[usize]>>,
+    key: &Q,
+    owned: impl FnOnce() -> K,
+    judge: impl FnOnce() -> Vec<usize>,
+    mark: &mut impl FnMut(&[usize]),
+) where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    match table.get(key) {
+        Some(rules) => mark(rules),
+        None => {
+            let rules = judge();
+            mark(&rules);
+            if table.len() >= VERDICTS_REMEMBERED {
+                table.clear();
+            }
+            table.insert(owned(), rules.into_boxed_slice());
+        }
     }
 }
 

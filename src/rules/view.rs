@@ -74,6 +74,9 @@ pub struct RecordView<'a> {
     escapes: bool,
     /// `userIdentity`'s entries, parsed on first use: the principal and many rules read it.
     identity: OnceCell<Option<Entries<'a>>>,
+    /// A key standing for the exact text of `userIdentity`, when the decoder has one (see
+    /// [`crate::principal::IdentityKey`]).
+    identity_key: Option<crate::principal::IdentityKey>,
 }
 
 impl<'a> RecordView<'a> {
@@ -107,7 +110,18 @@ impl<'a> RecordView<'a> {
             dotted_keys,
             escapes: memchr::memchr(b'\\', raw.as_bytes()).is_some(),
             identity: OnceCell::new(),
+            identity_key: None,
         }
+    }
+
+    /// Notes the key of this record's `userIdentity` text: gate verdicts that depend on that text
+    /// are then remembered by the key, and the text is neither hashed nor compared again.
+    pub fn set_identity_key(&mut self, key: crate::principal::IdentityKey) {
+        self.identity_key = Some(key);
+    }
+
+    pub fn identity_key(&self) -> Option<crate::principal::IdentityKey> {
+        self.identity_key
     }
 
     pub fn raw(&self) -> &'a str {
