@@ -312,6 +312,23 @@ detection:
     sourceIPAddress|cidr: 10.0.0.0/8
   condition: sel
 ---
+title: Nested Scalars Beyond The Gate
+logsource: {product: aws, service: cloudtrail}
+detection:
+  sel:
+    eventName: [GetParameter, GetParameters]
+    requestParameters.withDecryption: true
+    requestParameters.maxResults: 50
+  condition: sel
+---
+title: Nested Literal Beyond The Gate
+logsource: {product: aws, service: cloudtrail}
+detection:
+  sel:
+    eventName: GetObject
+    requestParameters.bucketName: Secret-Bucket
+  condition: sel
+---
 title: Case Of Values
 logsource: {product: aws, service: cloudtrail}
 detection:
@@ -355,6 +372,23 @@ fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
             r#"{"eventSource":"s3.amazonaws.com","eventName":"GetObject","userIdentity.type":"Root"}"#,
             r#"{"eventSource":"s3.amazonaws.com","eventName":"GetObject","userIdentity":"Root"}"#,
             r#"{"eventSource":"s3.amazonaws.com","eventName":"GetObject","userIdentity":{"type":"ROOT"},"userAgent":"KALI"}"#,
+            // Nested requirements beyond a gate, searched for in the parent's text first.
+            r#"{"eventName":"GetParameter","requestParameters":{"withDecryption":true,"maxResults":50}}"#,
+            r#"{"eventName":"GetParameter","requestParameters":{"withDecryption":false,"maxResults":50}}"#,
+            r#"{"eventName":"GetParameter","requestParameters":{"withDecryption":"true","maxResults":"50"}}"#,
+            r#"{"eventName":"GetParameter","requestParameters":{"withDecryption":"YES","maxResults":50}}"#,
+            r#"{"eventName":"GetParameter","requestParameters":{"withDecryption":"1","maxResults":50}}"#,
+            r#"{"eventName":"GetParameter","requestParameters":{"withDecryption":1,"maxResults":50}}"#,
+            r#"{"eventName":"GetParameter","requestParameters":{"withDecryption":[false,true],"maxResults":50}}"#,
+            r#"{"eventName":"GetParameter","requestParameters":{"withDecryption":"no","maxResults":50,"note":"true"}}"#,
+            r#"{"eventName":"GetParameter","requestParameters":{"with\u0044ecryption":true,"maxResults":50}}"#,
+            r#"{"eventName":"GetParameter","requestParameters.withDecryption":true,"requestParameters":{"maxResults":50}}"#,
+            r#"{"eventName":"GetParameters","requestParameters":{"items":[{"withDecryption":true}],"maxResults":50}}"#,
+            r#"{"eventName":"GetParameter","requestParameters":{"maxResults":50}}"#,
+            r#"{"eventName":"GetObject","requestParameters":{"bucketName":"SECRET-BUCKET"}}"#,
+            r#"{"eventName":"GetObject","requestParameters":{"bucketName":"secret\u002dbucket"}}"#,
+            r#"{"eventName":"GetObject","requestParameters":{"bucketName":"other"}}"#,
+            r#"{"eventName":"GetObject","requestParameters":null}"#,
         ]
         .map(String::from),
     );

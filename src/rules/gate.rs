@@ -39,13 +39,16 @@ use rsigma_parser::{
 pub(crate) enum Requirement {
     /// Only that it is present.
     Present,
+    /// That it is present and reads as true to the evaluator: `true`, or a string `true`, `1` or
+    /// `yes` in any case (or an array holding one).
+    TrueLike,
     /// That it equals one of these.
     OneOf(BTreeSet<String>),
     /// That it contains one of these.
     ContainsAny(BTreeSet<String>),
 }
 
-use Requirement::{ContainsAny, OneOf, Present};
+use Requirement::{ContainsAny, OneOf, Present, TrueLike};
 
 /// Requirements that must all hold, by field.
 type Requirements = BTreeMap<String, Requirement>;
@@ -61,6 +64,7 @@ fn require(reqs: &mut Requirements, field: &str, req: Requirement) {
         (OneOf(a), OneOf(b)) => OneOf(a.intersection(&b).cloned().collect()),
         (kept @ OneOf(_), _) | (_, kept @ OneOf(_)) => kept,
         (kept @ ContainsAny(_), _) | (_, kept @ ContainsAny(_)) => kept,
+        (TrueLike, _) | (_, TrueLike) => TrueLike,
         (Present, Present) => Present,
     };
 }
@@ -70,6 +74,7 @@ fn unite(a: Requirement, b: &Requirement) -> Requirement {
     match (a, b) {
         (OneOf(a), OneOf(b)) => OneOf(a.union(b).cloned().collect()),
         (OneOf(a) | ContainsAny(a), OneOf(b) | ContainsAny(b)) => ContainsAny(a.union(b).cloned().collect()),
+        (TrueLike, TrueLike) => TrueLike,
         _ => Present,
     }
 }
@@ -105,7 +110,18 @@ fn item_requirement(item: &DetectionItem) -> Option<(&str, Requirement)> {
     };
     let modifiers = item.field.modifiers.as_slice();
     if modifiers.is_empty() {
-        return literals().map(|v| (field, OneOf(v)));
+        // Equal to `true`, or to a number: no literal to look for, but an absent field equals
+        // neither.
+        let all = |f: fn(&SigmaValue) -> bool| !item.values.is_empty() && item.values.iter().all(f);
+        let true_like = all(|v| matches!(v, SigmaValue::Bool(true)));
+        let numeric = all(|v| matches!(v, SigmaValue::Integer(_) | SigmaValue::Float(_)));
+        return literals().map(|v| (field, OneOf(v))).or_else(|| {
+            if true_like {
+                Some((field, TrueLike))
+            } else {
+                numeric.then_some((field, Present))
+            }
+        });
     }
     // `contains` (of every needle with `all`, in any case with `cased`): one of them at least.
     let contains = modifiers.contains(&Modifier::Contains)
@@ -211,32 +227,109 @@ fn condition_requirements(expr: &ConditionExpr, detections: &Detections) -> Requ
     }
 }
 
-/// The gate of one rule: the single most selective requirement, or `None`.
-pub(crate) fn gate_of(rule: &SigmaRule) -> Option<(String, Requirement)> {
-    let reqs = either(
+/// Everything every match of `rule` requires, by field.
+fn requirements(rule: &SigmaRule) -> Requirements {
+    either(
         rule.detection
             .conditions
             .iter()
             .map(|c| condition_requirements(c, &rule.detection))
             .collect(),
-    );
-    // Calls are the most selective and the cheapest to read; then services; then any other
-    // top-level field; nested fields cost a parse of their parent per record.
-    let rank = |(field, req): &(String, Requirement)| {
-        let by_field = match field.as_str() {
-            "eventName" => 0,
-            "eventSource" => 1,
-            f if !f.contains('.') => 2,
-            _ => 10,
-        };
-        by_field
-            + match req {
-                OneOf(_) => 0,
-                ContainsAny(_) => 3,
-                Present => 4,
-            }
+    )
+}
+
+/// Calls are the most selective and the cheapest to read; then services; then any other
+/// top-level field; nested fields cost a parse of their parent per record.
+fn rank((field, req): &(String, Requirement)) -> u32 {
+    let by_field = match field.as_str() {
+        "eventName" => 0,
+        "eventSource" => 1,
+        f if !f.contains('.') => 2,
+        _ => 10,
     };
-    reqs.into_iter().min_by_key(rank)
+    by_field
+        + match req {
+            OneOf(_) => 0,
+            ContainsAny(_) => 3,
+            Present | TrueLike => 4,
+        }
+}
+
+/// The gate of one rule: the single most selective requirement, or `None`.
+pub(crate) fn gate_of(rule: &SigmaRule) -> Option<(String, Requirement)> {
+    requirements(rule).into_iter().min_by_key(rank)
+}
+
+/// What a candidate rule further requires of nested fields, beyond its gate: for each, the
+/// top-level key the field is under and texts of which the key's JSON (without escapes,
+/// lower-cased) must contain one: the field's literals, or for a field that need only be
+/// present, the last key of its path. Checked before the evaluator parses the parent.
+fn prechecks_of(rule: &SigmaRule) -> Vec<Precheck> {
+    let mut reqs: Vec<(String, Requirement)> = requirements(rule).into_iter().collect();
+    let Some(gate) = reqs
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, r)| rank(r))
+        .map(|(i, _)| i)
+    else {
+        return Vec::new();
+    };
+    reqs.remove(gate);
+    let mut prechecks = Vec::new();
+    for (field, req) in reqs {
+        let Some((root, rest)) = field.split_once('.') else {
+            continue;
+        };
+        let key = || vec![rest.rsplit('.').next().unwrap_or(rest).to_ascii_lowercase()];
+        let mut check = |texts: Vec<String>| {
+            prechecks.push(Precheck {
+                field: field.clone(),
+                root: root.to_owned(),
+                texts: texts
+                    .iter()
+                    .map(|t| Finder::new(t.as_bytes()).into_owned())
+                    .collect(),
+            })
+        };
+        match req {
+            OneOf(texts) | ContainsAny(texts) => check(texts.into_iter().collect()),
+            Present => check(key()),
+            TrueLike => {
+                check(key());
+                // The JSON of what the evaluator reads as true, lower-cased.
+                check(["true", "\"1\"", "\"yes\""].map(String::from).to_vec());
+            }
+        }
+    }
+    prechecks
+}
+
+/// One of [`prechecks_of`].
+#[derive(Debug)]
+struct Precheck {
+    /// The nested field.
+    field: String,
+    /// The top-level key it is under.
+    root: String,
+    texts: Vec<Finder<'static>>,
+}
+
+impl Precheck {
+    /// False when `event` cannot satisfy the requirement this stands for.
+    fn passes(&self, event: &RecordView<'_>, parent: &mut Folded) -> bool {
+        // (A path that is itself a top-level key, dots and all, is read as such.)
+        if event.top_level_text(&self.field).is_some() {
+            return true;
+        }
+        let Some(text) = event.top_level_text(&self.root) else {
+            return false;
+        };
+        if memchr::memchr(b'\\', text.as_bytes()).is_some() {
+            return true;
+        }
+        let text = parent.of(text).as_bytes();
+        self.texts.iter().any(|t| t.find(text).is_some())
+    }
 }
 
 /// Rules that a record can match, by a few gate fields.
@@ -248,6 +341,8 @@ pub struct GateIndex {
     /// Rules with no gate.
     always: Vec<usize>,
     fields: Vec<GateField>,
+    /// Per rule, what it requires of nested fields beyond its gate (mostly nothing).
+    prechecks: Vec<Vec<Precheck>>,
 }
 
 #[derive(Debug, Default)]
@@ -285,6 +380,7 @@ impl GateIndex {
         let mut fields: BTreeMap<String, GateField> = BTreeMap::new();
         for (i, rule) in rules.into_iter().enumerate() {
             index.rules = i + 1;
+            index.prechecks.push(prechecks_of(rule));
             let Some((field, req)) = gate_of(rule) else {
                 index.always.push(i);
                 continue;
@@ -294,7 +390,7 @@ impl GateIndex {
                 ..GateField::default()
             });
             match req {
-                Present => entry.present.push(i),
+                Present | TrueLike => entry.present.push(i),
                 OneOf(values) => {
                     entry.valued.push(i);
                     for value in values {
@@ -404,8 +500,15 @@ impl GateIndex {
         for (w, &bits) in mask.iter().enumerate() {
             let mut bits = bits;
             while bits != 0 {
-                visit(w * 64 + bits.trailing_zeros() as usize);
+                let rule = w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
+                let prechecks = &self.prechecks[rule];
+                if prechecks.is_empty() || {
+                    let parent = &mut scratch.get_or_insert_with(Scratch::default).parent;
+                    prechecks.iter().all(|p| p.passes(event, parent))
+                } {
+                    visit(rule);
+                }
             }
         }
     }
@@ -575,6 +678,67 @@ mod tests {
 
     fn one_of(field: &str, values: &[&str]) -> Option<(String, Requirement)> {
         Some((field.into(), OneOf(set(values))))
+    }
+
+    #[test]
+    fn nested_requirements_beyond_the_gate_are_checked_on_the_parent_text_first() {
+        let yaml = "detection:\n  sel:\n    eventName: GetParameter\n    requestParameters.withDecryption: true\n    requestParameters.name: /Prod/Db\n  condition: sel\n";
+        let index = GateIndex::new([&rule(yaml)]);
+        let candidates = |record: &str| {
+            let view = RecordView::new(record).unwrap();
+            let mut out = Vec::new();
+            index.candidates(&view, None, |r| out.push(r));
+            out
+        };
+        let call = r#"{"eventName":"GetParameter","requestParameters":"#;
+        assert_eq!(
+            candidates(&format!(r#"{call}{{"withDecryption":true,"name":"/prod/db"}}}}"#)),
+            [0]
+        );
+        // Neither the key nor the literal in the parent's text: not handed to the evaluator.
+        assert!(candidates(&format!(r#"{call}{{"name":"/prod/db"}}}}"#)).is_empty());
+        assert!(candidates(&format!(
+            r#"{call}{{"withDecryption":false,"name":"/prod/db"}}}}"#
+        ))
+        .is_empty());
+        for true_like in ["true", r#""True""#, r#""1""#, r#""YES""#, "[false,true]"] {
+            assert_eq!(
+                candidates(&format!(
+                    r#"{call}{{"withDecryption":{true_like},"name":"/prod/db"}}}}"#
+                )),
+                [0],
+                "{true_like}"
+            );
+        }
+        assert!(candidates(&format!(r#"{call}{{"withDecryption":true,"name":"/dev/db"}}}}"#)).is_empty());
+        assert!(candidates(r#"{"eventName":"GetParameter"}"#).is_empty());
+        // An escape, or the dotted path as a top-level key: left to the evaluator.
+        assert_eq!(
+            candidates(&format!(
+                r#"{call}{{"with\u0044ecryption":true,"name":"/prod/db"}}}}"#
+            )),
+            [0]
+        );
+        assert_eq!(
+            candidates(&format!(
+                r#"{call}{{"name":"/prod/db"}},"requestParameters.withDecryption":true}}"#
+            )),
+            [0]
+        );
+        // `true` is met by a value that reads as true; a number requires the field; `false` and
+        // `null` do not.
+        assert_eq!(
+            gate("detection:\n  s:\n    requestParameters.withDecryption: true\n  condition: s\n"),
+            Some(("requestParameters.withDecryption".into(), TrueLike))
+        );
+        assert_eq!(
+            gate("detection:\n  s:\n    requestParameters.maxResults: 50\n  condition: s\n"),
+            Some(("requestParameters.maxResults".into(), Present))
+        );
+        assert_eq!(
+            gate("detection:\n  s:\n    requestParameters.force: false\n  condition: s\n"),
+            None
+        );
     }
 
     #[test]
