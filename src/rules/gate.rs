@@ -14,6 +14,11 @@
 //!   require only what every alternative requires on the same field (values united);
 //! - `not a`, keyword searches and everything else require nothing.
 //!
+//! A candidate's other requirements on nested fields are then looked for in the JSON text of the
+//! top-level key they are under (when it has no escape), so that a record lacking them is not
+//! parsed further for the evaluator: a literal, the last key of a path that must be present, and
+//! for `field: true`, what the evaluator reads as true.
+//!
 //! A rule with no gate is evaluated on every record. The index over-approximates: it may name a
 //! rule that then does not match, never omit one that would (the values compare ASCII
 //! case-insensitively, as Sigma's plain strings do, and a field that is not a plain string lets
