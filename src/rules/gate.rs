@@ -245,8 +245,8 @@ fn requirements(rule: &SigmaRule) -> Requirements {
 
 /// Calls are the most selective and the cheapest to read; then services; then any other
 /// top-level field; nested fields cost a parse of their parent per record.
-fn rank((field, req): &(String, Requirement)) -> u32 {
-    let by_field = match field.as_str() {
+fn rank(field: &str, req: &Requirement) -> u32 {
+    let by_field = match field {
         "eventName" => 0,
         "eventSource" => 1,
         f if !f.contains('.') => 2,
@@ -260,28 +260,29 @@ fn rank((field, req): &(String, Requirement)) -> u32 {
         }
 }
 
-/// The gate of one rule: the single most selective requirement, or `None`.
-pub(crate) fn gate_of(rule: &SigmaRule) -> Option<(String, Requirement)> {
-    requirements(rule).into_iter().min_by_key(rank)
+/// The gate of one rule, its single most selective requirement (`None` when it has none), and
+/// the rest of its requirements.
+fn gate_and_rest(rule: &SigmaRule) -> (Option<(String, Requirement)>, Requirements) {
+    let mut reqs = requirements(rule);
+    let gate = reqs
+        .iter()
+        .min_by_key(|(field, req)| rank(field, req))
+        .map(|(field, _)| field.clone());
+    (gate.and_then(|field| reqs.remove_entry(&field)), reqs)
 }
 
-/// What a candidate rule further requires of nested fields, beyond its gate: for each, the
-/// top-level key the field is under and texts of which the key's JSON (without escapes,
+#[cfg(test)]
+fn gate_of(rule: &SigmaRule) -> Option<(String, Requirement)> {
+    gate_and_rest(rule).0
+}
+
+/// What a candidate rule further requires of nested fields, beyond its gate (`rest`): for each,
+/// the top-level key the field is under and texts of which the key's JSON (without escapes,
 /// lower-cased) must contain one: the field's literals, or for a field that need only be
 /// present, the last key of its path. Checked before the evaluator parses the parent.
-fn prechecks_of(rule: &SigmaRule) -> Vec<Precheck> {
-    let mut reqs: Vec<(String, Requirement)> = requirements(rule).into_iter().collect();
-    let Some(gate) = reqs
-        .iter()
-        .enumerate()
-        .min_by_key(|(_, r)| rank(r))
-        .map(|(i, _)| i)
-    else {
-        return Vec::new();
-    };
-    reqs.remove(gate);
+fn prechecks_of(rest: Requirements) -> Vec<Precheck> {
     let mut prechecks = Vec::new();
-    for (field, req) in reqs {
+    for (field, req) in rest {
         let Some((root, rest)) = field.split_once('.') else {
             continue;
         };
@@ -309,7 +310,7 @@ fn prechecks_of(rule: &SigmaRule) -> Vec<Precheck> {
     prechecks
 }
 
-/// One of [`prechecks_of`].
+/// A search of a nested field's parent text for what the field must hold.
 #[derive(Debug)]
 struct Precheck {
     /// The nested field.
@@ -362,10 +363,9 @@ struct GateField {
     present: Vec<usize>,
     /// Rules gated on values or needles, let through when the value is not a plain string.
     valued: Vec<usize>,
-    /// For a nested field gated only on literals (values or needles): the top-level key it is
-    /// under, and the literals. When that key's JSON has no escape, a record whose text there
-    /// contains none of the literals cannot match, and the nested value is not parsed at all.
-    precheck: Option<(String, Vec<Finder<'static>>)>,
+    /// For a nested field gated only on literals (values or needles): when the JSON of the
+    /// top-level key it is under contains none of them, the nested value is not parsed at all.
+    precheck: Option<Precheck>,
     /// Gated on presence alone, at the top level: the value need not be read.
     presence_only: bool,
     /// For a nested field, the top-level key it is under.
@@ -385,8 +385,9 @@ impl GateIndex {
         let mut fields: BTreeMap<String, GateField> = BTreeMap::new();
         for (i, rule) in rules.into_iter().enumerate() {
             index.rules = i + 1;
-            index.prechecks.push(prechecks_of(rule));
-            let Some((field, req)) = gate_of(rule) else {
+            let (gate, rest) = gate_and_rest(rule);
+            index.prechecks.push(prechecks_of(rest));
+            let Some((field, req)) = gate else {
                 index.always.push(i);
                 continue;
             };
@@ -428,13 +429,17 @@ impl GateIndex {
             gate.root = Some(root.to_owned());
             gate.under_identity = root == "userIdentity";
             if gate.present.is_empty() {
-                let literals = gate
+                let texts = gate
                     .values
                     .keys()
                     .map(|v| Finder::new(v.as_bytes()).into_owned())
                     .chain(gate.needles.iter().map(|(n, _)| n.clone()))
                     .collect();
-                gate.precheck = Some((root.to_owned(), literals));
+                gate.precheck = Some(Precheck {
+                    field: gate.field.clone(),
+                    root: root.to_owned(),
+                    texts,
+                });
             }
         }
         index
@@ -523,20 +528,9 @@ impl GateField {
     /// The rules this gate lets through for `event`.
     fn verdict(&self, event: &RecordView<'_>, scratch: &mut Scratch) -> Vec<usize> {
         let mut rules = Vec::new();
-        // (A path that is itself a top-level key, dots and all, is read as such.)
-        if let Some((root, literals)) = self
-            .precheck
-            .as_ref()
-            .filter(|_| event.top_level_text(&self.field).is_none())
-        {
-            let Some(text) = event.top_level_text(root) else {
+        if let Some(precheck) = &self.precheck {
+            if !precheck.passes(event, &mut scratch.parent) {
                 return rules;
-            };
-            if memchr::memchr(b'\\', text.as_bytes()).is_none() {
-                let text = scratch.parent.of(text).as_bytes();
-                if !literals.iter().any(|l| l.find(text).is_some()) {
-                    return rules;
-                }
             }
         }
         let Some(value) = event.get_field(&self.field) else {
