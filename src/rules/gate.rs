@@ -283,19 +283,13 @@ fn gate_of(rule: &SigmaRule) -> Option<(String, Requirement)> {
 fn prechecks_of(rest: Requirements) -> Vec<Precheck> {
     let mut prechecks = Vec::new();
     for (field, req) in rest {
-        let Some((root, rest)) = field.split_once('.') else {
+        if !field.contains('.') {
             continue;
-        };
-        let key = || vec![rest.rsplit('.').next().unwrap_or(rest).to_ascii_lowercase()];
+        }
+        let key = || vec![field.rsplit('.').next().unwrap_or(&field).to_ascii_lowercase()];
         let mut check = |texts: Vec<String>| {
-            prechecks.push(Precheck {
-                field: field.clone(),
-                root: root.to_owned(),
-                texts: texts
-                    .iter()
-                    .map(|t| Finder::new(t.as_bytes()).into_owned())
-                    .collect(),
-            })
+            let texts = texts.iter().map(|t| Finder::new(t.as_bytes()).into_owned());
+            prechecks.extend(Precheck::new(&field, texts.collect()));
         };
         match req {
             OneOf(texts) | ContainsAny(texts) => check(texts.into_iter().collect()),
@@ -321,6 +315,16 @@ struct Precheck {
 }
 
 impl Precheck {
+    /// For a nested `field` (`None` for a top-level one), whose parent must contain one of `texts`.
+    fn new(field: &str, texts: Vec<Finder<'static>>) -> Option<Precheck> {
+        let (root, _) = field.split_once('.')?;
+        Some(Precheck {
+            field: field.to_owned(),
+            root: root.to_owned(),
+            texts,
+        })
+    }
+
     /// False when `event` cannot satisfy the requirement this stands for.
     fn passes(&self, event: &RecordView<'_>, parent: &mut Folded) -> bool {
         // (A path that is itself a top-level key, dots and all, is read as such.)
@@ -435,11 +439,7 @@ impl GateIndex {
                     .map(|v| Finder::new(v.as_bytes()).into_owned())
                     .chain(gate.needles.iter().map(|(n, _)| n.clone()))
                     .collect();
-                gate.precheck = Some(Precheck {
-                    field: gate.field.clone(),
-                    root: root.to_owned(),
-                    texts,
-                });
+                gate.precheck = Precheck::new(&gate.field, texts);
             }
         }
         index
