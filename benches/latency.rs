@@ -71,6 +71,7 @@ async fn main() {
             group_id: "latency".into(),
             notifications_topic: "n".into(),
             anomalies_topic: "a".into(),
+            events_topic: "e".into(),
             dead_letter_topic: "d".into(),
             // librdkafka waits up to 500 ms for a fetch to fill by default; a latency-minded
             // deployment lowers it through the passthrough, as here.
@@ -89,6 +90,12 @@ async fn main() {
         batch_max_wait: max_wait,
         retry_pause: Duration::from_millis(10),
         metrics_listen: None,
+        role: Default::default(),
+        s3: StoreSettings::S3 {
+            region: None,
+            endpoint: None,
+            allow_http: false,
+        },
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let rules = Arc::new(RuleSet::builtin().unwrap());

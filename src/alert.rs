@@ -73,9 +73,11 @@ pub struct AlertStats {
     pub folded: u64,
 }
 
-struct Open {
-    anomaly: Anomaly,
-    first: i64,
+/// An alert still open for repeats: the anomaly so far and the event time its window started.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Open {
+    pub anomaly: Anomaly,
+    pub first: i64,
 }
 
 /// One shard's open alerts.
@@ -158,6 +160,31 @@ impl AlertFolder {
         out.extend(emitted.into_iter().map(|o| o.anomaly));
     }
 
+    /// Emits the alerts whose window has passed by `now`, however recently that was checked: for
+    /// a clock that moves without events (the detect stage's input watermark).
+    pub fn expire_now(&mut self, now: i64, out: &mut Vec<Anomaly>) {
+        self.next_expiry_check = i64::MIN;
+        self.expire(now, out);
+    }
+
+    /// The open alerts, oldest first, for a state snapshot: they stay open across it.
+    pub fn open_alerts(&self) -> Vec<Open> {
+        let mut open: Vec<Open> = self.open.values().cloned().collect();
+        open.sort_by(|a, b| {
+            a.first
+                .cmp(&b.first)
+                .then_with(|| a.anomaly.id.cmp(&b.anomaly.id))
+        });
+        open
+    }
+
+    /// Reopens the alerts a snapshot held.
+    pub fn restore_open(&mut self, open: Vec<Open>) {
+        for o in open {
+            self.open.insert(dedup_key(&o.anomaly), o);
+        }
+    }
+
     /// Emits every open alert (end of input, or shutdown).
     pub fn flush(&mut self, out: &mut Vec<Anomaly>) {
         let mut open: Vec<Open> = self.open.drain().map(|(_, o)| o).collect();
@@ -233,7 +260,7 @@ mod tests {
 
     fn anomaly(id: &str, time: i64, rule: Option<&str>, event: &str) -> Anomaly {
         Anomaly {
-            schema: SCHEMA,
+            schema: SCHEMA.into(),
             id: id.into(),
             kind: if rule.is_some() {
                 Kind::RuleMatch

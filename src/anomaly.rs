@@ -6,13 +6,15 @@
 //! yields the same ids and consumers can drop duplicates. `evidence.event_ids` always names the
 //! CloudTrail `eventID`s behind the anomaly.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use crate::event::{format_time, Event};
 
 pub const SCHEMA: &str = "trailwatch.anomaly/v1";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     NewValue,
@@ -45,7 +47,7 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -68,9 +70,11 @@ impl Severity {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Anomalies are read back only from the detect stage's own state snapshots (open alert folds),
+/// never from outside input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Anomaly {
-    pub schema: &'static str,
+    pub schema: Cow<'static, str>,
     pub id: String,
     pub kind: Kind,
     pub severity: Severity,
@@ -92,7 +96,7 @@ pub struct Anomaly {
     pub count: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrincipalInfo {
     pub key: String,
     #[serde(rename = "type")]
@@ -103,22 +107,22 @@ pub struct PrincipalInfo {
     pub session: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuleInfo {
     pub id: String,
     pub title: String,
     pub tags: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DimensionReport {
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     pub value: String,
     pub novel: bool,
     pub baseline: DimensionBaseline,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DimensionBaseline {
     /// Distinct values held for this dimension before this event.
     pub distinct: usize,
@@ -128,14 +132,14 @@ pub struct DimensionBaseline {
     pub top: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaselineInfo {
     pub events: u64,
     pub since: String,
     pub mature: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Evidence {
     pub event_ids: Vec<String>,
     pub event_name: String,

@@ -18,6 +18,7 @@ use crate::alert::{is_kind, parse_severity, AlertPolicy, Suppression};
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
     pub replay: RawReplay,
+    pub engine: RawEngine,
     pub baseline: RawBaseline,
     pub novelty: RawNovelty,
     pub rate: RawRate,
@@ -105,6 +106,8 @@ pub struct RawKafka {
     pub notifications_topic: String,
     /// Topic anomalies are produced to, keyed by principal.
     pub anomalies_topic: String,
+    /// Topic between the decode and detect stages: decoded events keyed by principal; created with `engine.partitions` partitions if missing.
+    pub events_topic: String,
     /// Topic of dead letters: input that could not be processed, with the reason.
     pub dead_letter_topic: String,
     /// librdkafka properties passed through unchanged (security.protocol, sasl.*, ssl.*, ...).
@@ -118,6 +121,7 @@ impl Default for RawKafka {
             group_id: "trailwatch".into(),
             notifications_topic: "cloudtrail-notifications".into(),
             anomalies_topic: "trailwatch-anomalies".into(),
+            events_topic: "trailwatch-events".into(),
             dead_letter_topic: "trailwatch-dead-letters".into(),
             librdkafka: BTreeMap::new(),
         }
@@ -238,6 +242,27 @@ pub struct RawSuppression {
     pub cidrs: Vec<String>,
     /// Substrings of the user agent.
     pub user_agents: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEngine {
+    /// State partitions principals are spread over (by Kafka's key hash); in a cluster, the events topic's partition count, fixed once the topic exists.
+    pub partitions: u32,
+    /// Event time an event waits in its partition's reorder buffer, so that events arriving out of order are judged in order; "0s" judges them as they come.
+    pub reorder_window: String,
+    /// Wall-clock quiet after which a caught-up notifications partition counts as idle, and the decode stage moves its mark to the present.
+    pub idle_after: String,
+}
+
+impl Default for RawEngine {
+    fn default() -> Self {
+        RawEngine {
+            partitions: 12,
+            reorder_window: "10m".into(),
+            idle_after: "10s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -403,10 +428,20 @@ impl Default for RawDormant {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub run: crate::run::RunSettings,
+    pub engine: EngineSettings,
     pub workers: NonZeroUsize,
     pub rules_dir: Option<PathBuf>,
     pub max_file_bytes: usize,
     pub detector: DetectorSettings,
+}
+
+/// How state is partitioned and events ordered (see [`crate::engine`]).
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSettings {
+    pub partitions: u32,
+    /// Seconds of event time.
+    pub reorder_window: i64,
+    pub idle_after: Duration,
 }
 
 /// What the stateful half needs; times in seconds of event time.
@@ -623,6 +658,7 @@ impl RawConfig {
                 self.dormant.after
             ));
         }
+        let engine = self.engine_settings(&mut problems);
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -636,6 +672,7 @@ impl RawConfig {
             .unwrap_or(NonZeroUsize::MIN);
         Ok(Settings {
             run,
+            engine,
             workers,
             rules_dir: self.rules.dir.clone(),
             max_file_bytes: self.replay.max_file_bytes,
@@ -682,7 +719,46 @@ impl RawConfig {
     }
 }
 
+/// The most state partitions: a Kafka topic's partitions are counted in an `i32`, and each
+/// partition holds a detector, whose capacities are divided between partitions.
+const MOST_PARTITIONS: u32 = 10_000;
+
 impl RawConfig {
+    fn engine_settings(&self, problems: &mut Vec<String>) -> EngineSettings {
+        let e = &self.engine;
+        if !(1..=MOST_PARTITIONS).contains(&e.partitions) {
+            problems.push(format!(
+                "engine.partitions: from 1 to {MOST_PARTITIONS}, got {}",
+                e.partitions
+            ));
+        }
+        let mut duration = |key: &str, text: &str, most: Duration| match humantime::parse_duration(text) {
+            Ok(d) if d <= most => d,
+            Ok(_) => {
+                problems.push(format!(
+                    "{key}: at most {}, got {text:?}",
+                    humantime::format_duration(most)
+                ));
+                Duration::ZERO
+            }
+            Err(e) => {
+                problems.push(format!("{key}: not a duration ({e}), got {text:?}"));
+                Duration::ZERO
+            }
+        };
+        let reorder_window = duration(
+            "engine.reorder_window",
+            &e.reorder_window,
+            Duration::from_secs(7 * 86_400),
+        );
+        let idle_after = duration("engine.idle_after", &e.idle_after, Duration::from_secs(86_400));
+        EngineSettings {
+            partitions: e.partitions.clamp(1, MOST_PARTITIONS),
+            reorder_window: reorder_window.as_secs() as i64,
+            idle_after: idle_after.max(Duration::from_millis(100)),
+        }
+    }
+
     fn run_settings(&self, problems: &mut Vec<String>) -> crate::run::RunSettings {
         use crate::fetch::{FetchSettings, StoreSettings};
         use crate::run::{KafkaSettings, RunSettings, Sink, Source};
@@ -742,10 +818,16 @@ impl RawConfig {
             ("kafka.group_id", &k.group_id),
             ("kafka.notifications_topic", &k.notifications_topic),
             ("kafka.anomalies_topic", &k.anomalies_topic),
+            ("kafka.events_topic", &k.events_topic),
             ("kafka.dead_letter_topic", &k.dead_letter_topic),
         ] {
             if value.trim().is_empty() {
                 problems.push(format!("{key}: must not be empty"));
+            }
+        }
+        for (key, value) in &k.librdkafka {
+            if let Some(why) = crate::sink::weakening_option(key, value) {
+                problems.push(format!("kafka.librdkafka.{key}: {value:?} is refused: {why}"));
             }
         }
         let store = match &source {
@@ -765,6 +847,7 @@ impl RawConfig {
                 group_id: k.group_id.clone(),
                 notifications_topic: k.notifications_topic.clone(),
                 anomalies_topic: k.anomalies_topic.clone(),
+                events_topic: k.events_topic.clone(),
                 dead_letter_topic: k.dead_letter_topic.clone(),
                 options: k.librdkafka.clone(),
             },
@@ -780,6 +863,12 @@ impl RawConfig {
             batch_max_messages: self.batch.max_messages.max(1),
             batch_max_wait,
             retry_pause,
+            role: crate::service::Role::default(),
+            s3: StoreSettings::S3 {
+                region: self.s3.region.clone(),
+                endpoint: self.s3.endpoint.clone(),
+                allow_http: self.s3.allow_http,
+            },
             metrics_listen: match self.metrics.listen.trim() {
                 "" => None,
                 text => match text.parse() {

@@ -40,13 +40,21 @@ pub fn shard_of(principal_key: &str, shards: usize) -> usize {
     (xxhash_rust::xxh3::xxh3_64(principal_key.as_bytes()) % shards as u64) as usize
 }
 
-/// A shard's baselines, as a checkpoint holds them.
+/// A shard's whole state, as a snapshot holds it: baselines, the eventID memory, threshold-rule
+/// counters and the alerts still open for repeats, with the clock they were judged by.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DetectorState {
     pub principals: Vec<(CompactString, PrincipalBaseline)>,
     /// Hashes of the eventIDs remembered for de-duplication, by minute of event time.
     pub seen_ids: SeenIds,
     pub watermark: i64,
+    #[serde(default)]
+    pub next_sweep: Option<i64>,
+    /// Threshold rules' windows, by rule id (see `CorrelationEngine::export_state`).
+    #[serde(default)]
+    pub correlations: Option<rsigma_eval::CorrelationSnapshot>,
+    #[serde(default)]
+    pub open_alerts: Vec<crate::alert::Open>,
 }
 
 /// Hashes of eventIDs by minute of event time, as a checkpoint keeps them.
@@ -109,7 +117,7 @@ impl Detector {
         }
     }
 
-    /// The shard's state, for a checkpoint. Open alerts are not part of it: flush them first.
+    /// The shard's whole state, for a snapshot; open alerts stay open.
     pub fn snapshot(&self) -> DetectorState {
         let mut principals: Vec<(CompactString, PrincipalBaseline)> = self
             .principals
@@ -121,7 +129,30 @@ impl Detector {
             principals,
             seen_ids: self.seen_ids.snapshot(),
             watermark: self.watermark,
+            next_sweep: Some(self.next_sweep),
+            correlations: self.correlations.as_ref().map(CorrelationEngine::export_state),
+            open_alerts: self.alerts.open_alerts(),
         }
+    }
+
+    /// Takes up a snapshot's state in a new detector.
+    pub fn restore_state(&mut self, state: DetectorState) {
+        self.restore(state.principals, &state.seen_ids, state.watermark);
+        if let Some(next) = state.next_sweep {
+            self.next_sweep = next;
+        }
+        if let (Some(engine), Some(snapshot)) = (&mut self.correlations, state.correlations) {
+            if !engine.import_state(snapshot) {
+                tracing::warn!("threshold-rule state of another format was not restored");
+            }
+        }
+        self.alerts.restore_open(state.open_alerts);
+    }
+
+    /// Emits the open alerts whose window has passed by `now`, an input watermark that may run
+    /// ahead of the events judged.
+    pub fn expire_alerts(&mut self, now: i64, out: &mut Vec<Anomaly>) {
+        self.alerts.expire_now(now, out);
     }
 
     /// Adds a checkpoint's state (or the part of it this shard owns).
@@ -449,7 +480,7 @@ fn dimension_report(
         Seen::Novel => (true, None),
     };
     DimensionReport {
-        name: dimension.name(),
+        name: dimension.name().into(),
         value: value.to_owned(),
         novel,
         baseline: DimensionBaseline {
@@ -518,7 +549,7 @@ fn anomaly(
     reason: String,
 ) -> Anomaly {
     Anomaly {
-        schema: SCHEMA,
+        schema: SCHEMA.into(),
         id,
         kind,
         severity: Severity::from_score(score),
@@ -543,7 +574,11 @@ fn new_value(
     score: f64,
     mut reports: Vec<DimensionReport>,
 ) -> Anomaly {
-    let novel: Vec<&str> = reports.iter().filter(|r| r.novel).map(|r| r.name).collect();
+    let novel: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.novel)
+        .map(|r| r.name.as_ref())
+        .collect();
     let reason = format!("first use by this principal of: {}", novel.join(", "));
     reports.sort_by_key(|r| !r.novel);
     let id = anomaly_id(&[Kind::NewValue.as_str(), &event.principal.key, &event.event_id]);
@@ -736,7 +771,12 @@ mod tests {
         assert_eq!(out.len(), 1);
         let a = &out[0];
         assert_eq!(a.kind, Kind::NewValue);
-        let novel: Vec<&str> = a.dimensions.iter().filter(|d| d.novel).map(|d| d.name).collect();
+        let novel: Vec<&str> = a
+            .dimensions
+            .iter()
+            .filter(|d| d.novel)
+            .map(|d| d.name.as_ref())
+            .collect();
         assert_eq!(
             novel,
             [

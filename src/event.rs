@@ -14,8 +14,10 @@ use crate::principal::{self, Principal};
 use crate::record::RawRecord;
 use crate::useragent::AgentFamilies;
 
-/// One CloudTrail event, reduced to what baselines and anomalies use.
-#[derive(Debug, Clone)]
+/// One CloudTrail event, reduced to what baselines and anomalies use. Serialized (rule hits
+/// aside, which travel by rule id: see [`crate::engine::wire`]) as the compact event record
+/// that the decode stage hands to the detect stage.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// `eventID`; for records older than eventVersion 1.01, which have none, a digest of the record.
     pub event_id: CompactString,
@@ -38,8 +40,10 @@ pub struct Event {
     /// The object the event was read from, shared by every event of a file.
     pub object: Arc<str>,
     /// Detection rules the record matched (indices into the rule set).
+    #[serde(skip)]
     pub rule_hits: Vec<u16>,
     /// The record's JSON, kept only when it matched a rule (correlations read it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<Box<str>>,
 }
 

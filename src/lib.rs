@@ -16,11 +16,17 @@
 //! - [`principal`]: `userIdentity` → the stable principal key baselines are kept under.
 //! - [`net`], [`useragent`]: the derived dimensions (network prefix, user-agent family).
 //! - [`baseline`]: per-principal value sets and rate history, bounded in memory.
+//! - [`engine`]: state partitions (principal → partition by Kafka's key hash), each a detector
+//!   behind a reorder buffer, snapshotted whole; the unit every mode runs.
 //! - [`detect`]: the detectors (new value, rate and error spikes, dormant principal), one
 //!   [`detect::Detector`] per shard of principals.
 //! - [`rules`]: Sigma rules, evaluated on each record (detections) and per shard (thresholds).
 //! - [`alert`]: the alert lifecycle: shadow mode, suppressions, severity overrides, folding repeats.
 //! - [`anomaly`]: the output schema and deterministic anomaly ids.
+//! - [`sink`]: anomalies and dead letters out, to Kafka topics or JSON-lines files.
+//! - [`service`]: `trailwatch run`: the decode and detect stages over Kafka, and the folder
+//!   service; [`run`] holds its settings and picks the mode.
+//! - [`state`]: the checkpoint store of partition snapshots, fenced by offset.
 //! - [`replay`]: the batch pipeline over files on disk, on every core.
 //! - [`generate`]: synthetic trails with labelled incidents, for demos, tests and benchmarks.
 //! - [`labels`]: scoring anomalies against a generated trail's labels.
@@ -35,6 +41,7 @@ pub mod baseline;
 pub mod config;
 pub mod decode;
 pub mod detect;
+pub mod engine;
 pub mod event;
 pub mod fetch;
 pub mod generate;
@@ -48,4 +55,7 @@ pub mod record;
 pub mod replay;
 pub mod rules;
 pub mod run;
+pub mod service;
+pub mod sink;
+pub mod state;
 pub mod useragent;

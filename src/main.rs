@@ -61,6 +61,10 @@ enum Command {
         /// Folder of Sigma rules replacing the shipped ones.
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Stages this process runs with a Kafka source: `decode` (notifications to the events
+        /// topic), `detect` (the events topic's partitions to anomalies) or `all` (both).
+        #[arg(long, default_value = "all")]
+        role: trailwatch::run::Role,
     },
     /// Write a synthetic trail with injected incidents and their labels.
     Generate(GenerateArgs),
@@ -202,12 +206,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { out, output, trail } => demo(out, output, trail),
         Command::Rules { action } => rules_command(action),
-        Command::Run { config, rules } => {
+        Command::Run { config, rules, role } => {
             let settings = Settings::load(&config)?;
             let rules = load_rules(rules.as_ref().or(settings.rules_dir.as_ref()))?;
             let runtime = tokio::runtime::Runtime::new()?;
             let report = runtime.block_on(async {
-                let run = settings.run.clone();
+                let mut run = settings.run.clone();
+                run.role = role;
                 let metrics = std::sync::Arc::new(trailwatch::metrics::Metrics::new());
                 trailwatch::run::run(settings, run, Some(rules), metrics, shutdown_signal()).await
             })?;

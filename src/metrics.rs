@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub const NAMESPACE: &str = "trailwatch";
@@ -56,6 +56,24 @@ pub struct Metrics {
     pub checkpoint_age_seconds: Gauge,
     pub checkpoint_last_success: Gauge,
     pub consumer_lag: IntGaugeVec,
+    /// Detect stage: state partitions this process owns.
+    pub partitions_owned: IntGauge,
+    /// Detect stage: time to take up a partition's state on assignment.
+    pub partition_restore_seconds: Histogram,
+    /// Detect stage: bytes of the snapshot each restore read.
+    pub partition_restore_bytes: Histogram,
+    /// Detect stage: rebalances, by kind (assign, revoke).
+    pub rebalances: IntCounterVec,
+    /// Detect stage: seconds since each owned partition's state was last snapshotted.
+    pub partition_state_age_seconds: IntGaugeVec,
+    /// Detect stage: events not yet read from the events topic, by partition.
+    pub events_lag: IntGaugeVec,
+    /// Events that reached their partition more than the reorder window late.
+    pub late_events: IntCounter,
+    /// Events waiting in reorder buffers.
+    pub events_held: IntGauge,
+    /// Decode stage: events produced to the events topic.
+    pub events_produced: IntCounter,
     pub build_info: IntGaugeVec,
     ready: AtomicBool,
 }
@@ -180,6 +198,52 @@ impl Metrics {
                 "Notifications not yet consumed, by partition of the notifications topic (`folder`: files waiting in the watched folder).",
                 &["partition"],
             ),
+            partitions_owned: gauge("partitions_owned", "State partitions (events-topic partitions) this process owns."),
+            partition_restore_seconds: histogram(
+                "partition_restore_seconds",
+                "Time to take up one state partition on assignment: find, read and decode its snapshot.",
+                vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            ),
+            partition_restore_bytes: histogram(
+                "partition_restore_bytes",
+                "Compressed size of each snapshot restored.",
+                prometheus::exponential_buckets(1024.0, 4.0, 12).expect("valid buckets"),
+            ),
+            rebalances: counter(
+                &registry,
+                "rebalances_total",
+                "Partition assignments and revocations of the detect stage.",
+                &["kind"],
+            ),
+            partition_state_age_seconds: gauge_vec(
+                "partition_state_age_seconds",
+                "Seconds since an owned state partition was last snapshotted (events-topic partition).",
+                &["partition"],
+            ),
+            events_lag: gauge_vec(
+                "events_lag",
+                "Events not yet judged, by events-topic partition owned.",
+                &["partition"],
+            ),
+            late_events: {
+                let c = IntCounter::with_opts(
+                    Opts::new("late_events_total", "Events judged out of order: more than engine.reorder_window late.")
+                        .namespace(NAMESPACE),
+                )
+                .expect("a valid counter");
+                registry.register(Box::new(c.clone())).expect("each metric registers once");
+                c
+            },
+            events_held: gauge("events_held", "Events waiting in the reorder buffers of owned partitions."),
+            events_produced: {
+                let c = IntCounter::with_opts(
+                    Opts::new("events_produced_total", "Decoded events produced to the events topic.")
+                        .namespace(NAMESPACE),
+                )
+                .expect("a valid counter");
+                registry.register(Box::new(c.clone())).expect("each metric registers once");
+                c
+            },
             build_info: gauge_vec(
                 "build_info",
                 "Always 1; labels say which build runs.",

@@ -37,7 +37,7 @@ use crate::record::{SessionIssuer, UserIdentity};
 // Aligned to a cache line so that, inside an `Arc`, the fields sit on a line of their own, away
 // from the reference counts: a decoding thread clones the `Arc` for each event while another
 // thread's shard reads the fields of that principal's earlier events.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[repr(align(64))]
 pub struct Principal {
     /// The stable key (see the module table).

@@ -26,7 +26,8 @@ use crate::alert::AlertStats;
 use crate::anomaly::{Anomaly, Kind};
 use crate::config::Settings;
 use crate::decode::{DecodeLimits, DecodedFile, Decoder};
-use crate::detect::{shard_of, Detector};
+use crate::detect::Detector;
+use crate::engine::{partition_of, StatePartition};
 use crate::event::{Event, RecordSkip};
 use crate::metrics::Latencies;
 use crate::rules::RuleSet;
@@ -111,6 +112,8 @@ pub struct Summary {
     pub skipped_examples: Vec<String>,
     pub events: u64,
     pub duplicates: u64,
+    /// Events that reached their partition more than the reorder window late, judged at once.
+    pub late_events: u64,
     pub principals: usize,
     pub values_held: usize,
     pub bytes_held: usize,
@@ -213,7 +216,7 @@ impl Summary {
             "files": {"read": self.files, "decoded": self.files_decoded, "skipped": self.files_skipped,
                       "failed": self.files_failed, "failures": self.failures},
             "records": {"read": self.records, "events": self.events, "duplicates": self.duplicates,
-                        "skipped": skipped, "skipped_examples": self.skipped_examples},
+                        "late": self.late_events, "skipped": skipped, "skipped_examples": self.skipped_examples},
             "principals": self.principals,
             "baseline_values": self.values_held,
             "baseline_bytes": self.bytes_held,
@@ -254,10 +257,11 @@ impl Summary {
             .map(|(k, v)| (k.as_str(), *v))
             .collect();
         s += &format!(
-            "records: {} read, {} events, {} duplicates, skipped [{}]\n",
+            "records: {} read, {} events, {} duplicates, {} late, skipped [{}]\n",
             self.records,
             self.events,
             self.duplicates,
+            self.late_events,
             join(&skipped)
         );
         for example in &self.skipped_examples {
@@ -309,12 +313,11 @@ pub fn replay(
     let limits = DecodeLimits {
         max_inflated_bytes: settings.max_file_bytes,
     };
-    let shards: Vec<Shard> = (0..workers)
+    let partitions = settings.engine.partitions as usize;
+    let shards: Vec<Shard> = (0..partitions)
         .map(|i| {
-            Shard::new(
-                i,
-                Detector::with_rules(settings.detector.clone(), workers, rules.clone()),
-            )
+            let detector = Detector::with_rules(settings.detector.clone(), partitions, rules.clone());
+            Shard::new(i, StatePartition::local(detector, settings.engine.reorder_window))
         })
         .collect();
     let plan = Plan {
@@ -364,14 +367,15 @@ pub fn replay(
     });
 
     // Every queued file was applied by the worker that queued it, or by the one holding the shard
-    // then (see `Shard::advance`); what is left is each detector's final flush.
+    // then (see `Shard::advance`); what is left is each partition's reorder buffer and open alerts.
     for shard in shards {
         let mut state = shard.state.into_inner().expect("a shard's lock is not poisoned");
         debug_assert!(shard.pending.into_inner().map_or(true, |p| p.is_empty()));
         let mut out = std::mem::take(&mut state.out);
-        state.detector.flush(&mut out);
+        state.partition.finish(&mut out);
         write(out);
-        let detector = &state.detector;
+        summary.late_events += state.partition.stats.late;
+        let detector = state.partition.detector();
         summary.events += detector.stats.events;
         summary.duplicates += detector.stats.duplicates;
         summary.principals += detector.principals();
@@ -438,7 +442,7 @@ struct FileEvents {
     worker: usize,
 }
 
-/// One detector and the files queued for it.
+/// One state partition and the files queued for it.
 struct Shard {
     index: u32,
     /// Decoded files not yet applied, by file number; every file is queued, with events for the
@@ -450,19 +454,19 @@ struct Shard {
 }
 
 struct ShardState {
-    detector: Detector,
+    partition: StatePartition,
     /// The number of the next file to apply.
     next: usize,
     out: Vec<Anomaly>,
 }
 
 impl Shard {
-    fn new(index: usize, detector: Detector) -> Shard {
+    fn new(index: usize, partition: StatePartition) -> Shard {
         Shard {
             index: index as u32,
             pending: Mutex::new(BTreeMap::new()),
             state: Mutex::new(ShardState {
-                detector,
+                partition,
                 next: 0,
                 out: Vec::new(),
             }),
@@ -502,7 +506,7 @@ impl Shard {
             while let Some(file) = self.take(state.next) {
                 for (event, &shard) in file.events.iter().zip(&file.shards) {
                     if shard == self.index {
-                        state.detector.process(event, &mut state.out);
+                        state.partition.offer_ref(event, &mut state.out);
                     }
                 }
                 // The last shard done with a file hands its vector back.
@@ -576,7 +580,7 @@ fn work(
             shards: decoded
                 .events
                 .iter()
-                .map(|e| shard_of(&e.principal.key, shards) as u32)
+                .map(|e| partition_of(&e.principal.key, shards as u32))
                 .collect(),
             events: decoded.events,
             worker,
@@ -585,10 +589,11 @@ fn work(
             shard.queue(seq, Arc::clone(&events));
         }
         drop(events);
-        // A worker keeps to its own shard, whose baselines then stay in its core's cache, and
+        // A worker keeps to its own shards, whose baselines then stay in its core's cache, and
         // helps another only when that one has fallen half a window behind.
+        let workers = plan.spare.len();
         for (i, shard) in plan.shards.iter().enumerate() {
-            if i == worker % shards || shard.next.load(Ordering::Acquire) + plan.window / 2 <= seq {
+            if i % workers == worker || shard.next.load(Ordering::Acquire) + plan.window / 2 <= seq {
                 shard.advance(plan, anomalies);
             }
         }

@@ -169,6 +169,7 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
             group_id: "trailwatch-test".into(),
             notifications_topic: NOTIFICATIONS.into(),
             anomalies_topic: ANOMALIES.into(),
+            events_topic: "trailwatch-events".into(),
             dead_letter_topic: DEAD.into(),
             options: Default::default(),
         },
@@ -185,6 +186,12 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
         batch_max_wait: Duration::from_millis(200),
         retry_pause: Duration::from_millis(100),
         metrics_listen: None,
+        role: Default::default(),
+        s3: StoreSettings::S3 {
+            region: None,
+            endpoint: None,
+            allow_http: false,
+        },
     };
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,0 +1,287 @@
+//! The decode stage: notifications in, decoded events out to the events topic, keyed by
+//! principal.
+//!
+//! ```text
+//!  notifications topic (consumer group) ─► batch ─► fetch ─► decode + single-record rules
+//!    ─► events topic (key: principal key) + source marks (every partition) + dead letters
+//!    ─► once every record is acknowledged: commit the notifications' offsets
+//! ```
+//! Stateless: any number of processes, any of them can decode any file. A notification's offset
+//! is committed only after every event it produced is acknowledged (`acks=all`, idempotent), so a
+//! crash produces some events again, which the detect stage drops by eventID.
+//!
+//! After each batch, a [`SourceMark`] per notifications partition tells every events partition
+//! how far in event time that source has been decoded: the newest event time of its files so far,
+//! or the present once the partition has been quiet for `engine.idle_after` (caught up). The
+//! detect stage judges events in order behind the least mark (see [`crate::engine`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::decode::DecodeLimits;
+use crate::engine::wire::{EventRecord, EventsMessage, SourceMark};
+use crate::fetch::Fetcher;
+use crate::metrics::{Latencies, Metrics};
+use crate::rules::RuleSet;
+use crate::run::{RunReport, RunSettings};
+use crate::service::batch::{decode_batch, DecoderPool, Notification};
+use crate::sink::{client_config, ClientKind, PRODUCER_DEFAULTS};
+
+/// Queues a record, waiting while the producer's queue is full; returns its delivery.
+pub async fn enqueue(
+    producer: &FutureProducer,
+    record: FutureRecord<'_, [u8], [u8]>,
+) -> anyhow::Result<DeliveryFuture> {
+    let mut record = record;
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(e).context("producing"),
+        }
+    }
+}
+
+/// Waits for every delivery; the first failure is the error.
+pub async fn delivered(deliveries: Vec<DeliveryFuture>, what: &str) -> anyhow::Result<()> {
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e).with_context(|| format!("producing {what}")),
+            Err(_) => anyhow::bail!("producing {what}: the producer went away"),
+        }
+    }
+    Ok(())
+}
+
+/// Runs the decode stage until `stop` says so, then finishes the batch in hand and commits.
+pub async fn run(
+    settings: &Settings,
+    run: &RunSettings,
+    rules: Option<Arc<RuleSet>>,
+    metrics: &Metrics,
+    mut stop: watch::Receiver<bool>,
+    report: &mut RunReport,
+) -> anyhow::Result<()> {
+    let kafka = &run.kafka;
+    let consumer: StreamConsumer = client_config(
+        kafka,
+        ClientKind::Consumer,
+        &[
+            ("group.id", &kafka.group_id),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+        ],
+    )
+    .create()
+    .context("creating the notifications consumer")?;
+    consumer
+        .subscribe(&[&kafka.notifications_topic])
+        .context("subscribing to the notifications topic")?;
+    let producer: FutureProducer = client_config(kafka, ClientKind::Producer, PRODUCER_DEFAULTS)
+        .create()
+        .context("creating the events producer")?;
+    let sources = tokio::task::block_in_place(|| {
+        crate::service::partition_count(producer.client(), &kafka.notifications_topic)
+    })?;
+    let partitions = settings.engine.partitions;
+    let limits = DecodeLimits {
+        max_inflated_bytes: settings.max_file_bytes,
+    };
+    let mut pool = Some(DecoderPool::new(settings.workers.get(), limits, rules.clone()));
+    let fetcher = Fetcher::new(run.fetch.clone());
+    let latencies = Latencies::default();
+    // Per notifications partition: the mark sent, and when a notification last came.
+    let mut marks: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut last_seen: BTreeMap<i32, Instant> = BTreeMap::new();
+    let mut last_idle_marks = Instant::now();
+    let mut stopping = false;
+    let mut reached: BTreeMap<i32, i64> = BTreeMap::new();
+
+    while !stopping {
+        let mut batch: Vec<Notification> = Vec::new();
+        let deadline = tokio::time::Instant::now() + run.batch_max_wait;
+        while batch.len() < run.batch_max_messages {
+            tokio::select! {
+                _ = stop.changed() => { stopping = true; break; }
+                _ = tokio::time::sleep_until(deadline) => break,
+                received = consumer.recv() => match received {
+                    Ok(m) => batch.push(Notification {
+                        topic: m.topic().to_owned(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        direct: None,
+                    }),
+                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                },
+            }
+        }
+        let full = batch.len() >= run.batch_max_messages;
+        let now = Instant::now();
+        for n in &batch {
+            last_seen.insert(n.partition, now);
+        }
+        let mut deliveries = Vec::new();
+        let mut first_retry: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut newest: BTreeMap<i32, i64> = BTreeMap::new();
+        if !batch.is_empty() {
+            let decoded = decode_batch(&mut pool, &fetcher, &batch, report, metrics, &latencies).await;
+            for (_, partition, offset) in &decoded.retry {
+                let e = first_retry.entry(*partition).or_insert(*offset);
+                *e = (*e).min(*offset);
+            }
+            let mut produced = 0u64;
+            for (file, owner) in decoded.files {
+                let source = batch[owner].partition;
+                if let Some(t) = file.events.iter().map(|e| e.time).max() {
+                    let e = newest.entry(source).or_insert(t);
+                    *e = (*e).max(t);
+                }
+                for event in file.events {
+                    let key = event.principal.key.clone();
+                    let payload =
+                        serde_json::to_vec(&EventsMessage::Event(EventRecord::of(event, rules.as_deref())))?;
+                    let record = FutureRecord::to(&kafka.events_topic)
+                        .key(key.as_bytes())
+                        .payload(&payload[..]);
+                    deliveries.push(enqueue(&producer, record).await?);
+                    produced += 1;
+                }
+            }
+            metrics.events_produced.inc_by(produced);
+            for (key, dead) in &decoded.dead {
+                let payload = serde_json::to_vec(dead)?;
+                let mut record = FutureRecord::to(&kafka.dead_letter_topic).payload(&payload[..]);
+                if let Some(key) = key {
+                    record = record.key(&key[..]);
+                }
+                deliveries.push(enqueue(&producer, record).await?);
+                *report.dead_letters.entry(dead.reason.clone()).or_default() += 1;
+                metrics
+                    .dead_letters
+                    .with_label_values(&[dead.reason.as_str()])
+                    .inc();
+            }
+        }
+
+        // Marks: sources decoded further, and sources quiet long enough to be caught up.
+        let mut moved: Vec<(i32, i64)> = Vec::new();
+        for (source, time) in newest {
+            if first_retry.contains_key(&source) {
+                continue; // a file of this source is still to come
+            }
+            let mark = marks.entry(source).or_insert(i64::MIN);
+            if time > *mark {
+                *mark = time;
+                moved.push((source, time));
+            }
+        }
+        if !full && last_idle_marks.elapsed() >= settings.engine.idle_after {
+            last_idle_marks = Instant::now();
+            let present = chrono::Utc::now().timestamp();
+            let assigned: Vec<i32> = consumer
+                .assignment()
+                .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+                .unwrap_or_default();
+            for source in assigned {
+                let quiet = last_seen
+                    .get(&source)
+                    .is_none_or(|t| t.elapsed() >= settings.engine.idle_after);
+                if quiet && !first_retry.contains_key(&source) {
+                    let mark = marks.entry(source).or_insert(i64::MIN);
+                    *mark = (*mark).max(present);
+                    moved.push((source, *mark));
+                }
+            }
+        }
+        for (source, time) in moved {
+            let mark = SourceMark {
+                source: source as u32,
+                sources,
+                time,
+            };
+            let payload = serde_json::to_vec(&EventsMessage::Mark(mark))?;
+            for partition in 0..partitions as i32 {
+                let record = FutureRecord::<[u8], [u8]>::to(&kafka.events_topic)
+                    .partition(partition)
+                    .payload(&payload[..]);
+                deliveries.push(enqueue(&producer, record).await?);
+            }
+        }
+        delivered(deliveries, "to the events topic").await?;
+
+        // Commit up to the first notification to retry, per partition, and rewind to it.
+        for n in &batch {
+            let limit = first_retry.get(&n.partition).copied().unwrap_or(i64::MAX);
+            if n.offset < limit {
+                let e = reached.entry(n.partition).or_insert(n.offset + 1);
+                *e = (*e).max(n.offset + 1);
+            }
+        }
+        if !batch.is_empty() {
+            commit(&consumer, &kafka.notifications_topic, &reached, CommitMode::Async);
+        }
+        for (partition, offset) in &first_retry {
+            report.retries += 1;
+            tracing::warn!(partition, offset, "rewinding to retry a notification");
+            tokio::task::block_in_place(|| {
+                consumer.seek(
+                    &kafka.notifications_topic,
+                    *partition,
+                    Offset::Offset(*offset),
+                    Duration::from_secs(10),
+                )
+            })
+            .ok();
+        }
+        if !first_retry.is_empty() {
+            tokio::time::sleep(run.retry_pause).await;
+        }
+        metrics.set_ready(consumer.assignment().is_ok_and(|a| a.count() > 0));
+    }
+    tokio::task::block_in_place(|| {
+        commit(&consumer, &kafka.notifications_topic, &reached, CommitMode::Sync);
+        use rdkafka::producer::Producer as _;
+        producer.flush(Duration::from_secs(30))
+    })
+    .context("flushing the events producer")?;
+    tracing::info!(file = %latencies.file(), event_lag = %latencies.lag(), "decode stage stopped");
+    Ok(())
+}
+
+fn commit(consumer: &StreamConsumer, topic: &str, reached: &BTreeMap<i32, i64>, mode: CommitMode) {
+    if reached.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in reached {
+        if tpl
+            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .is_err()
+        {
+            return;
+        }
+    }
+    // A failed commit is not fatal: the next one commits these offsets again; a crash before
+    // then decodes a little more again.
+    if let Err(e) = consumer.commit(&tpl, mode) {
+        tracing::warn!(error = %e, "committing notification offsets failed; retrying with the next batch");
+    }
+}

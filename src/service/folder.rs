@@ -1,0 +1,492 @@
+//! The one-process service over a watched folder: no Kafka, state in memory, checkpointed whole.
+//!
+//! ```text
+//!  folder (new files) ─► batch ─► decode (all cores) ─► state partitions (in memory, all cores)
+//!    ─► sink + dead letters ─► every checkpoint interval: every partition's state + files done
+//! ```
+//! A batch's anomalies and dead letters are acknowledged by the sink before the batch counts as
+//! done; the checkpoint holds the partitions' whole state (open alert folds included, so folding
+//! does not depend on when checkpoints fall) and the files it reflects. When the folder has been
+//! quiet for `engine.idle_after`, the partitions' clocks move to the present: what waits in the
+//! reorder buffers is judged and alerts whose window has passed are emitted, as the end of a
+//! replay does.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::anomaly::Anomaly;
+use crate::baseline::PrincipalBaseline;
+use crate::config::Settings;
+use crate::decode::{DecodeLimits, DecodedFile};
+use crate::detect::{Detector, SeenIds};
+use crate::engine::{partition_of, PartitionSnapshot, StatePartition};
+use crate::event::Event;
+use crate::fetch::Fetcher;
+use crate::metrics::{Latencies, Metrics};
+use crate::notification::ObjectRef;
+use crate::rules::RuleSet;
+use crate::run::{RunReport, RunSettings};
+use crate::service::batch::{decode_batch, DecoderPool, Notification};
+use crate::sink::Output;
+
+/// The checkpoint: every partition's state and the files it reflects.
+#[derive(Default, Serialize, Deserialize)]
+struct Checkpoint {
+    version: u32,
+    /// Files already processed, by path under the folder.
+    files_done: BTreeSet<String>,
+    /// Version 3: each partition's whole state, in partition order.
+    #[serde(default)]
+    partitions: Vec<PartitionSnapshot>,
+    /// Versions 1 and 2: baselines of every partition together.
+    #[serde(default)]
+    principals: Vec<(compact_str::CompactString, PrincipalBaseline)>,
+    /// Version 2: hashes of the eventIDs remembered, by minute of event time.
+    #[serde(default)]
+    seen_by_minute: SeenIds,
+    /// Version 1: hashes with no time, taken as of the watermark.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    seen_ids: Vec<u64>,
+    #[serde(default)]
+    watermark: i64,
+}
+
+const CHECKPOINT_VERSION: u32 = 3;
+/// Checkpoints of this version and later are read.
+const OLDEST_CHECKPOINT_VERSION: u32 = 1;
+const CHECKPOINT_NAME: &str = "trailwatch-state.json.gz";
+
+/// Decoding and state partitions, on every core.
+struct Engine {
+    partitions: Vec<StatePartition>,
+    pool: Option<DecoderPool>,
+    rules: Option<Arc<RuleSet>>,
+    workers: usize,
+}
+
+impl Engine {
+    fn new(settings: &Settings, rules: Option<Arc<RuleSet>>) -> Engine {
+        let count = settings.engine.partitions as usize;
+        let limits = DecodeLimits {
+            max_inflated_bytes: settings.max_file_bytes,
+        };
+        Engine {
+            partitions: (0..count)
+                .map(|_| {
+                    let detector = Detector::with_rules(settings.detector.clone(), count, rules.clone());
+                    StatePartition::local(detector, settings.engine.reorder_window)
+                })
+                .collect(),
+            pool: Some(DecoderPool::new(settings.workers.get(), limits, rules.clone())),
+            rules,
+            workers: settings.workers.get(),
+        }
+    }
+
+    /// Routes the files' events to their partitions, in file order, and runs the partitions in
+    /// parallel; blocking.
+    fn detect(&mut self, files: &mut [(DecodedFile, usize)]) -> Vec<Anomaly> {
+        let count = self.partitions.len();
+        let mut routed: Vec<Vec<Event>> = vec![Vec::new(); count];
+        for (file, _) in files.iter_mut() {
+            for event in std::mem::take(&mut file.events) {
+                routed[partition_of(&event.principal.key, count as u32) as usize].push(event);
+            }
+        }
+        self.each_partition(routed, |partition, events, out| {
+            for event in events {
+                partition.offer(event, out);
+            }
+        })
+    }
+
+    /// The input is caught up: partitions' clocks move to `now`.
+    fn idle(&mut self, now: i64) -> Vec<Anomaly> {
+        let routed = vec![Vec::new(); self.partitions.len()];
+        self.each_partition(routed, |partition, _, out| partition.idle(now, out))
+    }
+
+    fn each_partition(
+        &mut self,
+        routed: Vec<Vec<Event>>,
+        work: impl Fn(&mut StatePartition, Vec<Event>, &mut Vec<Anomaly>) + Sync,
+    ) -> Vec<Anomaly> {
+        let per_thread = self.partitions.len().div_ceil(self.workers.max(1));
+        let mut routed = routed.into_iter();
+        let work = &work;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .partitions
+                .chunks_mut(per_thread)
+                .map(|chunk| {
+                    let events: Vec<Vec<Event>> = routed.by_ref().take(chunk.len()).collect();
+                    s.spawn(move || {
+                        let mut out = Vec::new();
+                        for (partition, events) in chunk.iter_mut().zip(events) {
+                            work(partition, events, &mut out);
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("a partition does not panic"))
+                .collect()
+        })
+    }
+
+    fn snapshot(&self) -> Vec<PartitionSnapshot> {
+        let rules = self.rules.as_deref();
+        self.partitions.iter().map(|p| p.snapshot(rules)).collect()
+    }
+
+    fn restore(&mut self, settings: &Settings, checkpoint: Checkpoint) {
+        let count = self.partitions.len();
+        let rules = self.rules.as_deref();
+        let fresh = || Detector::with_rules(settings.detector.clone(), count, self.rules.clone());
+        if !checkpoint.partitions.is_empty() {
+            if checkpoint.partitions.len() != count {
+                tracing::warn!(
+                    held = checkpoint.partitions.len(),
+                    configured = count,
+                    "the checkpoint holds another number of partitions; its principals are spread anew"
+                );
+            } else {
+                self.partitions = checkpoint
+                    .partitions
+                    .into_iter()
+                    .map(|s| StatePartition::restore(fresh(), settings.engine.reorder_window, s, rules))
+                    .collect();
+                return;
+            }
+        }
+        // Versions 1 and 2 (or another partition count): baselines by principal, every eventID to
+        // every partition (an ID's partition is not known from its hash).
+        let mut parts: Vec<Vec<(compact_str::CompactString, PrincipalBaseline)>> = vec![Vec::new(); count];
+        let mut seen = checkpoint.seen_by_minute;
+        let mut watermark = checkpoint.watermark;
+        if !checkpoint.seen_ids.is_empty() {
+            seen.push((checkpoint.watermark.div_euclid(60), checkpoint.seen_ids));
+        }
+        let mut principals = checkpoint.principals;
+        for snapshot in checkpoint.partitions {
+            principals.extend(snapshot.detector.principals);
+            seen.extend(snapshot.detector.seen_ids);
+            watermark = watermark.max(snapshot.detector.watermark);
+        }
+        for (key, baseline) in principals {
+            parts[partition_of(&key, count as u32) as usize].push((key, baseline));
+        }
+        for (part, principals) in parts.into_iter().enumerate() {
+            let mut detector = fresh();
+            detector.restore(principals, &seen, watermark);
+            self.partitions[part] = StatePartition::local(detector, settings.engine.reorder_window);
+        }
+    }
+
+    fn principals(&self) -> usize {
+        self.partitions.iter().map(|p| p.detector().principals()).sum()
+    }
+
+    fn values_held(&self) -> usize {
+        self.partitions.iter().map(|p| p.detector().values_held()).sum()
+    }
+
+    fn held(&self) -> usize {
+        self.partitions.iter().map(StatePartition::held).sum()
+    }
+}
+
+/// The checkpoint store of the folder service: one object.
+struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+}
+
+impl CheckpointStore {
+    fn open(url: &str, s3: &crate::fetch::StoreSettings) -> anyhow::Result<CheckpointStore> {
+        let (store, prefix) = crate::state::open_store(url, s3)?;
+        let path = if prefix.is_empty() {
+            ObjectPath::from(CHECKPOINT_NAME)
+        } else {
+            ObjectPath::from(format!("{prefix}/{CHECKPOINT_NAME}"))
+        };
+        Ok(CheckpointStore { store, path })
+    }
+
+    async fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
+        let bytes = match self.store.get(&self.path).await {
+            Ok(r) => r.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e).context("reading the checkpoint"),
+        };
+        let checkpoint: Checkpoint = tokio::task::spawn_blocking(move || -> anyhow::Result<Checkpoint> {
+            Ok(serde_json::from_reader(flate2::read::GzDecoder::new(&bytes[..]))?)
+        })
+        .await??;
+        anyhow::ensure!(
+            (OLDEST_CHECKPOINT_VERSION..=CHECKPOINT_VERSION).contains(&checkpoint.version),
+            "checkpoint version {} is not one of {OLDEST_CHECKPOINT_VERSION} to {CHECKPOINT_VERSION}",
+            checkpoint.version
+        );
+        Ok(Some(checkpoint))
+    }
+
+    async fn save(&self, checkpoint: Checkpoint) -> anyhow::Result<()> {
+        let bytes = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            serde_json::to_writer(&mut gz, &checkpoint)?;
+            Ok(gz.finish()?)
+        })
+        .await??;
+        // Local puts write a temporary file and rename it; S3 puts are atomic.
+        self.store
+            .put(&self.path, PutPayload::from(bytes))
+            .await
+            .context("writing the checkpoint")?;
+        Ok(())
+    }
+}
+
+/// Runs the folder service until `shutdown` resolves, then finishes the batch in hand,
+/// checkpoints and returns.
+pub async fn run(
+    settings: &Settings,
+    run: &RunSettings,
+    folder: &Path,
+    poll: std::time::Duration,
+    rules: Option<Arc<RuleSet>>,
+    metrics: &Metrics,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<RunReport> {
+    let mut report = RunReport::default();
+    let latencies = Latencies::default();
+    let mut engine = Engine::new(settings, rules);
+    let checkpoints = run
+        .checkpoint_url
+        .as_deref()
+        .map(|url| CheckpointStore::open(url, &run.s3))
+        .transpose()?;
+    let mut files_done = BTreeSet::new();
+    if let Some(store) = &checkpoints {
+        if let Some(mut checkpoint) = store.load().await? {
+            tracing::info!(partitions = checkpoint.partitions.len(), "restoring checkpoint");
+            files_done = std::mem::take(&mut checkpoint.files_done);
+            engine.restore(settings, checkpoint);
+        }
+    }
+    let fetcher = Fetcher::new(run.fetch.clone());
+    let mut output = Output::open(run).await?;
+    metrics.set_ready(true);
+    tokio::pin!(shutdown);
+    let mut stopping = false;
+    let mut last_checkpoint = Instant::now();
+    let mut last_input = Instant::now();
+    let mut idle_done = false;
+    let mut dirty = false;
+
+    while !stopping {
+        let (listed, pending) = list_folder(folder, &files_done, run.batch_max_messages)?;
+        // The folder's backlog is its lag: files waiting beyond this batch.
+        metrics
+            .consumer_lag
+            .with_label_values(&["folder"])
+            .set((pending - listed.len()) as i64);
+        if listed.is_empty() {
+            tokio::select! {
+                _ = &mut shutdown => stopping = true,
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+        // Each file its own position, so that a file to retry holds back only itself.
+        let batch: Vec<Notification> = listed
+            .into_iter()
+            .enumerate()
+            .map(|(i, key)| Notification {
+                topic: String::new(),
+                partition: 0,
+                offset: i as i64,
+                key: None,
+                payload: Vec::new(),
+                direct: Some(ObjectRef {
+                    bucket: String::new(),
+                    key,
+                }),
+            })
+            .collect();
+
+        let mut anomalies = Vec::new();
+        let mut dead = Vec::new();
+        if !batch.is_empty() {
+            last_input = Instant::now();
+            idle_done = false;
+            let mut decoded = decode_batch(
+                &mut engine.pool,
+                &fetcher,
+                &batch,
+                &mut report,
+                metrics,
+                &latencies,
+            )
+            .await;
+            let (engine_back, found) = tokio::task::spawn_blocking(move || {
+                let found = engine.detect(&mut decoded.files);
+                (engine, (found, decoded.dead, decoded.retry))
+            })
+            .await
+            .expect("detection does not panic");
+            engine = engine_back;
+            let (found, batch_dead, retry) = found;
+            anomalies = found;
+            dead = batch_dead;
+            for n in &batch {
+                if let Some(obj) = &n.direct {
+                    if !retry.contains(&n.position()) {
+                        files_done.insert(obj.key.clone());
+                    }
+                }
+            }
+            if !retry.is_empty() {
+                report.retries += retry.len() as u64;
+                tokio::time::sleep(run.retry_pause).await;
+            }
+            dirty = true;
+        } else if !idle_done && last_input.elapsed() >= settings.engine.idle_after {
+            // Caught up: what waits for later events is judged now.
+            idle_done = true;
+            let now = chrono::Utc::now().timestamp();
+            let (engine_back, found) = tokio::task::spawn_blocking(move || {
+                let found = engine.idle(now);
+                (engine, found)
+            })
+            .await
+            .expect("detection does not panic");
+            engine = engine_back;
+            anomalies = found;
+            dirty = true;
+        }
+        if !anomalies.is_empty() || !dead.is_empty() {
+            output.deliver(&anomalies, &dead).await?;
+            report.anomalies += anomalies.len() as u64;
+            anomalies.iter().for_each(|a| metrics.anomaly(a));
+            for (_, d) in &dead {
+                *report.dead_letters.entry(d.reason.clone()).or_default() += 1;
+                metrics.dead_letters.with_label_values(&[d.reason.as_str()]).inc();
+            }
+        }
+        metrics.principals.set(engine.principals() as i64);
+        metrics.baseline_values.set(engine.values_held() as i64);
+        metrics.events_held.set(engine.held() as i64);
+        if report.checkpoints > 0 {
+            metrics
+                .checkpoint_age_seconds
+                .set(last_checkpoint.elapsed().as_secs_f64());
+        }
+        if dirty && (stopping || last_checkpoint.elapsed() >= run.checkpoint_interval) {
+            if let Some(store) = &checkpoints {
+                store
+                    .save(Checkpoint {
+                        version: CHECKPOINT_VERSION,
+                        files_done: files_done.clone(),
+                        partitions: engine.snapshot(),
+                        ..Checkpoint::default()
+                    })
+                    .await?;
+            }
+            report.checkpoints += 1;
+            metrics
+                .checkpoint_last_success
+                .set(chrono::Utc::now().timestamp() as f64);
+            metrics.checkpoint_age_seconds.set(0.0);
+            tracing::info!(checkpoints = report.checkpoints, "checkpoint written");
+            last_checkpoint = Instant::now();
+            dirty = false;
+        }
+    }
+    tracing::info!(file = %latencies.file(), event_lag = %latencies.lag(), "latency at shutdown");
+    Ok(report)
+}
+
+/// Log files under `dir` not yet processed, oldest delivery first, at most `max`; and how many
+/// are waiting in all.
+fn list_folder(dir: &Path, done: &BTreeSet<String>, max: usize) -> anyhow::Result<(Vec<String>, usize)> {
+    let (files, _) = crate::replay::list_inputs(&[dir.to_owned()])?;
+    let mut pending: Vec<String> = files
+        .into_iter()
+        .filter_map(|f| {
+            f.path
+                .strip_prefix(dir)
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned())
+        })
+        .filter(|k| !done.contains(k))
+        .collect();
+    let total = pending.len();
+    pending.truncate(max);
+    Ok((pending, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, time: i64) -> Event {
+        let record = format!(
+            r#"{{"eventVersion":"1.08","eventTime":"{}","eventSource":"s3.amazonaws.com","eventName":"GetObject","eventID":"{id}","userIdentity":{{"type":"IAMUser","arn":"arn:aws:iam::111122223333:user/a","accountId":"111122223333"}}}}"#,
+            crate::event::format_time(time)
+        );
+        let raw: crate::record::RawRecord = serde_json::from_str(&record).unwrap();
+        Event::from_record(&raw, &record, &Arc::from("test")).unwrap()
+    }
+
+    fn duplicates_after_restore(checkpoint: &str) -> u64 {
+        let mut settings = Settings::default();
+        settings.engine.reorder_window = 0;
+        let mut engine = Engine::new(&settings, None);
+        engine.restore(&settings, serde_json::from_str(checkpoint).unwrap());
+        let e = event("a", 1_700_000_000);
+        let part = partition_of(&e.principal.key, engine.partitions.len() as u32) as usize;
+        engine.partitions[part].offer(e, &mut Vec::new());
+        engine.partitions[part].detector().stats.duplicates
+    }
+
+    #[test]
+    fn checkpoints_of_every_version_restore_the_event_ids_they_hold() {
+        let hash = xxhash_rust::xxh3::xxh3_64(b"a");
+        let minute = 1_700_000_000 / 60;
+        let v1 = format!(
+            r#"{{"version":1,"offsets":{{}},"files_done":[],"principals":[],"seen_ids":[{hash}],"watermark":1700000000}}"#
+        );
+        assert_eq!(duplicates_after_restore(&v1), 1);
+        let v2 = format!(
+            r#"{{"version":2,"offsets":{{}},"files_done":[],"principals":[],"seen_by_minute":[[{minute},[{hash}]]],"watermark":1700000000}}"#
+        );
+        assert_eq!(duplicates_after_restore(&v2), 1);
+        // Another minute holds another event.
+        let elsewhere = v2.replace(&minute.to_string(), &(minute - 1).to_string());
+        assert_eq!(duplicates_after_restore(&elsewhere), 0);
+
+        // What a snapshot writes reads back the same.
+        let mut settings = Settings::default();
+        settings.engine.reorder_window = 0;
+        let mut engine = Engine::new(&settings, None);
+        engine.restore(&settings, serde_json::from_str(&v2).unwrap());
+        let written = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            partitions: engine.snapshot(),
+            ..Checkpoint::default()
+        };
+        assert_eq!(
+            duplicates_after_restore(&serde_json::to_string(&written).unwrap()),
+            1
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! The streaming service: `trailwatch run`, in its roles.
+//!
+//! ```text
+//!  notifications topic ─► decode stage ─► events topic (keyed by principal) ─► detect stage ─► sinks
+//!  (any process can decode any file)      (P partitions = P state partitions)  (a process owns partitions)
+//! ```
+//! - [`decode`]: notifications → events on the events topic; stateless.
+//! - [`detect`]: the events topic's partitions → anomalies; each partition's state snapshotted
+//!   with its offset, moved on rebalance.
+//! - [`folder`]: the one-process service over a watched folder, with no Kafka.
+//! - [`batch`]: notifications → decoded files, shared by the decode stage and the folder service.
+//!
+//! A process runs the decode stage, the detect stage, or both (`--role all`, the default): any
+//! number of processes with the same configuration form one correct cluster, because every
+//! principal's events go through its one events-topic partition, whoever decoded them.
+
+pub mod batch;
+pub mod decode;
+pub mod detect;
+pub mod folder;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::rules::RuleSet;
+use crate::run::{RunReport, RunSettings};
+use crate::sink::{client_config, ClientKind};
+
+/// Which stages a `run` process takes part in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    Decode,
+    Detect,
+    /// Both, in one process (still through the events topic, so replicas form a cluster).
+    #[default]
+    All,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "decode" => Ok(Role::Decode),
+            "detect" => Ok(Role::Detect),
+            "all" => Ok(Role::All),
+            other => Err(format!("\"decode\", \"detect\" or \"all\", got {other:?}")),
+        }
+    }
+}
+
+/// The partition count of `topic`.
+pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> anyhow::Result<u32> {
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .with_context(|| format!("reading the metadata of topic {topic}"))?;
+    let count = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    Ok(count as u32)
+}
+
+/// Creates the events topic with `engine.partitions` partitions if it is missing; refuses to
+/// run if it exists with another count (re-keying would split principals' state).
+async fn ensure_events_topic(settings: &Settings, run: &RunSettings) -> anyhow::Result<()> {
+    let kafka = &run.kafka;
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, ClientKind::Admin, &[])
+        .create()
+        .context("creating the Kafka admin client")?;
+    let want = settings.engine.partitions;
+    let topic = &kafka.events_topic;
+    let mut have = tokio::task::block_in_place(|| partition_count(admin.inner(), topic))?;
+    if have == 0 {
+        let new = NewTopic::new(topic, want as i32, TopicReplication::Fixed(-1));
+        let results = admin
+            .create_topics([&new], &AdminOptions::new())
+            .await
+            .context("creating the events topic")?;
+        for result in results {
+            match result {
+                Ok(_) => tracing::info!(topic, partitions = want, "created the events topic"),
+                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => anyhow::bail!("creating the events topic {topic}: {code}"),
+            }
+        }
+        // Wait until the topic's partitions are known.
+        for _ in 0..100 {
+            have = tokio::task::block_in_place(|| partition_count(admin.inner(), topic))?;
+            if have > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    anyhow::ensure!(
+        have == want,
+        "the events topic {topic} has {have} partitions and engine.partitions is {want}: a principal's \
+         state lives in the partition its key hashes to, so the count is fixed once the topic exists; \
+         set engine.partitions = {have}, or start over with a new events topic (and checkpoint.url)"
+    );
+    Ok(())
+}
+
+/// Runs the Kafka service in `role` until `shutdown` resolves.
+pub async fn run_kafka(
+    settings: Settings,
+    run: RunSettings,
+    rules: Option<Arc<RuleSet>>,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<RunReport> {
+    let role = run.role;
+    ensure_events_topic(&settings, &run).await?;
+    let mut report = RunReport::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_detect = Arc::new(AtomicBool::new(false));
+
+    let detect = (role != Role::Decode).then(|| {
+        let (settings, run, rules, metrics) =
+            (settings.clone(), run.clone(), rules.clone(), Arc::clone(&metrics));
+        let (runtime, stop) = (tokio::runtime::Handle::current(), Arc::clone(&stop_detect));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("detect".into())
+            .spawn(move || {
+                let _ = done_tx.send(detect::run(settings, run, rules, metrics, runtime, stop));
+            })
+            .map(|_| done_rx)
+    });
+    let mut detect = match detect {
+        Some(spawned) => Some(spawned.context("starting the detect stage")?),
+        None => None,
+    };
+
+    let (decode_result, detect_result) = {
+        let decoding = async {
+            if role == Role::Detect {
+                return Ok(());
+            }
+            decode::run(&settings, &run, rules.clone(), &metrics, stop_rx, &mut report).await
+        };
+        tokio::pin!(decoding);
+        tokio::pin!(shutdown);
+        let mut decode_result = None;
+        let mut detect_result = None;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown, if !*stop_tx.borrow() => {
+                    tracing::info!("stopping: finishing the work in hand");
+                    let _ = stop_tx.send(true);
+                    stop_detect.store(true, Ordering::Relaxed);
+                }
+                result = &mut decoding, if decode_result.is_none() => {
+                    if result.is_err() || role == Role::Decode {
+                        stop_detect.store(true, Ordering::Relaxed);
+                    }
+                    decode_result = Some(result);
+                }
+                result = async { detect.as_mut().expect("guarded").await }, if detect.is_some() && detect_result.is_none() => {
+                    let result = result.unwrap_or_else(|_| Err(anyhow::anyhow!("the detect stage stopped")));
+                    let _ = stop_tx.send(true);
+                    detect_result = Some(result);
+                }
+            }
+            let decode_done = decode_result.is_some();
+            let detect_done = detect.is_none() || detect_result.is_some();
+            if decode_done && detect_done {
+                break;
+            }
+        }
+        (decode_result, detect_result)
+    };
+    decode_result.unwrap_or(Ok(()))?;
+    if let Some(result) = detect_result {
+        let detected = result?;
+        report.anomalies += detected.anomalies;
+        report.checkpoints += detected.snapshots;
+    }
+    Ok(report)
+}

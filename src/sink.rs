@@ -1,0 +1,281 @@
+//! The outputs: anomalies and dead letters, to Kafka topics or JSON-lines files.
+//!
+//! In: anomalies and [`DeadLetter`]s. Out: each acknowledged by the broker (`acks=all`,
+//! idempotent producer) or written and flushed, before [`Output::deliver`] returns: callers
+//! commit input positions only after that.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::future::join_all;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::anomaly::Anomaly;
+use crate::run::{KafkaSettings, RunSettings, Sink};
+
+/// What every producer of trailwatch is set to: idempotent, acknowledged by all in-sync
+/// replicas, keyed records routed by Kafka's own key hash (as the Java client does), so that the
+/// events topic's partition of a principal is [`crate::engine::partition_of`] it.
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("partitioner", "murmur2_random"),
+    ("linger.ms", "5"),
+];
+
+/// A dead letter: the input that could not be processed, why, and where it came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeadLetter {
+    pub reason: String,
+    pub detail: String,
+    pub source: DeadLetterSource,
+    /// The object, for fetch and decode failures (`s3://bucket/key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// The original notification payload, as text (lossy for non-UTF-8).
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeadLetterSource {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The outputs: anomalies and dead letters.
+pub enum Output {
+    Kafka {
+        producer: FutureProducer,
+        anomalies: String,
+        dead_letters: String,
+    },
+    Files {
+        anomalies: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+        dead_letters: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    },
+}
+
+impl Output {
+    /// The outputs `run` names: Kafka topics, or files (stdout and stderr by default).
+    pub async fn open(run: &RunSettings) -> anyhow::Result<Output> {
+        Ok(match &run.sink {
+            Sink::Kafka => {
+                let config = client_config(&run.kafka, ClientKind::Producer, PRODUCER_DEFAULTS);
+                let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
+                Output::Kafka {
+                    producer,
+                    anomalies: run.kafka.anomalies_topic.clone(),
+                    dead_letters: run.kafka.dead_letter_topic.clone(),
+                }
+            }
+            sink => {
+                let anomalies: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match sink {
+                    Sink::File(path) => Box::new(
+                        tokio::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path)
+                            .await
+                            .with_context(|| format!("sink {}", path.display()))?,
+                    ),
+                    _ => Box::new(tokio::io::stdout()),
+                };
+                let dead_letters: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &run.dead_letter_file
+                {
+                    Some(path) => Box::new(
+                        tokio::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path)
+                            .await
+                            .with_context(|| format!("dead letters {}", path.display()))?,
+                    ),
+                    None => Box::new(tokio::io::stderr()),
+                };
+                Output::Files {
+                    anomalies,
+                    dead_letters,
+                }
+            }
+        })
+    }
+
+    /// Sends everything and waits until each is acknowledged (Kafka) or written and flushed.
+    pub async fn deliver(
+        &mut self,
+        anomalies: &[Anomaly],
+        dead: &[(Option<Vec<u8>>, DeadLetter)],
+    ) -> anyhow::Result<()> {
+        match self {
+            Output::Kafka {
+                producer,
+                anomalies: topic,
+                dead_letters,
+            } => {
+                let payloads: Vec<String> = anomalies
+                    .iter()
+                    .map(serde_json::to_string)
+                    .collect::<Result<_, _>>()?;
+                let sends = anomalies.iter().zip(&payloads).map(|(a, p)| {
+                    producer.send(
+                        FutureRecord::to(topic).key(&a.principal.key).payload(p),
+                        Duration::from_secs(30),
+                    )
+                });
+                for result in join_all(sends).await {
+                    result.map_err(|(e, _)| anyhow::anyhow!("producing an anomaly: {e}"))?;
+                }
+                let dead_payloads: Vec<String> = dead
+                    .iter()
+                    .map(|(_, d)| serde_json::to_string(d))
+                    .collect::<Result<_, _>>()?;
+                let sends = dead.iter().zip(&dead_payloads).map(|((key, _), p)| {
+                    let mut record = FutureRecord::to(dead_letters).payload(p);
+                    if let Some(key) = key {
+                        record = record.key(key);
+                    }
+                    producer.send(record, Duration::from_secs(30))
+                });
+                for result in join_all(sends).await {
+                    result.map_err(|(e, _)| anyhow::anyhow!("producing a dead letter: {e}"))?;
+                }
+            }
+            Output::Files {
+                anomalies: out,
+                dead_letters,
+            } => {
+                let mut buf = Vec::new();
+                for a in anomalies {
+                    serde_json::to_writer(&mut buf, a)?;
+                    buf.push(b'\n');
+                }
+                out.write_all(&buf).await?;
+                out.flush().await?;
+                buf.clear();
+                for (_, d) in dead {
+                    serde_json::to_writer(&mut buf, d)?;
+                    buf.push(b'\n');
+                }
+                dead_letters.write_all(&buf).await?;
+                dead_letters.flush().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which kind of librdkafka client a configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    Consumer,
+    Producer,
+    Admin,
+}
+
+/// librdkafka properties only a consumer reads: given to a producer, librdkafka warns at every
+/// start (CONFWARN), so passthrough options are split by client.
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "group.protocol",
+    "group.protocol.type",
+    "group.remote.assignor",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "isolation.level",
+    "consume.callback.max.messages",
+    "enable.partition.eof",
+    "check.crcs",
+];
+
+/// librdkafka properties only a producer reads.
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "retry.backoff.ms",
+    "retry.backoff.max.ms",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "acks",
+    "request.required.acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "partitioner",
+    "sticky.partitioning.linger.ms",
+];
+
+/// Passthrough properties refused because they would weaken delivery: offsets are committed by
+/// trailwatch only after the work behind them is done, and every record is acknowledged by all
+/// in-sync replicas, idempotently.
+pub fn weakening_option(key: &str, value: &str) -> Option<&'static str> {
+    match (key, value.trim()) {
+        ("enable.auto.commit", v) if v != "false" => {
+            Some("offsets are committed by trailwatch once the work behind them is done")
+        }
+        ("enable.auto.offset.store", v) if v != "false" => {
+            Some("offsets are stored by trailwatch once the work behind them is done")
+        }
+        ("enable.idempotence", v) if v != "true" => {
+            Some("records must not be duplicated or reordered by producer retries")
+        }
+        ("acks" | "request.required.acks", v) if v != "all" && v != "-1" => {
+            Some("records must be acknowledged by every in-sync replica")
+        }
+        _ => None,
+    }
+}
+
+/// A librdkafka configuration for one kind of client: the brokers, then `defaults`, then the
+/// user's passthrough options that this kind of client reads, which win over both.
+pub fn client_config(kafka: &KafkaSettings, kind: ClientKind, defaults: &[(&str, &str)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (k, v) in defaults {
+        config.set(*k, *v);
+    }
+    for (k, v) in &kafka.options {
+        let skip = match kind {
+            ClientKind::Consumer => PRODUCER_ONLY.contains(&k.as_str()),
+            ClientKind::Producer => CONSUMER_ONLY.contains(&k.as_str()),
+            ClientKind::Admin => PRODUCER_ONLY.contains(&k.as_str()) || CONSUMER_ONLY.contains(&k.as_str()),
+        };
+        if !skip {
+            config.set(k, v);
+        }
+    }
+    config
+}
