@@ -76,6 +76,10 @@ async fn read_topic(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mock_cluster_run_loses_nothing_through_broker_errors() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "trailwatch=info".into()))
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let trail = dir.path().join("bucket");
     generate(&GenerateOptions {
@@ -122,6 +126,8 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
     cluster.create_topic(NOTIFICATIONS, 1, 3).unwrap();
     cluster.create_topic(ANOMALIES, 2, 3).unwrap();
     cluster.create_topic(DEAD, 1, 3).unwrap();
+    // The mock cluster takes no CreateTopics requests: the events topic is made here.
+    cluster.create_topic("trailwatch-events", 12, 3).unwrap();
     let brokers = cluster.bootstrap_servers();
 
     let producer: FutureProducer = ClientConfig::new()
@@ -220,12 +226,12 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
         Duration::from_secs(30),
     )
     .await;
-    stop_tx.send(()).unwrap();
+    let _ = stop_tx.send(()); // the service may have stopped on its own: its result says why
     let report = tokio::time::timeout(Duration::from_secs(60), service)
         .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+        .expect("the service stops within a minute of being told to")
+        .expect("the service task does not panic")
+        .unwrap_or_else(|e| panic!("the service fails: {e:#}"));
 
     let got: BTreeSet<String> = anomalies.iter().map(|l| id_of(l)).collect();
     assert_eq!(

@@ -100,6 +100,7 @@ pub async fn run(
         crate::service::partition_count(producer.client(), &kafka.notifications_topic)
     })?;
     let partitions = settings.engine.partitions;
+    tracing::info!(sources, partitions, "decode stage started");
     let limits = DecodeLimits {
         max_inflated_bytes: settings.max_file_bytes,
     };
@@ -166,6 +167,7 @@ pub async fn run(
                 }
             }
             metrics.events_produced.inc_by(produced);
+            tracing::debug!(notifications = batch.len(), produced, "batch decoded");
             for (key, dead) in &decoded.dead {
                 let payload = serde_json::to_vec(dead)?;
                 let mut record = FutureRecord::to(&kafka.dead_letter_topic).payload(&payload[..]);
@@ -210,6 +212,9 @@ pub async fn run(
                     moved.push((source, *mark));
                 }
             }
+        }
+        if !moved.is_empty() {
+            tracing::debug!(?moved, "source marks");
         }
         for (source, time) in moved {
             let mark = SourceMark {

@@ -273,7 +273,25 @@ struct DetectContext {
     state: Arc<Mutex<State>>,
 }
 
-impl ClientContext for DetectContext {}
+impl ClientContext for DetectContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`) carry each partition's lag,
+    /// read without a request to the brokers.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(topic) = statistics.topics.get(&state.topic) else {
+            return;
+        };
+        for (p, partition) in &topic.partitions {
+            if state.owned.contains_key(p) && partition.consumer_lag >= 0 {
+                state
+                    .metrics
+                    .events_lag
+                    .with_label_values(&[&p.to_string()])
+                    .set(partition.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for DetectContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -383,6 +401,7 @@ pub fn run(
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
             ("partition.assignment.strategy", "cooperative-sticky"),
+            ("statistics.interval.ms", "5000"),
         ],
     )
     .create_with_context(DetectContext {
@@ -416,7 +435,17 @@ pub fn run(
                 let partitions: Vec<i32> = state.owned.keys().copied().collect();
                 state.checkpoint(&partitions, &consumer)?;
                 last_checkpoint = Instant::now();
-                report_lag(&state, &consumer);
+                tracing::debug!(
+                    owned = state.owned.len(),
+                    held = state.owned.values().map(|o| o.partition.held()).sum::<usize>(),
+                    judged = state
+                        .owned
+                        .values()
+                        .map(|o| o.partition.detector().stats.events)
+                        .sum::<u64>(),
+                    anomalies = state.anomalies,
+                    "checkpoint"
+                );
                 state.update_gauges();
             }
             metrics.set_ready(!state.owned.is_empty());
@@ -434,20 +463,4 @@ pub fn run(
         anomalies: state.anomalies,
         snapshots: state.snapshots,
     })
-}
-
-/// Events not yet judged, per owned partition: the log end minus the next offset.
-fn report_lag<C: ConsumerContext>(state: &State, consumer: &BaseConsumer<C>) {
-    for (p, owned) in &state.owned {
-        if let (Ok((_, high)), Some(next)) = (
-            consumer.fetch_watermarks(&state.topic, *p, Duration::from_secs(2)),
-            owned.next_offset,
-        ) {
-            state
-                .metrics
-                .events_lag
-                .with_label_values(&[&p.to_string()])
-                .set((high - next).max(0));
-        }
-    }
 }

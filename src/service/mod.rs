@@ -78,28 +78,33 @@ async fn ensure_events_topic(settings: &Settings, run: &RunSettings) -> anyhow::
         .context("creating the Kafka admin client")?;
     let want = settings.engine.partitions;
     let topic = &kafka.events_topic;
-    let mut have = tokio::task::block_in_place(|| partition_count(admin.inner(), topic))?;
-    if have == 0 {
-        let new = NewTopic::new(topic, want as i32, TopicReplication::Fixed(-1));
-        let results = admin
-            .create_topics([&new], &AdminOptions::new())
-            .await
-            .context("creating the events topic")?;
-        for result in results {
-            match result {
-                Ok(_) => tracing::info!(topic, partitions = want, "created the events topic"),
-                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => anyhow::bail!("creating the events topic {topic}: {code}"),
+    // Created first, not looked up first: a metadata request for a missing topic makes some
+    // brokers create it with their default partition count.
+    let new = NewTopic::new(topic, want as i32, TopicReplication::Fixed(-1));
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    match admin.create_topics([&new], &options).await {
+        Ok(results) => {
+            for result in results {
+                match result {
+                    Ok(_) => tracing::info!(topic, partitions = want, "created the events topic"),
+                    Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((_, code)) => anyhow::bail!("creating the events topic {topic}: {code}"),
+                }
             }
         }
-        // Wait until the topic's partitions are known.
-        for _ in 0..100 {
-            have = tokio::task::block_in_place(|| partition_count(admin.inner(), topic))?;
-            if have > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // A cluster that does not take CreateTopics requests: the topic must exist already.
+        Err(e) => {
+            tracing::warn!(topic, error = %e, "could not create the events topic; expecting it to exist")
         }
+    }
+    // Wait until the topic's partitions are known.
+    let mut have = 0;
+    for _ in 0..100 {
+        have = tokio::task::block_in_place(|| partition_count(admin.inner(), topic))?;
+        if have > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::ensure!(
         have == want,
