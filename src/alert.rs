@@ -206,6 +206,10 @@ fn dedup_key(a: &Anomaly) -> u64 {
     }
     h.update(&[0]);
     h.update(a.principal.key.as_bytes());
+    // A failed attempt and a success of the same rule are different alerts.
+    if let Some(outcome) = a.outcome {
+        h.update(outcome.as_str().as_bytes());
+    }
     h.digest()
 }
 
@@ -285,6 +289,7 @@ mod tests {
                 title: format!("{r} title"),
                 tags: vec![],
             }),
+            outcome: None,
             dimensions: vec![],
             baseline: BaselineInfo {
                 events: 0,

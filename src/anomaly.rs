@@ -70,6 +70,34 @@ impl Severity {
     }
 }
 
+/// Whether the call behind a single-event rule match succeeded (no `errorCode`) or failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl Severity {
+    /// The severity of a rule match on a call that failed, for a rule whose level is `self` and
+    /// that does not say failures matter: one step lower, and never above `low`.
+    pub fn of_failed_attempt(self) -> Severity {
+        match self {
+            Severity::Info | Severity::Low => Severity::Info,
+            Severity::Medium | Severity::High | Severity::Critical => Severity::Low,
+        }
+    }
+}
+
 /// Anomalies are read back only from the detect stage's own state snapshots (open alert folds),
 /// never from outside input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +115,9 @@ pub struct Anomaly {
     pub principal: PrincipalInfo,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleInfo>,
+    /// For single-event rule matches: whether the call succeeded or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dimensions: Vec<DimensionReport>,
     pub baseline: BaselineInfo,
@@ -210,6 +241,19 @@ mod tests {
         );
         assert_ne!(anomaly_id(&["ab", "c"]), anomaly_id(&["a", "bc"]));
         assert_eq!(anomaly_id(&["x"]).len(), 32);
+    }
+
+    #[test]
+    fn a_failed_attempt_is_at_most_low_and_always_lower() {
+        for (level, failed) in [
+            (Severity::Critical, Severity::Low),
+            (Severity::High, Severity::Low),
+            (Severity::Medium, Severity::Low),
+            (Severity::Low, Severity::Info),
+            (Severity::Info, Severity::Info),
+        ] {
+            assert_eq!(level.of_failed_attempt(), failed, "{level:?}");
+        }
     }
 
     #[test]

@@ -515,15 +515,20 @@ fn rule_anomaly(
     baseline: BaselineInfo,
     reason: String,
 ) -> Anomaly {
+    let (severity, outcome) = rule.verdict(event.error_code.as_deref());
     let mut a = anomaly(
         event,
         Kind::RuleMatch,
         id,
-        level_score(rule.level),
+        level_score(severity),
         baseline,
         reason,
     );
-    a.severity = rule.level;
+    a.severity = severity;
+    a.outcome = outcome;
+    if let (Some(crate::anomaly::Outcome::Failed), Some(code)) = (outcome, &event.error_code) {
+        a.reason = format!("{} on a call that failed ({code})", a.reason);
+    }
     a.rule = Some(crate::anomaly::RuleInfo {
         id: rule.id.clone(),
         title: rule.title.clone(),
@@ -560,6 +565,7 @@ fn anomaly(
         last_seen: format_time(event.time),
         principal: PrincipalInfo::of(event),
         rule: None,
+        outcome: None,
         dimensions: Vec::new(),
         baseline,
         evidence: Evidence::of(event),

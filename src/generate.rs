@@ -9,7 +9,8 @@
 //! service roles run around the clock, global services log in us-east-1, files hold five minutes
 //! of events with a few records delivered a file late, and a few records are delivered twice.
 //! Every principal uses each of its habits on its first day, so that once past learning a benign
-//! principal has no new values left to show. The same options and seed give the same bytes.
+//! principal has no new values left to show. Benign work that resembles attacks runs beside the
+//! habits (see [`plan_lookalikes`]). The same options and seed give the same bytes.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -180,6 +181,7 @@ pub fn generate(options: &GenerateOptions) -> std::io::Result<GenerateReport> {
         plan_habits(&mut rng, options, persona, &mut planned);
     }
     inject_incidents(&mut rng, options, &personas, &mut planned);
+    plan_lookalikes(options, &personas, &mut planned);
     write_trail(&mut rng, options, planned)
 }
 
@@ -422,6 +424,225 @@ fn plan_habits(rng: &mut ChaCha8Rng, options: &GenerateOptions, persona: &Person
                     label: None,
                 });
             }
+        }
+    }
+}
+
+const TERRAFORM_AGENT: &str = "APN/1.0 HashiCorp/1.0 Terraform/1.7.5 (+https://www.terraform.io) \
+    terraform-provider-aws/5.40.0 (+https://registry.terraform.io/providers/hashicorp/aws) \
+    aws-sdk-go-v2/1.25.2 os/linux lang/go#1.22.0 md/GOOS#linux md/GOARCH#amd64";
+
+/// A benign administrative call that resembles an attack technique: its service, name and request.
+fn lookalike_call(account: &str, name: &'static str, n: u32) -> (&'static str, &'static str, Value) {
+    let trust = |service: &str| {
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]})
+        .to_string()
+    };
+    let request = match name {
+        "CreateRole" => {
+            json!({"roleName": format!("app-{n}"), "assumeRolePolicyDocument": trust("lambda.amazonaws.com")})
+        }
+        "PutRolePolicy" => json!({"roleName": format!("app-{n}"), "policyName": "table-access",
+            "policyDocument": json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                "Action": ["dynamodb:GetItem", "dynamodb:PutItem"],
+                "Resource": format!("arn:aws:dynamodb:us-east-1:{account}:table/orders")}]}).to_string()}),
+        "AttachRolePolicy" => {
+            json!({"roleName": format!("app-{n}"), "policyArn": "arn:aws:iam::aws:policy/ReadOnlyAccess"})
+        }
+        "UpdateFunctionCode20150331v2" => {
+            json!({"functionName": "api", "s3Bucket": format!("artifacts-{account}"),
+            "s3Key": format!("api/{n}.zip"), "publish": true})
+        }
+        "UpdateFunctionConfiguration20150331v2" => json!({"functionName": "api",
+            "layers": [format!("arn:aws:lambda:us-east-1:{account}:layer:deps:{n}")]}),
+        "AddPermission20150331v2" => json!({"functionName": "api", "statementId": format!("apigw-{n}"),
+            "action": "lambda:InvokeFunction", "principal": "apigateway.amazonaws.com",
+            "sourceArn": format!("arn:aws:execute-api:us-east-1:{account}:a1b2c3/*")}),
+        "DeleteLogGroup" => json!({"logGroupName": format!("/aws/lambda/preview-{n}")}),
+        "DeleteFlowLogs" => {
+            json!({"DeleteFlowLogsRequest": {"FlowLogId": {"content": format!("fl-0{n:016x}"), "tag": 1}}})
+        }
+        "AuthorizeSecurityGroupIngress" => {
+            json!({"groupId": "sg-0a1b2c3d4e5f67890", "ipPermissions": {"items": [
+            {"ipProtocol": "tcp", "fromPort": 443, "toPort": 443, "ipRanges": {"items": [{"cidrIp": "10.0.0.0/16"}]}}]}})
+        }
+        "PutBucketPolicy" => {
+            json!({"bucketName": format!("trail-{account}"), "Host": "s3.amazonaws.com", "policy": "",
+            "bucketPolicy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                "Principal": {"Service": "cloudtrail.amazonaws.com"}, "Action": "s3:PutObject",
+                "Resource": format!("arn:aws:s3:::trail-{account}/AWSLogs/{account}/*")}]}})
+        }
+        "PutBucketLifecycle" => {
+            json!({"bucketName": format!("media-{account}"), "Host": "s3.amazonaws.com", "lifecycle": "",
+            "LifecycleConfiguration": {"Rule": {"ID": "expire", "Status": "Enabled", "Filter": {"Prefix": "renders/"},
+                "Expiration": {"Days": 365}}}})
+        }
+        "PutBucketVersioning" => {
+            json!({"bucketName": format!("media-{account}"), "Host": "s3.amazonaws.com", "versioning": "",
+            "VersioningConfiguration": {"Status": "Enabled"}})
+        }
+        "RunInstances" => {
+            json!({"instancesSet": {"items": [{"imageId": "ami-0c7217cdde317cfec", "minCount": 1, "maxCount": 1}]},
+            "instanceType": "m6i.large", "monitoring": {"enabled": false}})
+        }
+        "ModifySnapshotAttribute" => {
+            json!({"snapshotId": format!("snap-0{n:016x}"), "attributeType": "CREATE_VOLUME_PERMISSION",
+            "createVolumePermission": {"remove": {"items": [{"userId": "999988887777"}]}}})
+        }
+        "CreateServiceLinkedRole" => json!({"aWSServiceName": "autoscaling.amazonaws.com"}),
+        "DeregisterImage" => json!({"imageId": format!("ami-0{n:016x}")}),
+        _ => Value::Null,
+    };
+    let service = match name {
+        "CreateRole" | "PutRolePolicy" | "AttachRolePolicy" | "CreateServiceLinkedRole" => {
+            "iam.amazonaws.com"
+        }
+        "UpdateFunctionCode20150331v2"
+        | "UpdateFunctionConfiguration20150331v2"
+        | "AddPermission20150331v2" => "lambda.amazonaws.com",
+        "DeleteLogGroup" => "logs.amazonaws.com",
+        "PutBucketPolicy" | "PutBucketLifecycle" | "PutBucketVersioning" => "s3.amazonaws.com",
+        _ => "ec2.amazonaws.com",
+    };
+    (service, name, request)
+}
+
+/// Benign work that looks like attack techniques, so that rules are measured against it:
+/// CloudFormation deploying and tearing down stacks (roles, policies, function code and layers,
+/// flow logs and log groups deleted, bucket policies), Terraform run from CI (roles, lifecycle and
+/// versioning, instances, snapshot permissions removed, function code), AWS services acting for the
+/// account (service-linked roles, AMIs retired), and people's commands that fail because they were
+/// mistyped. Each actor does all of its work on the first weekday, so baselines learn it; it has
+/// its own random stream, so the habits and incidents are the same with or without it.
+fn plan_lookalikes(options: &GenerateOptions, personas: &[Persona], out: &mut Vec<Planned>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x6c6f_6f6b_616c_696b);
+    let rng = &mut rng;
+    let account = ACCOUNTS[0];
+    let role_identity = |rng: &mut ChaCha8Rng, role: &str, session: &str| {
+        json!({"type": "AssumedRole", "principalId": format!("{}:{session}", key_id(rng, "AROA")),
+            "arn": format!("arn:aws:sts::{account}:assumed-role/{role}/{session}"), "accountId": account,
+            "accessKeyId": key_id(rng, "ASIA"),
+            "sessionContext": {"sessionIssuer": {"type": "Role", "principalId": key_id(rng, "AROA"),
+                "arn": format!("arn:aws:iam::{account}:role/{role}"), "accountId": account, "userName": role},
+                "attributes": {"creationDate": format_time(options.start), "mfaAuthenticated": "false"}}})
+    };
+    let actor = |identity: Value, source: &str, agent: &str| Persona {
+        style: Style::ServiceRole,
+        account,
+        region: REGIONS[0],
+        identity,
+        calls: Vec::new(),
+        ips: vec![source.to_owned()],
+        agents: vec![agent.to_owned()],
+        volume: 1.0,
+        active: 0..options.days,
+    };
+    let mut stack = role_identity(rng, "cfn-exec-role", "AWSCloudFormation");
+    stack["invokedBy"] = json!("cloudformation.amazonaws.com");
+    let cfn = "cloudformation.amazonaws.com";
+    let actors = [
+        (
+            actor(stack, cfn, cfn),
+            2,
+            &[
+                "CreateRole",
+                "PutRolePolicy",
+                "UpdateFunctionCode20150331v2",
+                "UpdateFunctionConfiguration20150331v2",
+                "AddPermission20150331v2",
+                "DeleteLogGroup",
+                "DeleteFlowLogs",
+                "AuthorizeSecurityGroupIngress",
+                "PutBucketPolicy",
+            ][..],
+        ),
+        (
+            actor(
+                role_identity(rng, "ci-deploy", "terraform"),
+                "203.0.113.240",
+                TERRAFORM_AGENT,
+            ),
+            1,
+            &[
+                "CreateRole",
+                "AttachRolePolicy",
+                "PutBucketLifecycle",
+                "PutBucketVersioning",
+                "RunInstances",
+                "ModifySnapshotAttribute",
+                "UpdateFunctionCode20150331v2",
+            ][..],
+        ),
+        (
+            actor(
+                json!({"type": "AWSService", "invokedBy": "autoscaling.amazonaws.com"}),
+                "autoscaling.amazonaws.com",
+                "autoscaling.amazonaws.com",
+            ),
+            1,
+            &["CreateServiceLinkedRole"][..],
+        ),
+        (
+            actor(
+                json!({"type": "AWSService", "invokedBy": "dlm.amazonaws.com"}),
+                "dlm.amazonaws.com",
+                "dlm.amazonaws.com",
+            ),
+            1,
+            &["DeregisterImage"][..],
+        ),
+    ];
+    let mut n = 0u32;
+    for day in 0..options.days {
+        if day % 7 >= 5 {
+            continue;
+        }
+        let day_start = options.start + i64::from(day) * DAY;
+        for (persona, runs, names) in &actors {
+            for _ in 0..*runs {
+                let mut t = day_start + rng.gen_range(9 * HOUR..17 * HOUR);
+                for &name in names.iter() {
+                    n += 1;
+                    let (service, name, request) = lookalike_call(account, name, n);
+                    let (ip, agent) = (&persona.ips[0], &persona.agents[0]);
+                    let mut r = record(rng, persona, t, service, name, ip, agent, persona.region);
+                    r["requestParameters"] = request;
+                    out.push(Planned {
+                        time: t,
+                        record: r,
+                        label: None,
+                    });
+                    t += rng.gen_range(2..30);
+                }
+            }
+        }
+        // Mistyped commands: a person's habitual call that fails on a bad argument.
+        for persona in personas.iter().filter(|p| p.style == Style::Human) {
+            if !persona.active.contains(&day) || !rng.gen_bool(0.3) {
+                continue;
+            }
+            let t = day_start + rng.gen_range(9 * HOUR..17 * HOUR);
+            let (service, name) = pick_call(rng, &persona.calls);
+            let ip = persona.ips[0].clone();
+            let agent = persona.agents[0].clone();
+            let mut r = record(rng, persona, t, service, name, &ip, &agent, persona.region);
+            let (code, message) = [
+                ("ValidationException", "1 validation error detected"),
+                (
+                    "InvalidParameterValue",
+                    "Value (i-0abc) for parameter instanceId is invalid",
+                ),
+                ("NoSuchEntity", "The specified entity cannot be found"),
+                ("ResourceNotFoundException", "Requested resource not found"),
+            ][rng.gen_range(0..4)];
+            r["errorCode"] = json!(code);
+            r["errorMessage"] = json!(message);
+            out.push(Planned {
+                time: t,
+                record: r,
+                label: None,
+            });
         }
     }
 }

@@ -101,6 +101,18 @@ enum RulesAction {
         #[arg(long)]
         strict: bool,
     },
+    /// Show the ATT&CK techniques the rules cover, and which attack-emulation catalogue entries
+    /// no rule flags.
+    Coverage {
+        /// Folder of rules (default: the shipped rules).
+        dir: Option<PathBuf>,
+        /// Catalogue of techniques and the rules that flag them (default: the shipped one).
+        #[arg(long)]
+        catalogue: Option<PathBuf>,
+        /// Fail when a catalogue entry is not covered.
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -266,6 +278,11 @@ fn rules_command(action: RulesAction) -> anyhow::Result<()> {
     let (dir, strict, test) = match action {
         RulesAction::Check { dir } => (dir, false, false),
         RulesAction::Test { dir, strict } => (dir, strict, true),
+        RulesAction::Coverage {
+            dir,
+            catalogue,
+            strict,
+        } => return rules_coverage(dir, catalogue, strict),
     };
     let rules = load_rules(dir.as_ref())?;
     println!(
@@ -291,6 +308,27 @@ fn rules_command(action: RulesAction) -> anyhow::Result<()> {
         println!("rule tests: {} failed", failures.len());
     }
     anyhow::ensure!(!failed, "rules did not pass");
+    Ok(())
+}
+
+fn rules_coverage(dir: Option<PathBuf>, catalogue: Option<PathBuf>, strict: bool) -> anyhow::Result<()> {
+    use trailwatch::rules::coverage::{Catalogue, Coverage};
+    let rules = load_rules(dir.as_ref())?;
+    let catalogue = match catalogue {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("--catalogue {}", path.display()))?;
+            Catalogue::parse(&text).map_err(|e| anyhow::anyhow!("--catalogue {}: {e}", path.display()))?
+        }
+        None => Catalogue::builtin(),
+    };
+    let coverage = Coverage::of(&rules, &catalogue);
+    print!("{}", coverage.render(&rules));
+    anyhow::ensure!(
+        !strict || coverage.uncovered().is_empty(),
+        "{} catalogue entries have no rule",
+        coverage.uncovered().len()
+    );
     Ok(())
 }
 

@@ -608,16 +608,6 @@ fn a_cluster_of_decode_and_detect_processes_gives_replays_anomalies_through_a_ki
         |got| counts_lenient(got).len() >= f.expected.len() / 3,
         Duration::from_secs(180),
     );
-    assert!(
-        !partial.is_empty(),
-        "the cluster produced something before the kill"
-    );
-    let mut killed = detectors.remove(0);
-    killed.kill().unwrap();
-    killed.wait().unwrap();
-    detectors.push(start_role(&f, "detect", "detect-3.log"));
-
-    let all = anomalies_like_replay(&f, Duration::from_secs(300));
     let names = [
         "decode-0.log",
         "decode-1.log",
@@ -626,6 +616,17 @@ fn a_cluster_of_decode_and_detect_processes_gives_replays_anomalies_through_a_ki
         "detect-2.log",
         "detect-3.log",
     ];
+    assert!(
+        !partial.is_empty(),
+        "the cluster produced something before the kill: {}",
+        logs(&f, &names)
+    );
+    let mut killed = detectors.remove(0);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    detectors.push(start_role(&f, "detect", "detect-3.log"));
+
+    let all = anomalies_like_replay(&f, Duration::from_secs(300));
     wait_until_all_committed(&f, "decode-0.log");
     check_dead_letters(&f);
     for child in decoders.into_iter().chain(detectors) {

@@ -523,3 +523,132 @@ fn a_threshold_anomaly_names_the_events_behind_it() {
         .collect();
     assert_eq!(ids, &want);
 }
+
+#[test]
+fn every_catalogue_technique_is_covered_and_a_missing_rule_is_named() {
+    let out = run_ok(&["rules", "coverage", "--strict"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("catalogue: 44 of 44 techniques covered"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("MISSING"), "{stdout}");
+    assert!(stdout.contains("T1562.008"), "{stdout}");
+
+    // Without the flow-log rule, its technique is reported and --strict fails.
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(manifest_dir().join("rules")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".yml") && name != "aws_vpc_flow_logs_deleted.yml" {
+            std::fs::copy(&path, tmp.path().join(&name)).unwrap();
+        }
+    }
+    let out = run(&["rules", "coverage", &path_str(tmp.path()), "--strict"]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("catalogue: 43 of 44 techniques covered"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("MISSING vpc-remove-flow-logs") && l.contains("not loaded")),
+        "{stdout}"
+    );
+}
+
+fn call(id: &str, source: &str, name: &str, user: &str, error: Option<&str>) -> Value {
+    let mut r = record(id, source, name, "aws-cli/2.15.0");
+    r["userIdentity"]["arn"] = format!("arn:aws:iam::111122223333:user/{user}").into();
+    r["userIdentity"]["userName"] = user.into();
+    if let Some(code) = error {
+        r["errorCode"] = code.into();
+        r["errorMessage"] = "You are not authorized to perform this operation.".into();
+    }
+    r
+}
+
+#[test]
+fn a_failed_call_is_a_failed_attempt_at_lower_severity_unless_the_rule_keeps_failures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    let ec2 = "ec2.amazonaws.com";
+    let org = "organizations.amazonaws.com";
+    write_log(
+        &logs,
+        &[
+            call("ok-1", ec2, "DeleteFlowLogs", "alice", None),
+            call(
+                "denied-1",
+                ec2,
+                "DeleteFlowLogs",
+                "bob",
+                Some("Client.UnauthorizedOperation"),
+            ),
+            call(
+                "denied-2",
+                org,
+                "LeaveOrganization",
+                "carol",
+                Some("AccessDeniedException"),
+            ),
+        ],
+    );
+    let (anomalies, _) = replay_with(&[&logs], tmp.path(), &[]);
+    let by_event = |id: &str| -> &Value {
+        anomalies
+            .iter()
+            .find(|a| a["kind"] == "rule_match" && a["evidence"]["event_ids"][0] == id)
+            .unwrap_or_else(|| panic!("no rule match for {id}: {anomalies:#?}"))
+    };
+    let ok = by_event("ok-1");
+    assert_eq!(ok["rule"]["title"], "AWS VPC Flow Logs Deleted");
+    assert_eq!(
+        (&ok["outcome"], &ok["severity"]),
+        (&"succeeded".into(), &"high".into())
+    );
+
+    let denied = by_event("denied-1");
+    assert_eq!(denied["rule"]["title"], "AWS VPC Flow Logs Deleted");
+    assert_eq!(
+        (&denied["outcome"], &denied["severity"]),
+        (&"failed".into(), &"low".into())
+    );
+    assert!(
+        denied["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed (Client.UnauthorizedOperation)"),
+        "{denied}"
+    );
+
+    // Leaving the organization keeps its severity when it is refused: the attempt is the news.
+    let leave = by_event("denied-2");
+    assert_eq!(leave["rule"]["title"], "AWS Account Left the Organization");
+    assert_eq!(
+        (&leave["outcome"], &leave["severity"]),
+        (&"failed".into(), &"high".into())
+    );
+}
+
+#[test]
+fn a_bad_failures_setting_is_refused_with_the_rule_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(manifest_dir().join("rules/aws_leave_organization.yml")).unwrap();
+    std::fs::write(
+        tmp.path().join("bad.yml"),
+        text.replace("failures: keep", "failures: sometimes"),
+    )
+    .unwrap();
+    let out = run(&["rules", "check", &path_str(tmp.path())]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.yml")
+            && stderr.contains("AWS Account Left the Organization")
+            && stderr.contains("sometimes"),
+        "{stderr}"
+    );
+}

@@ -14,6 +14,7 @@
 //! lists; for a correlation rule each item is a sequence of events), which
 //! [`RuleSet::run_tests`] checks.
 
+pub mod coverage;
 mod gate;
 pub mod view;
 
@@ -24,7 +25,7 @@ use rsigma_eval::{CompiledRule, CorrelationConfig, CorrelationEngine, Engine};
 use rsigma_parser::{CorrelationRule, Level, SigmaCollection, SigmaRule};
 use serde_json::Value;
 
-use crate::anomaly::Severity;
+use crate::anomaly::{Outcome, Severity};
 use crate::event::parse_event_time;
 pub use gate::{GateIndex, GateMemo};
 pub use view::RecordView;
@@ -42,6 +43,57 @@ pub struct RuleInfo {
     /// A base rule that only feeds correlations: its own hits raise nothing.
     pub feeds_correlation_only: bool,
     pub is_correlation: bool,
+    /// The rule says a failed call matters as much as a successful one (`trailwatch: {failures:
+    /// keep}` in its file).
+    pub keep_failures: bool,
+}
+
+impl RuleInfo {
+    /// The severity and outcome of a match on a record with `error_code`. A single-event match
+    /// on a call that failed is a failed attempt: it carries [`Outcome::Failed`] and a lower
+    /// severity ([`Severity::of_failed_attempt`]) unless the rule keeps failures. Threshold
+    /// rules count attempts whatever their outcome and keep their level, with no outcome.
+    pub fn verdict(&self, error_code: Option<&str>) -> (Severity, Option<Outcome>) {
+        if self.is_correlation {
+            return (self.level, None);
+        }
+        match error_code {
+            Some(code) if !code.is_empty() => {
+                let severity = if self.keep_failures {
+                    self.level
+                } else {
+                    self.level.of_failed_attempt()
+                };
+                (severity, Some(Outcome::Failed))
+            }
+            _ => (self.level, Some(Outcome::Succeeded)),
+        }
+    }
+}
+
+/// The trailwatch-specific settings of a rule, under its `trailwatch:` key (a custom attribute,
+/// so the file stays valid Sigma): `failures: keep` or `failures: lower` (the default).
+fn keep_failures<V: serde::Serialize>(attributes: &HashMap<String, V>) -> Result<bool, String> {
+    let Some(settings) = attributes.get("trailwatch") else {
+        return Ok(false);
+    };
+    let settings = serde_json::to_value(settings).map_err(|e| e.to_string())?;
+    let Some(settings) = settings.as_object() else {
+        return Err("`trailwatch:` must be a mapping".into());
+    };
+    for key in settings.keys() {
+        if key != "failures" {
+            return Err(format!("unknown key `trailwatch.{key}`"));
+        }
+    }
+    match settings.get("failures").map(|v| v.as_str()) {
+        None => Ok(false),
+        Some(Some("keep")) => Ok(true),
+        Some(Some("lower")) => Ok(false),
+        Some(other) => Err(format!(
+            "`trailwatch.failures` must be `keep` or `lower`, not {other:?}"
+        )),
+    }
 }
 
 /// Why rules could not be loaded.
@@ -246,6 +298,8 @@ impl RuleSet {
                 .flatten()
                 .any(|k| feeds_only.contains(k));
             let index = rules.len();
+            let keep_failures = keep_failures(&rule.custom_attributes)
+                .map_err(|e| RuleError::Invalid(vec![format!("{file}: rule {:?}: {e}", rule.title)]))?;
             if let Some(t) = rule.custom_attributes.get("tests") {
                 tests.push((
                     file.clone(),
@@ -263,10 +317,17 @@ impl RuleSet {
                 file: file.clone(),
                 feeds_correlation_only: feeds,
                 is_correlation: false,
+                keep_failures,
             });
         }
         for (c, file) in &kept_correlations {
             let index = rules.len();
+            if c.custom_attributes.contains_key("trailwatch") {
+                return Err(RuleError::Invalid(vec![format!(
+                    "{file}: correlation {:?}: `trailwatch:` settings apply to single-event rules; a threshold counts attempts whatever their outcome",
+                    c.title
+                )]));
+            }
             match c.custom_attributes.get("tests") {
                 Some(t) => tests.push((
                     file.clone(),
@@ -283,6 +344,7 @@ impl RuleSet {
                 file: file.clone(),
                 feeds_correlation_only: false,
                 is_correlation: true,
+                keep_failures: false,
             });
         }
         kept.correlations = kept_correlations.into_iter().map(|(c, _)| c).collect();
@@ -436,6 +498,29 @@ impl RuleSet {
         failures
     }
 
+    /// Whether a rule carries `match` test events and fires on every one of them.
+    pub fn matches_own_tests(&self, index: usize) -> bool {
+        let Some(rule) = self.rules.get(index) else {
+            return false;
+        };
+        let cases = self
+            .tests
+            .iter()
+            .filter(|(_, i, _)| *i == index)
+            .filter_map(|(_, _, tests)| tests.get("match").and_then(Value::as_array))
+            .flatten()
+            .collect::<Vec<_>>();
+        !cases.is_empty()
+            && cases.iter().all(|case| {
+                if rule.is_correlation {
+                    let events = case.as_array().cloned().unwrap_or_else(|| vec![(*case).clone()]);
+                    self.correlation_fires(index, &events)
+                } else {
+                    self.detection_fires(index, case)
+                }
+            })
+    }
+
     fn detection_fires(&self, index: usize, event: &Value) -> bool {
         let text = event.to_string();
         let Some(view) = RecordView::new(&text) else {
@@ -495,8 +580,8 @@ mod tests {
     fn the_shipped_rules_load_and_pass_their_tests() {
         let rules = RuleSet::builtin().unwrap();
         assert!(rules.unsupported.is_empty(), "{:?}", rules.unsupported);
-        assert!(rules.len() >= 25);
-        assert!(rules.correlations() >= 4);
+        assert!(rules.len() >= 60);
+        assert!(rules.correlations() >= 10);
         assert_eq!(rules.run_tests(), Vec::<String>::new());
         assert!(rules.untested.is_empty(), "{:?}", rules.untested);
     }
@@ -580,6 +665,40 @@ mod tests {
         assert_eq!(failures.len(), 2, "{failures:?}");
         assert!(failures[0].contains("t.yml: Stop: `match` test 1 did not match"));
         assert!(failures[1].contains("`nomatch` test 1 matched"));
+    }
+
+    #[test]
+    fn a_failed_call_lowers_the_severity_unless_the_rule_keeps_failures() {
+        let lower = set(&[("stop.yml", STOP)]).unwrap();
+        let rule = &lower.rules()[0];
+        assert!(!rule.keep_failures);
+        assert_eq!(rule.verdict(None), (Severity::High, Some(Outcome::Succeeded)));
+        assert_eq!(rule.verdict(Some("")), (Severity::High, Some(Outcome::Succeeded)));
+        assert_eq!(
+            rule.verdict(Some("AccessDenied")),
+            (Severity::Low, Some(Outcome::Failed))
+        );
+        let keep = format!("{STOP}trailwatch:\n  failures: keep\n");
+        let keep = set(&[("stop.yml", &keep)]).unwrap();
+        assert_eq!(
+            keep.rules()[0].verdict(Some("AccessDenied")),
+            (Severity::High, Some(Outcome::Failed))
+        );
+    }
+
+    #[test]
+    fn failure_settings_are_checked() {
+        let bad = format!("{STOP}trailwatch:\n  failures: maybe\n");
+        let err = set(&[("stop.yml", &bad)]).unwrap_err().to_string();
+        assert!(err.contains("stop.yml") && err.contains("maybe"), "{err}");
+        let unknown = format!("{STOP}trailwatch:\n  failure: keep\n");
+        let err = set(&[("stop.yml", &unknown)]).unwrap_err().to_string();
+        assert!(err.contains("trailwatch.failure"), "{err}");
+        let corr = "title: C\ncorrelation:\n  type: event_count\n  rules: [r1]\n  group-by: [a]\n  timespan: 5m\n  condition: {gte: 2}\ntrailwatch: {failures: keep}\n";
+        let err = set(&[("stop.yml", STOP), ("c.yml", corr)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.yml") && err.contains("single-event"), "{err}");
     }
 
     #[test]
