@@ -267,6 +267,13 @@ pub fn client_config(kafka: &KafkaSettings, kind: ClientKind, defaults: &[(&str,
     for (k, v) in defaults {
         config.set(*k, *v);
     }
+    // Static membership from the environment (a pod's name), so that one manifest serves every
+    // replica; `group.instance.id` in the passthrough options wins over it.
+    if let (ClientKind::Consumer, Ok(id)) = (kind, std::env::var("TRAILWATCH_INSTANCE_ID")) {
+        if !id.trim().is_empty() {
+            config.set("group.instance.id", id.trim());
+        }
+    }
     for (k, v) in &kafka.options {
         let skip = match kind {
             ClientKind::Consumer => PRODUCER_ONLY.contains(&k.as_str()),
