@@ -105,12 +105,18 @@ impl Gunzip {
                 return Err(GunzipError::TooLarge { limit });
             }
             if out.len() == out.capacity() {
-                // Grow geometrically, never past one byte over the limit.
-                let room = out
-                    .capacity()
-                    .max(64 << 10)
-                    .min(limit.saturating_add(1) - out.len());
-                out.reserve_exact(room);
+                // Grow geometrically up to `MAX_FIRST_RESERVE`, then once to one byte over the
+                // limit: doubling a large buffer copies it and leaves the old block with the
+                // allocator a while, so a file inflating towards the limit would hold one and a
+                // half to two times the limit. Reserved room the stream does not fill is never
+                // touched, so it costs address space, not memory.
+                let ceiling = limit.saturating_add(1);
+                let room = if out.capacity() < MAX_FIRST_RESERVE {
+                    out.capacity().max(64 << 10)
+                } else {
+                    ceiling
+                };
+                out.reserve_exact(room.min(ceiling.saturating_sub(out.len())).max(1));
             }
             let taken = self.inflate.total_in() as usize;
             let written = out.len();
@@ -295,12 +301,26 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_inflating_past_the_limit_never_holds_more_than_the_limit() {
+        // Members of 16 MiB of zeros: a bomb of 160 MiB against a 100 MiB limit. The buffer is
+        // grown without a copy of the limit's size, and never beyond it.
+        let member = gzip(&vec![0u8; 16 << 20]);
+        let bomb: Vec<u8> = member.iter().copied().cycle().take(member.len() * 10).collect();
+        let limit = 100 << 20;
+        let mut out = Vec::new();
+        let err = Gunzip::default().inflate(&bomb, &mut out, limit).unwrap_err();
+        assert!(matches!(err, GunzipError::TooLarge { .. }), "{err}");
+        assert!(out.capacity() <= limit + 1, "{} bytes reserved", out.capacity());
+    }
+
+    #[test]
     fn the_limit_holds_whatever_the_trailer_claims() {
         let big = gzip(&vec![b' '; 100_000]);
         let mut out = Vec::new();
         let err = Gunzip::default().inflate(&big, &mut out, 1000).unwrap_err();
         assert!(matches!(err, GunzipError::TooLarge { limit: 1000 }));
         assert!(out.len() <= 1001);
+        assert!(out.capacity() <= 1001, "the buffer never grows past the limit");
         // A trailer that lies about the length cannot make the buffer huge up front.
         let mut lying = big.clone();
         let at = lying.len() - 4;
