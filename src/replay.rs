@@ -491,7 +491,8 @@ pub fn replay(
         let handles: Vec<_> = (0..workers)
             .map(|worker| {
                 let (plan, rules, anomalies) = (&plan, rules.clone(), anomaly_tx.clone());
-                scope.spawn(move || work(worker, plan, limits, rules, &anomalies, progress))
+                let skew = settings.max_event_time_skew;
+                scope.spawn(move || work(worker, plan, (limits, skew), rules, &anomalies, progress))
             })
             .collect();
         drop(anomaly_tx);
@@ -672,7 +673,7 @@ impl Shard {
 fn work(
     worker: usize,
     plan: &Plan<'_>,
-    limits: DecodeLimits,
+    (limits, max_event_time_skew): (DecodeLimits, i64),
     rules: Option<Arc<RuleSet>>,
     anomalies: &Sender<Vec<Anomaly>>,
     progress: &(dyn Fn(u64) + Sync),
@@ -681,7 +682,7 @@ fn work(
         latencies: Arc::clone(&plan.latencies),
         ..Summary::default()
     };
-    let mut decoder = Decoder::with_rules(limits, rules);
+    let mut decoder = Decoder::with_rules(limits, rules).with_event_time_skew(max_event_time_skew);
     let mut bytes = Vec::new();
     let shards = plan.shards.len();
     loop {
