@@ -153,7 +153,7 @@ impl TrailArgs {
 fn main() -> ExitCode {
     trailwatch::allocator::keep_freed_memory();
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| QuietStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -175,6 +175,21 @@ fn main() -> ExitCode {
 /// reader, and one that went away must not stop (or crash) the process.
 fn say(text: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_fmt(text);
+}
+
+/// Standard error for the log, its write errors ignored: the subscriber reports a failed write
+/// with `eprintln!`, which panics when standard error is closed.
+struct QuietStderr;
+
+impl Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().lock().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Set when standard output was found closed by its reader.
