@@ -425,8 +425,8 @@ pub const MAX_SERVICE_WAIT: Duration = Duration::from_secs(86_400);
 const MAX_SERVICE_WAIT_TEXT: &str = "1d";
 /// Most threads `replay.workers` may start.
 pub const MAX_WORKERS: u64 = 1024;
-/// Largest `replay.max_file_bytes`: 64 GiB, beyond any log file and any machine's patience.
-pub const MAX_FILE_BYTES: u64 = 64 << 30;
+/// Largest `replay.max_file_bytes`: 4 GiB, beyond any CloudTrail log file (50 MB compressed).
+pub const MAX_FILE_BYTES: u64 = 4 << 30;
 /// Most principals or eventIDs held: each costs memory.
 pub const MAX_ENTRIES: u64 = 1_000_000_000;
 /// Most objects fetched at once.

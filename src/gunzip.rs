@@ -105,18 +105,18 @@ impl Gunzip {
                 return Err(GunzipError::TooLarge { limit });
             }
             if out.len() == out.capacity() {
-                // Grow geometrically up to `MAX_FIRST_RESERVE`, then once to one byte over the
-                // limit: doubling a large buffer copies it and leaves the old block with the
-                // allocator a while, so a file inflating towards the limit would hold one and a
-                // half to two times the limit. Reserved room the stream does not fill is never
+                // Past the room reserved from the trailer's claim, straight to one byte over the
+                // limit. Growing step by step copies the buffer at each step and leaves the old
+                // blocks with the allocator a while: a stream inflating towards the limit held
+                // one and a half to two times it. Reserved room the stream does not fill is never
                 // touched, so it costs address space, not memory.
-                let ceiling = limit.saturating_add(1);
-                let room = if out.capacity() < MAX_FIRST_RESERVE {
-                    out.capacity().max(64 << 10)
-                } else {
-                    ceiling
-                };
-                out.reserve_exact(room.min(ceiling.saturating_sub(out.len())).max(1));
+                // Where the address space cannot be had at once, step by step after all.
+                let want = limit.saturating_add(1).saturating_sub(out.len()).max(1);
+                if out.try_reserve_exact(want).is_err() {
+                    let step = out.capacity().max(64 << 10).min(want);
+                    out.try_reserve_exact(step)
+                        .map_err(|_| GunzipError::TooLarge { limit })?;
+                }
             }
             let taken = self.inflate.total_in() as usize;
             let written = out.len();
