@@ -95,7 +95,7 @@ impl Default for RawSink {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawKafka {
     /// Bootstrap servers.
@@ -112,6 +112,20 @@ pub struct RawKafka {
     pub dead_letter_topic: String,
     /// librdkafka properties passed through unchanged (security.protocol, sasl.*, ssl.*, ...).
     pub librdkafka: BTreeMap<String, String>,
+}
+
+/// The librdkafka options are shown by name only: SASL and TLS passwords are among them.
+impl std::fmt::Debug for RawKafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawKafka")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("notifications_topic", &self.notifications_topic)
+            .field("anomalies_topic", &self.anomalies_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("librdkafka", &self.librdkafka.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Default for RawKafka {
@@ -270,8 +284,10 @@ impl Default for RawEngine {
 pub struct RawReplay {
     /// Threads that decode files and run the detector shards (one shard each); 0 means one per core.
     pub workers: usize,
-    /// Largest inflated log file accepted, in bytes; larger files fail with `too_large`.
+    /// Largest log file accepted, in bytes, inflated or on disk; larger files fail with `too_large`.
     pub max_file_bytes: usize,
+    /// Farthest a record's eventTime may be from its file's delivery time ("0s": unchecked).
+    pub max_event_time_skew: String,
 }
 
 impl Default for RawReplay {
@@ -279,6 +295,7 @@ impl Default for RawReplay {
         RawReplay {
             workers: 0,
             max_file_bytes: 1 << 30,
+            max_event_time_skew: "1d".into(),
         }
     }
 }
@@ -424,15 +441,188 @@ impl Default for RawDormant {
     }
 }
 
-/// Validated settings.
-#[derive(Debug, Clone)]
+/// Longest event-time span a setting may give (windows, periods, expiries): a hundred years,
+/// far beyond any use, and far inside the range of the seconds event time is counted in.
+pub const MAX_EVENT_TIME_SPAN: Duration = Duration::from_secs(100 * 365 * 86_400);
+const MAX_EVENT_TIME_SPAN_TEXT: &str = "36500d";
+/// Longest wall-clock wait a service setting may give (polls, backoffs, pauses, intervals).
+pub const MAX_SERVICE_WAIT: Duration = Duration::from_secs(86_400);
+const MAX_SERVICE_WAIT_TEXT: &str = "1d";
+/// Most threads `replay.workers` may start.
+pub const MAX_WORKERS: u64 = 1024;
+/// Largest `replay.max_file_bytes`: 4 GiB, beyond any CloudTrail log file (50 MB compressed).
+pub const MAX_FILE_BYTES: u64 = 4 << 30;
+/// Most principals or eventIDs held: each costs memory.
+pub const MAX_ENTRIES: u64 = 1_000_000_000;
+/// Most objects fetched at once.
+pub const MAX_FETCH_CONCURRENCY: usize = 1024;
+/// Most retries of one fetch.
+pub const MAX_FETCH_RETRIES: usize = 100;
+/// Most notifications in one batch.
+pub const MAX_BATCH_MESSAGES: usize = 100_000;
+
+/// A configuration value that names a secret rather than holding it: `"env:NAME"` is the value of
+/// environment variable `NAME`, `"file:/path"` the contents of a file (without a final line
+/// break, as a mounted secret often ends). Any other value is itself. Errors name the variable
+/// or file, never a value.
+pub fn resolve_secret(value: &str) -> Result<String, String> {
+    if let Some(name) = value.strip_prefix("env:") {
+        std::env::var(name).map_err(|e| match e {
+            std::env::VarError::NotPresent => format!("environment variable {name} is not set"),
+            std::env::VarError::NotUnicode(_) => format!("environment variable {name} is not UTF-8"),
+        })
+    } else if let Some(path) = value.strip_prefix("file:") {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        Ok(text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text)
+            .to_owned())
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+/// Every unknown key and wrongly typed value in `table`, each with its dotted key. Each key is
+/// tried alone against the file's structure, so that one problem does not hide the next (serde
+/// stops at the first). Values under `kafka.librdkafka` are not quoted in messages: they may be
+/// secrets.
+/// Also returns the table without them, for the values' own checks.
+fn structure_problems(table: &toml::Table) -> (Vec<String>, toml::Table) {
+    let mut problems = Vec::new();
+    let mut clean = toml::Table::new();
+    for (key, value) in table {
+        let mut path = vec![Step::Key(key)];
+        if let Some(value) = check_value(&mut path, value, &mut problems) {
+            clean.insert(key.clone(), value);
+        }
+    }
+    (problems, clean)
+}
+
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn dotted(path: &[Step<'_>]) -> String {
+    let mut s = String::new();
+    for step in path {
+        match step {
+            Step::Key(k)
+                if k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+            {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Step::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(&format!("{k:?}"));
+            }
+            Step::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// A configuration holding only `leaf` at `path` (arrays of one element).
+fn only(path: &[Step<'_>], leaf: toml::Value) -> toml::Value {
+    path.iter().rev().fold(leaf, |inner, step| match step {
+        Step::Key(k) => toml::Value::Table(toml::Table::from_iter([((*k).to_owned(), inner)])),
+        Step::Index(_) => toml::Value::Array(vec![inner]),
+    })
+}
+
+/// `value` with what does not fit removed, or `None` when nothing of it fits.
+fn check_value<'a>(
+    path: &mut Vec<Step<'a>>,
+    value: &'a toml::Value,
+    problems: &mut Vec<String>,
+) -> Option<toml::Value> {
+    let fits = |candidate: toml::Value| RawConfig::deserialize(candidate).map(|_| ());
+    let report = |path: &[Step<'_>], e: toml::de::Error, problems: &mut Vec<String>| {
+        let key = dotted(path);
+        let secret = matches!(path, [Step::Key("kafka"), Step::Key("librdkafka"), ..]);
+        let message = if secret && !e.message().starts_with("unknown field") {
+            "must be a string".to_owned()
+        } else {
+            e.message().trim().replace('\n', "; ")
+        };
+        problems.push(format!("{key}: {message}"));
+    };
+    match value {
+        toml::Value::Table(table) => {
+            // A table where a table belongs, then each of its keys alone.
+            if let Err(e) = fits(only(path, toml::Value::Table(toml::Table::new()))) {
+                report(path, e, problems);
+                return None;
+            }
+            let mut clean = toml::Table::new();
+            for (key, inner) in table {
+                path.push(Step::Key(key));
+                if let Some(inner) = check_value(path, inner, problems) {
+                    clean.insert(key.clone(), inner);
+                }
+                path.pop();
+            }
+            Some(toml::Value::Table(clean))
+        }
+        toml::Value::Array(items) if items.iter().any(toml::Value::is_table) => {
+            let mut clean = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                path.push(Step::Index(i));
+                // An element is kept, what fits of it, so later elements keep their numbers.
+                let item = check_value(path, item, problems)
+                    .unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
+                clean.push(item);
+                path.pop();
+            }
+            Some(toml::Value::Array(clean))
+        }
+        leaf => match fits(only(path, leaf.clone())) {
+            Ok(()) => Some(leaf.clone()),
+            Err(e) => {
+                report(path, e, problems);
+                None
+            }
+        },
+    }
+}
+
+/// Validated settings. Shown (`{:?}`) with the librdkafka option values withheld.
+#[derive(Clone)]
 pub struct Settings {
     pub run: crate::run::RunSettings,
     pub engine: EngineSettings,
     pub workers: NonZeroUsize,
     pub rules_dir: Option<PathBuf>,
     pub max_file_bytes: usize,
+    /// Seconds a record's eventTime may be from its file's delivery time; 0: unchecked.
+    pub max_event_time_skew: i64,
     pub detector: DetectorSettings,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut run = self.run.clone();
+        run.kafka
+            .options
+            .values_mut()
+            .for_each(|v| *v = "<withheld>".into());
+        f.debug_struct("Settings")
+            .field("run", &run)
+            .field("workers", &self.workers)
+            .field("rules_dir", &self.rules_dir)
+            .field("max_file_bytes", &self.max_file_bytes)
+            .field("max_event_time_skew", &self.max_event_time_skew)
+            .field("detector", &self.detector)
+            .finish()
+    }
 }
 
 /// How state is partitioned and events ordered (see [`crate::engine`]).
@@ -510,16 +700,30 @@ impl Settings {
         Settings::from_toml(&text, &name)
     }
 
-    /// Parses and validates TOML text; `origin` names it in errors.
+    /// Parses and validates TOML text; `origin` names it in errors. Every unknown key, wrongly
+    /// typed value and bad value is reported, not only the first.
     pub fn from_toml(text: &str, origin: &str) -> Result<Settings, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
             source: Box::new(e),
         })?;
-        raw.validate().map_err(|problems| ConfigError::Invalid {
+        let invalid = |problems| ConfigError::Invalid {
             path: origin.to_owned(),
             problems,
-        })
+        };
+        let (mut problems, clean) = structure_problems(&table);
+        // What fits is checked too, so that a file's every problem is named in one go. Each key
+        // fits alone; together they could still not (not so far): said as serde says it.
+        let raw = RawConfig::deserialize(toml::Value::Table(clean))
+            .map_err(|e| invalid(vec![e.message().trim().replace('\n', "; ")]))?;
+        match raw.validate() {
+            Ok(settings) if problems.is_empty() => Ok(settings),
+            Ok(_) => Err(invalid(problems)),
+            Err(more) => {
+                problems.extend(more);
+                Err(invalid(problems))
+            }
+        }
     }
 }
 
@@ -535,6 +739,13 @@ impl RawConfig {
         let mut problems = Vec::new();
         let mut duration = |key: &str, text: &str| -> i64 {
             match humantime::parse_duration(text) {
+                Ok(d) if d > MAX_EVENT_TIME_SPAN => {
+                    problems.push(format!(
+                        "{key}: at most {}, got {text:?}",
+                        MAX_EVENT_TIME_SPAN_TEXT
+                    ));
+                    1
+                }
                 Ok(d) if d >= Duration::from_secs(1) => d.as_secs() as i64,
                 Ok(_) => {
                     problems.push(format!("{key}: must be at least one second, got {text:?}"));
@@ -554,11 +765,35 @@ impl RawConfig {
         let interval = duration("rate.interval", &self.rate.interval);
         let dormant_after = duration("dormant.after", &self.dormant.after);
         let dedup_window = match humantime::parse_duration(&self.alerts.dedup_window) {
+            Ok(d) if d > MAX_EVENT_TIME_SPAN => {
+                problems.push(format!(
+                    "alerts.dedup_window: at most {}, got {:?}",
+                    MAX_EVENT_TIME_SPAN_TEXT, self.alerts.dedup_window
+                ));
+                0
+            }
             Ok(d) => d.as_secs() as i64,
             Err(e) => {
                 problems.push(format!(
                     "alerts.dedup_window: not a duration ({e}), got {:?}",
                     self.alerts.dedup_window
+                ));
+                0
+            }
+        };
+        let max_event_time_skew = match humantime::parse_duration(&self.replay.max_event_time_skew) {
+            Ok(d) if d > MAX_EVENT_TIME_SPAN => {
+                problems.push(format!(
+                    "replay.max_event_time_skew: at most {}, got {:?}",
+                    MAX_EVENT_TIME_SPAN_TEXT, self.replay.max_event_time_skew
+                ));
+                0
+            }
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => {
+                problems.push(format!(
+                    "replay.max_event_time_skew: not a duration ({e}), got {:?}",
+                    self.replay.max_event_time_skew
                 ));
                 0
             }
@@ -652,6 +887,28 @@ impl RawConfig {
         if self.baseline.max_values_per_dimension > u16::MAX as usize {
             problems.push(format!("baseline.max_values_per_dimension: at most {}", u16::MAX));
         }
+        for (key, value, most) in [
+            ("replay.workers", self.replay.workers as u64, MAX_WORKERS),
+            (
+                "replay.max_file_bytes",
+                self.replay.max_file_bytes as u64,
+                MAX_FILE_BYTES,
+            ),
+            (
+                "baseline.max_principals",
+                self.baseline.max_principals as u64,
+                MAX_ENTRIES,
+            ),
+            (
+                "baseline.dedup_capacity",
+                self.baseline.dedup_capacity as u64,
+                MAX_ENTRIES,
+            ),
+        ] {
+            if value > most {
+                problems.push(format!("{key}: at most {most}, got {value}"));
+            }
+        }
         if self.dormant.enabled && idle_expiry <= dormant_after {
             problems.push(format!(
                 "baseline.idle_expiry: must exceed dormant.after ({}), or dormant principals are forgotten before they wake",
@@ -659,10 +916,6 @@ impl RawConfig {
             ));
         }
         let engine = self.engine_settings(&mut problems);
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-
         let run = self.run_settings(&mut problems);
         if !problems.is_empty() {
             return Err(problems);
@@ -676,6 +929,7 @@ impl RawConfig {
             workers,
             rules_dir: self.rules.dir.clone(),
             max_file_bytes: self.replay.max_file_bytes,
+            max_event_time_skew,
             detector: DetectorSettings {
                 window,
                 learning_period,
@@ -763,6 +1017,10 @@ impl RawConfig {
         use crate::fetch::{FetchSettings, StoreSettings};
         use crate::run::{KafkaSettings, RunSettings, Sink, Source};
         let mut duration = |key: &str, text: &str| match humantime::parse_duration(text) {
+            Ok(d) if d > MAX_SERVICE_WAIT => {
+                problems.push(format!("{key}: at most {}, got {text:?}", MAX_SERVICE_WAIT_TEXT));
+                Duration::from_secs(1)
+            }
             Ok(d) => d,
             Err(e) => {
                 problems.push(format!("{key}: not a duration ({e}), got {text:?}"));
@@ -804,12 +1062,29 @@ impl RawConfig {
                 Sink::Stdout
             }
         };
-        for (key, value) in [
-            ("fetch.concurrency", self.fetch.concurrency),
-            ("batch.max_messages", self.batch.max_messages),
+        for (key, value, most) in [
+            ("fetch.concurrency", self.fetch.concurrency, MAX_FETCH_CONCURRENCY),
+            ("batch.max_messages", self.batch.max_messages, MAX_BATCH_MESSAGES),
         ] {
             if value == 0 {
                 problems.push(format!("{key}: must be greater than 0"));
+            } else if value > most {
+                problems.push(format!("{key}: at most {most}, got {value}"));
+            }
+        }
+        if self.fetch.retries > MAX_FETCH_RETRIES {
+            problems.push(format!(
+                "fetch.retries: at most {MAX_FETCH_RETRIES}, got {}",
+                self.fetch.retries
+            ));
+        }
+        let mut librdkafka = BTreeMap::new();
+        for (key, value) in &self.kafka.librdkafka {
+            match resolve_secret(value) {
+                Ok(value) => {
+                    librdkafka.insert(key.clone(), value);
+                }
+                Err(problem) => problems.push(format!("kafka.librdkafka.{key:?}: {problem}")),
             }
         }
         let k = &self.kafka;
@@ -849,7 +1124,7 @@ impl RawConfig {
                 anomalies_topic: k.anomalies_topic.clone(),
                 events_topic: k.events_topic.clone(),
                 dead_letter_topic: k.dead_letter_topic.clone(),
-                options: k.librdkafka.clone(),
+                options: librdkafka,
             },
             fetch: FetchSettings {
                 store,
@@ -946,7 +1221,7 @@ mod tests {
         let table: toml::Table = toml::from_str(text).unwrap();
         let keys: usize = table.values().map(|v| v.as_table().unwrap().len()).sum();
         let per_section = [
-            2, 7, 8, 5, 4, 3, /* rules */ 0, /* alerts */ 3, /* source */ 2,
+            3, 7, 8, 5, 4, 3, /* rules */ 0, /* alerts */ 3, /* source */ 2,
             /* sink */ 1, /* kafka */ 6, /* s3 */ 1, /* fetch */ 4,
             /* checkpoint */ 2, /* batch */ 2, /* metrics */ 1,
         ];
@@ -999,6 +1274,112 @@ mod tests {
         let ok =
             Settings::from_toml("[kafka.librdkafka]\n\"security.protocol\" = \"SASL_SSL\"\n", "t").unwrap();
         assert_eq!(ok.run.kafka.options["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn every_unknown_key_and_wrong_type_is_named_at_once() {
+        let err = Settings::from_toml(
+            "[baseline]\nwindw = \"3d\"\nlearning_events = \"many\"\n[rate]\nfactr = 2.0\nmin_events = -1\n\
+             [nope]\nx = 1\n[[suppress]]\nprincipal = [\"a\"]\n[alerts]\nshadow_rules = [1]\n[replay]\nworkers = \"all\"\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "baseline.windw",
+            "baseline.learning_events",
+            "rate.factr",
+            "rate.min_events",
+            "nope",
+            "suppress[0].principal",
+            "alerts.shadow_rules",
+            "replay.workers",
+        ] {
+            assert!(err.contains(&format!("{key}: ")), "{key} missing from: {err}");
+        }
+        // A table where a value belongs, and a value where a table belongs.
+        let err = Settings::from_toml("baseline = 3\n[rate.interval]\nx = 1\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("baseline: ") && err.contains("rate.interval: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_and_numbers_past_what_the_process_can_do_are_refused_by_key() {
+        let err = Settings::from_toml(
+            "[baseline]\nwindow = \"300000000000y\"\nlearning_period = \"18446744073709551615s\"\n\
+             [alerts]\ndedup_window = \"1000000y\"\n[replay]\nworkers = 9223372036854775807\nmax_event_time_skew = \"1000000y\"\n\
+             [fetch]\nconcurrency = 9223372036854775807\nmax_backoff = \"100000000y\"\nretries = 1000000\n\
+             [batch]\nmax_messages = 9223372036854775807\n[source]\npoll_interval = \"500y\"\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "baseline.window",
+            "baseline.learning_period",
+            "alerts.dedup_window",
+            "replay.workers",
+            "replay.max_event_time_skew",
+            "fetch.concurrency",
+            "fetch.max_backoff",
+            "fetch.retries",
+            "batch.max_messages",
+            "source.poll_interval",
+        ] {
+            assert!(err.contains(&format!("{key}: ")), "{key} missing from: {err}");
+        }
+        let ok =
+            Settings::from_toml("[replay]\nworkers = 1024\n[baseline]\nwindow = \"3650d\"\n", "t").unwrap();
+        assert_eq!(ok.workers.get(), 1024);
+        assert_eq!(ok.detector.window, 3650 * 86_400);
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_a_file_and_are_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        // SAFETY: this test alone reads or writes this variable.
+        unsafe { std::env::set_var("TRAILWATCH_TEST_SASL_PASSWORD", "from-the-env") };
+        let text = format!(
+            "[kafka.librdkafka]\n\"sasl.password\" = \"env:TRAILWATCH_TEST_SASL_PASSWORD\"\n\
+             \"ssl.key.password\" = \"file:{}\"\n\"sasl.username\" = \"plain-written\"\n",
+            file.display()
+        );
+        let s = Settings::from_toml(&text, "t").unwrap();
+        let options = &s.run.kafka.options;
+        assert_eq!(options["sasl.password"], "from-the-env");
+        assert_eq!(options["ssl.key.password"], "from-a-file");
+        assert_eq!(options["sasl.username"], "plain-written");
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("from-the-env") && !shown.contains("from-a-file"),
+            "{shown}"
+        );
+        let raw: RawConfig = toml::from_str(&text).unwrap();
+        assert!(!format!("{raw:?}").contains("TRAILWATCH_TEST_SASL_PASSWORD"));
+
+        let err = Settings::from_toml(
+            "[kafka.librdkafka]\n\"sasl.password\" = \"env:TRAILWATCH_TEST_UNSET_VARIABLE\"\n\
+             \"ssl.key.password\" = \"file:/nonexistent/secret\"\n\"sasl.oauthbearer.client.secret\" = 123456789\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("TRAILWATCH_TEST_UNSET_VARIABLE is not set"), "{err}");
+        assert!(err.contains("/nonexistent/secret"), "{err}");
+        assert!(
+            err.contains("\"sasl.oauthbearer.client.secret\": must be a string"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("123456789"),
+            "a secret written with the wrong type is not shown: {err}"
+        );
     }
 
     #[test]

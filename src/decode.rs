@@ -53,7 +53,9 @@ pub enum FileError {
     Io(#[from] std::io::Error),
     #[error("corrupt gzip after {inflated} bytes: {source}")]
     Gzip { inflated: usize, source: GunzipError },
-    #[error("inflates to more than {limit} bytes")]
+    #[error("truncated gzip: the file ends after {inflated} inflated bytes; the {records} records before the cut are kept")]
+    Truncated { inflated: usize, records: usize },
+    #[error("larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("invalid JSON at line {line} column {column} (after {records} records): {message}")]
     Json {
@@ -74,6 +76,7 @@ impl FileError {
         match self {
             FileError::Io(_) => "io",
             FileError::Gzip { .. } => "corrupt_gzip",
+            FileError::Truncated { .. } => "truncated_gzip",
             FileError::TooLarge { .. } => "too_large",
             FileError::Json { .. } => "invalid_json",
             FileError::NoRecords => "not_cloudtrail",
@@ -131,14 +134,48 @@ pub fn classify_key(key: &str) -> Option<FileSkip> {
 
 /// A decoder that keeps its inflate buffer between files, and evaluates detection rules on each
 /// record while it is still borrowed from that buffer.
-#[derive(Default)]
 pub struct Decoder {
     inflater: Inflater,
     rules: Option<Arc<RuleSet>>,
+    /// Largest distance in seconds between a record's `eventTime` and its file's delivery time
+    /// (see [`Decoder::with_event_time_skew`]); 0: unchecked.
+    max_event_time_skew: i64,
     /// Caches the records of a file fill while they borrow from the inflater's buffer.
     principals: RefCell<PrincipalCache>,
     agents: RefCell<AgentFamilies>,
     gates: RefCell<GateMemo>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            inflater: Inflater::default(),
+            rules: None,
+            max_event_time_skew: DEFAULT_MAX_EVENT_TIME_SKEW,
+            principals: RefCell::default(),
+            agents: RefCell::default(),
+            gates: RefCell::default(),
+        }
+    }
+}
+
+/// The default of `replay.max_event_time_skew`: one day. CloudTrail delivers a record minutes
+/// after the call, rarely hours; a day leaves room for late deliveries and skewed clocks, while a
+/// record dated further from its file (a forged or corrupt `eventTime`, say 9999-12-31) would
+/// move the detectors' event-time clock and make every later event look old or new.
+pub const DEFAULT_MAX_EVENT_TIME_SKEW: i64 = 86_400;
+
+/// The delivery time in a CloudTrail log file's name
+/// (`<account>_CloudTrail_<region>_YYYYMMDDTHHMMZ_<id>.json.gz`), in Unix seconds.
+pub fn delivery_time(object: &str) -> Option<i64> {
+    let name = object.rsplit(['/', '\\']).next()?;
+    let stamp = name
+        .split('_')
+        .nth(3)
+        .filter(|t| t.len() == 14 && t.ends_with('Z'))?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%MZ")
+        .ok()
+        .map(|t| t.and_utc().timestamp())
 }
 
 /// Inflates objects into a buffer reused from one to the next.
@@ -154,6 +191,8 @@ struct Inflater {
 #[derive(Clone, Copy)]
 struct Context<'o> {
     object: &'o Arc<str>,
+    /// The event times accepted, inclusive (see [`Decoder::with_event_time_skew`]).
+    time_range: (i64, i64),
     /// The whole inflated file, which records borrow from.
     text: &'o str,
     rules: Option<&'o RuleSet>,
@@ -176,6 +215,31 @@ impl Decoder {
             },
             rules: rules.filter(|r| !r.is_empty()),
             ..Decoder::default()
+        }
+    }
+
+    /// Skips (as [`RecordSkip::EventTimeOutOfRange`]) every record whose `eventTime` is more than
+    /// `seconds` from its file's delivery time, or, when the file's name carries none, more than
+    /// `seconds` ahead of the wall clock. 0 turns the check off. The default is
+    /// [`DEFAULT_MAX_EVENT_TIME_SKEW`].
+    pub fn with_event_time_skew(mut self, seconds: i64) -> Self {
+        self.max_event_time_skew = seconds.max(0);
+        self
+    }
+
+    /// The event times a record of `object` may have.
+    fn event_time_range(&self, object: &str) -> (i64, i64) {
+        let skew = self.max_event_time_skew;
+        if skew == 0 {
+            return (i64::MIN, i64::MAX);
+        }
+        match delivery_time(object) {
+            // The name gives the minute the file was written, whose records are no later.
+            Some(delivered) => (
+                delivered.saturating_sub(skew),
+                delivered.saturating_add(60 + skew),
+            ),
+            None => (i64::MIN, chrono::Utc::now().timestamp().saturating_add(skew)),
         }
     }
 
@@ -204,9 +268,21 @@ impl Decoder {
             out.skip = Some(skip);
             return;
         }
-        let text = match self.inflater.inflate(bytes) {
-            Ok(text) => text,
-            Err(error) => {
+        let time_range = self.event_time_range(object);
+        let json_lines = object.ends_with(".jsonl") || object.ends_with(".jsonl.gz");
+        let (text, truncated) = match self.inflater.inflate(bytes) {
+            Ok(text) => (text, None),
+            Err(Inflated::Truncated(prefix)) => {
+                let inflated = prefix.len();
+                // Of a cut JSON-lines file, only the lines ended before the cut; of a records
+                // object, the records the parser finds closed (see `LogFileSeed`).
+                let prefix = match json_lines {
+                    true => prefix.rfind('\n').map_or("", |end| &prefix[..end]),
+                    false => prefix,
+                };
+                (prefix, Some(inflated))
+            }
+            Err(Inflated::Failed(error)) => {
                 out.error = Some(error);
                 return;
             }
@@ -214,17 +290,25 @@ impl Decoder {
         let ctx = Context {
             object,
             text,
+            time_range,
             rules: self.rules.as_deref(),
             principals: &self.principals,
             agents: &self.agents,
             gates: &self.gates,
         };
-        let json_lines = object.ends_with(".jsonl") || object.ends_with(".jsonl.gz");
         out.events.reserve(expected_records(text));
         if json_lines {
             decode_json_lines(ctx, text, out)
         } else {
             decode_records_object(ctx, text, out)
+        }
+        if let Some(inflated) = truncated {
+            // The parser's complaint about the cut text is this, said better.
+            out.skip = None;
+            out.error = Some(FileError::Truncated {
+                inflated,
+                records: out.events.len() + out.skipped.len(),
+            });
         }
     }
 }
@@ -247,25 +331,55 @@ impl Inflater {
     }
 
     /// Inflates gzip input (by magic number) into the reused buffer and checks it is UTF-8.
-    /// Plain input is checked in place. A gzip stream that breaks part-way is an error, and the
-    /// part before the break is not used: a record cut by the break could read as valid.
-    fn inflate<'b>(&'b mut self, bytes: &'b [u8]) -> Result<&'b str, FileError> {
+    /// Plain input is checked in place. A gzip stream that is cut short gives the text inflated
+    /// before the cut (up to its last whole character), which the caller parses only for records
+    /// that close before it; a corrupt stream is an error, its text unused.
+    fn inflate<'b>(&'b mut self, bytes: &'b [u8]) -> Result<&'b str, Inflated<'b>> {
+        if self.buffer.capacity() > KEEP_INFLATE_BUFFER {
+            // One large file does not keep its size in every worker for the rest of the run.
+            self.buffer = Vec::new();
+        }
         let data: &[u8] = if bytes.starts_with(&[0x1f, 0x8b]) {
-            self.inflate_gzip(bytes)?;
-            &self.buffer
+            match self.inflate_gzip(bytes) {
+                Ok(()) => &self.buffer,
+                Err(FileError::Gzip {
+                    source: GunzipError::Truncated,
+                    ..
+                }) => {
+                    let valid = match simdutf8::compat::from_utf8(&self.buffer) {
+                        Ok(_) => self.buffer.len(),
+                        Err(e) => e.valid_up_to(),
+                    };
+                    let text = std::str::from_utf8(&self.buffer[..valid]).unwrap_or_default();
+                    return Err(Inflated::Truncated(text));
+                }
+                Err(error) => return Err(Inflated::Failed(error)),
+            }
         } else {
             if bytes.len() > self.limits.max_inflated_bytes {
-                return Err(FileError::TooLarge {
+                return Err(Inflated::Failed(FileError::TooLarge {
                     limit: self.limits.max_inflated_bytes,
-                });
+                }));
             }
             bytes
         };
         // Checked with SIMD: std's byte-wise check of every inflated byte was ~2 % of a replay.
-        simdutf8::compat::from_utf8(data).map_err(|e| FileError::NotUtf8 {
-            offset: e.valid_up_to(),
+        simdutf8::compat::from_utf8(data).map_err(|e| {
+            Inflated::Failed(FileError::NotUtf8 {
+                offset: e.valid_up_to(),
+            })
         })
     }
+}
+
+/// Inflate buffers larger than this are released before the next file.
+const KEEP_INFLATE_BUFFER: usize = 64 << 20;
+
+/// Why [`Inflater::inflate`] gave no whole text.
+enum Inflated<'b> {
+    /// The gzip stream was cut short: the text before the cut.
+    Truncated(&'b str),
+    Failed(FileError),
 }
 
 /// A first guess at a file's record count, so the events vector rarely grows: CloudTrail records
@@ -356,8 +470,13 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
             }
             event
         });
+    let (earliest, latest) = ctx.time_range;
     match result {
-        Ok(event) => out.events.push(event),
+        Ok(event) if (earliest..=latest).contains(&event.time) => out.events.push(event),
+        Ok(_) => out.skipped.push(SkippedRecord {
+            index,
+            reason: RecordSkip::EventTimeOutOfRange,
+        }),
         Err(reason) => out.skipped.push(SkippedRecord { index, reason }),
     }
 }
@@ -545,11 +664,89 @@ mod tests {
     }
 
     #[test]
-    fn truncated_gzip_is_a_gzip_error() {
-        let gz = gzip(TWO.as_bytes());
-        let f = decode("f.json.gz", &gz[..gz.len() / 2]);
-        assert_eq!(f.error.unwrap().reason(), "corrupt_gzip");
-        assert!(f.events.is_empty());
+    fn truncated_gzip_keeps_the_records_closed_before_the_cut() {
+        let many: String = format!(
+            r#"{{"Records":[{}]}}"#,
+            (0..200)
+                .map(|i| format!(
+                    r#"{{"eventTime":"2024-01-01T00:00:00Z","eventSource":"s3.amazonaws.com","eventName":"GetObject","eventID":"e{i}","requestParameters":{{"key":"{:x}"}}}}"#,
+                    xxhash_rust::xxh3::xxh3_64(&(i as u32).to_le_bytes())
+                ))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let gz = gzip(many.as_bytes());
+        for cut in [gz.len() / 2, gz.len() / 3, gz.len() - 9] {
+            let f = decode("f.json.gz", &gz[..cut]);
+            let err = f.error.expect("a cut file is reported");
+            assert_eq!(err.reason(), "truncated_gzip", "cut at {cut}: {err}");
+            assert!(
+                !f.events.is_empty(),
+                "cut at {cut}: records before the cut are kept"
+            );
+            assert!(f.events.len() < 200 || cut == gz.len() - 9);
+            // Kept records are whole and in order; none is made up from a cut one.
+            for (i, e) in f.events.iter().enumerate() {
+                assert_eq!(e.event_id, format!("e{i}"));
+            }
+            assert!(
+                err.to_string().contains(&format!("{} records", f.events.len())),
+                "{err}"
+            );
+        }
+        // A cut JSON-lines file keeps the lines ended before the cut.
+        let lines: String = (0..100)
+            .map(|i| format!("{{\"eventTime\":\"2024-01-01T00:00:00Z\",\"eventSource\":\"s\",\"eventName\":\"n\",\"eventID\":\"l{i}\"}}\n"))
+            .collect();
+        let gz = gzip(lines.as_bytes());
+        let f = decode("f.jsonl.gz", &gz[..gz.len() - 12]);
+        assert_eq!(f.error.unwrap().reason(), "truncated_gzip");
+        assert!(
+            f.skipped.is_empty(),
+            "the cut line is not a record: {:?}",
+            f.skipped
+        );
+        assert!(!f.events.is_empty());
+        // Damage that is not a cut keeps nothing.
+        let mut flipped = gzip(many.as_bytes());
+        let at = flipped.len() / 2;
+        flipped[at] ^= 0x55;
+        let f = decode("f.json.gz", &flipped);
+        assert_ne!(f.error.as_ref().map(FileError::reason), Some("truncated_gzip"));
+    }
+
+    #[test]
+    fn records_far_from_the_delivery_time_are_skipped() {
+        let name = "AWSLogs/1/CloudTrail/us-east-1/2024/01/01/1_CloudTrail_us-east-1_20240101T0005Z_x.json";
+        let text = r#"{"Records":[
+            {"eventTime":"2024-01-01T00:00:00Z","eventSource":"s","eventName":"a"},
+            {"eventTime":"9999-12-31T23:59:59Z","eventSource":"s","eventName":"b"},
+            {"eventTime":"1970-01-01T00:00:00Z","eventSource":"s","eventName":"c"},
+            {"eventTime":"2023-12-31T01:00:00Z","eventSource":"s","eventName":"d"}]}"#;
+        let f = decode(name, text.as_bytes());
+        let names: Vec<&str> = f.events.iter().map(|e| e.event_name.as_str()).collect();
+        assert_eq!(names, ["a", "d"]);
+        assert_eq!(
+            f.skipped.iter().map(|s| (s.index, s.reason)).collect::<Vec<_>>(),
+            [
+                (1, RecordSkip::EventTimeOutOfRange),
+                (2, RecordSkip::EventTimeOutOfRange)
+            ]
+        );
+        // No delivery time in the name: only times ahead of the wall clock are out of range.
+        let f = decode("loose.json", text.as_bytes());
+        assert_eq!(f.events.len(), 3);
+        assert_eq!(f.skipped.len(), 1);
+        // Turned off, every time is taken.
+        let f = Decoder::default()
+            .with_event_time_skew(0)
+            .decode(&Arc::from(name), text.as_bytes());
+        assert_eq!(f.events.len(), 4);
+        assert_eq!(delivery_time(name), Some(1_704_067_500));
+        assert_eq!(
+            delivery_time("1_CloudTrail_us-east-1_2024x101T0005Z_x.json"),
+            None
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub struct Event {
     pub object: Arc<str>,
     /// Detection rules the record matched (indices into the rule set).
     #[serde(skip)]
-    pub rule_hits: Vec<u16>,
+    pub rule_hits: Vec<crate::rules::RuleIndex>,
     /// The record's JSON, kept only when it matched a rule (correlations read it again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<Box<str>>,
@@ -60,6 +60,10 @@ pub enum RecordSkip {
     MissingEventName,
     /// CloudTrail Insights records describe API rates, not a principal's calls.
     InsightRecord,
+    /// An `eventTime` further from its file's delivery time (or, for a file whose name carries
+    /// none, further ahead of the wall clock) than `replay.max_event_time_skew`: kept out of the
+    /// detectors, whose clock is event time.
+    EventTimeOutOfRange,
 }
 
 impl RecordSkip {
@@ -72,6 +76,7 @@ impl RecordSkip {
             RecordSkip::MissingEventSource => "missing_event_source",
             RecordSkip::MissingEventName => "missing_event_name",
             RecordSkip::InsightRecord => "insight_record",
+            RecordSkip::EventTimeOutOfRange => "event_time_out_of_range",
         }
     }
 }
@@ -105,7 +110,7 @@ impl Event {
         let event_source = record.event_source.get().ok_or(RecordSkip::MissingEventSource)?;
         let event_name = record.event_name.get().ok_or(RecordSkip::MissingEventName)?;
         let event_id = match record.event_id.get() {
-            Some(id) => CompactString::from(id),
+            Some(id) => bounded(id),
             None => format_compact!("nid-{:032x}", xxhash_rust::xxh3::xxh3_128(raw.as_bytes())),
         };
         let source = record.source_ip.get();
@@ -113,14 +118,14 @@ impl Event {
         Ok(Event {
             event_id,
             time,
-            event_source: event_source.into(),
-            event_name: event_name.into(),
-            aws_region: record.aws_region.get().map(Into::into),
-            source: source.map(Into::into),
+            event_source: bounded(event_source),
+            event_name: bounded(event_name),
+            aws_region: record.aws_region.get().map(bounded),
+            source: source.map(bounded),
             ip: source.and_then(parse_source_ip),
             user_agent,
-            agent_family,
-            error_code: record.error_code.get().map(Into::into),
+            agent_family: agent_family.map(|f| if f.len() > MAX_VALUE_BYTES { bounded(&f) } else { f }),
+            error_code: record.error_code.get().map(bounded),
             principal,
             object: Arc::clone(object),
             rule_hits: Vec::new(),
@@ -133,6 +138,31 @@ impl Event {
     pub fn is_denied(&self) -> bool {
         self.error_code.as_deref().is_some_and(is_denied_code)
     }
+}
+
+/// Longest value an event keeps whole (event ID, service, API name, region, source, user-agent
+/// family, error code): these are what baselines, de-duplication and anomalies hold, so a record
+/// with a 4 MiB `eventName` must not put 4 MiB in a baseline. Real values are far shorter.
+pub const MAX_VALUE_BYTES: usize = 256;
+
+/// What is kept of a longer value: its first bytes (up to a character boundary), then `…#` and
+/// the xxh3-64 digest of the whole value in hex, so distinct long values stay distinct.
+pub const LONG_VALUE_PREFIX_BYTES: usize = 200;
+
+/// `value` whole when it is at most [`MAX_VALUE_BYTES`] long, else its prefix and digest.
+pub fn bounded(value: &str) -> CompactString {
+    if value.len() <= MAX_VALUE_BYTES {
+        return CompactString::from(value);
+    }
+    let mut cut = LONG_VALUE_PREFIX_BYTES;
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format_compact!(
+        "{}…#{:016x}",
+        &value[..cut],
+        xxhash_rust::xxh3::xxh3_64(value.as_bytes())
+    )
 }
 
 /// See [`Event::is_denied`].
@@ -236,6 +266,28 @@ mod tests {
         let b = event(json).unwrap();
         assert!(a.event_id.starts_with("nid-"));
         assert_eq!(a.event_id, b.event_id);
+    }
+
+    #[test]
+    fn long_values_are_kept_as_a_prefix_and_a_digest() {
+        let name = "Get".to_owned() + &"é".repeat(2 << 20);
+        let other = "Get".to_owned() + &"é".repeat((2 << 20) - 1) + "e";
+        let json = format!(
+            r#"{{"eventTime":"2024-01-01T00:00:00Z","eventSource":"s","eventName":"{name}","eventID":"{name}","errorCode":"{other}"}}"#
+        );
+        let e = event(&json).unwrap();
+        for value in [&e.event_name, &e.event_id, e.error_code.as_ref().unwrap()] {
+            assert!(value.len() <= MAX_VALUE_BYTES, "{} bytes", value.len());
+            assert!(value.starts_with("Getéé"), "{value}");
+        }
+        assert_eq!(e.event_name, e.event_id);
+        assert_ne!(
+            e.event_name,
+            *e.error_code.as_ref().unwrap(),
+            "distinct values stay distinct"
+        );
+        assert_eq!(bounded("GetObject"), "GetObject");
+        assert_eq!(bounded(&"x".repeat(MAX_VALUE_BYTES)), "x".repeat(MAX_VALUE_BYTES));
     }
 
     #[test]

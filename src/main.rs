@@ -13,7 +13,7 @@ use trailwatch::config::Settings;
 use trailwatch::decode::FileSkip;
 use trailwatch::generate::{generate, GenerateOptions};
 use trailwatch::labels::Labels;
-use trailwatch::replay::{list_inputs, replay, Summary};
+use trailwatch::replay::{replay, scan_inputs, Escaped, Summary};
 use trailwatch::rules::RuleSet;
 
 /// Events are built on decode threads and freed on shard threads; mimalloc's per-thread heaps
@@ -169,7 +169,7 @@ impl TrailArgs {
 fn main() -> ExitCode {
     trailwatch::allocator::keep_freed_memory();
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| QuietStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -177,10 +177,64 @@ fn main() -> ExitCode {
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader of standard output that stopped reading (`trailwatch replay ... | head`) has
+        // what it wanted: not a failure, as for any filter in a pipeline.
+        Err(e) if is_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say(format_args!("error: {}\n", Escaped(&format!("{e:#}"))));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes to standard error, ignoring a closed or failing one: what is said there is for a
+/// reader, and one that went away must not stop (or crash) the process.
+fn say(text: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_fmt(text);
+}
+
+/// Standard error for the log, its write errors ignored: the subscriber reports a failed write
+/// with `eprintln!`, which panics when standard error is closed.
+struct QuietStderr;
+
+impl Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().lock().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Set when standard output was found closed by its reader.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn is_closed_stdout(e: &anyhow::Error) -> bool {
+    STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+        && e.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        })
+}
+
+/// Standard output, noting when its reader has gone (see [`is_closed_stdout`]).
+struct Stdout(std::io::StdoutLock<'static>);
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).inspect_err(note_broken_pipe)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().inspect_err(note_broken_pipe)
+    }
+}
+
+fn note_broken_pipe(e: &std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -196,7 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = load_settings(config.as_ref())?;
             let rules = load_rules(rules.as_ref().or(settings.rules_dir.as_ref()))?;
             let summary = replay_paths(&paths, &settings, rules, output.as_ref())?;
-            eprint!("{}", summary.render());
+            say(format_args!("{}", summary.render()));
             if let Some(path) = summary_path {
                 std::fs::write(&path, serde_json::to_vec_pretty(&summary.to_json())?)
                     .with_context(|| format!("--summary {}", path.display()))?;
@@ -206,14 +260,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => {
             let options = args.trail.options(args.out)?;
             let report = generate(&options)?;
-            eprintln!(
-                "wrote {} files, {} records, {} labelled events in {} incidents to {}",
+            say(format_args!(
+                "wrote {} files, {} records, {} labelled events in {} incidents to {}\n",
                 report.files,
                 report.records,
                 report.labeled,
                 report.incidents.len(),
                 options.out.display()
-            );
+            ));
             Ok(())
         }
         Command::Demo { out, output, trail } => demo(out, output, trail),
@@ -228,10 +282,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let metrics = std::sync::Arc::new(trailwatch::metrics::Metrics::new());
                 trailwatch::run::run(settings, run, Some(rules), metrics, shutdown_signal()).await
             })?;
-            eprintln!(
-                "stopped: {} notifications, {} files, {} records, {} anomalies, {} checkpoints, dead letters {:?}",
+            say(format_args!(
+                "stopped: {} notifications, {} files, {} records, {} anomalies, {} checkpoints, dead letters {:?}\n",
                 report.notifications, report.files, report.records, report.anomalies, report.checkpoints, report.dead_letters
-            );
+            ));
             Ok(())
         }
     }
@@ -263,13 +317,16 @@ fn load_rules(dir: Option<&PathBuf>) -> anyhow::Result<Arc<RuleSet>> {
         None => RuleSet::builtin()?,
     };
     for problem in &rules.unsupported {
-        eprintln!("warning: rule left out: {problem}");
+        say(format_args!(
+            "warning: rule left out: {}\n",
+            Escaped(&problem.to_string())
+        ));
     }
     if rules.other_logsource > 0 {
-        eprintln!(
-            "note: {} rules for other log sources skipped",
+        say(format_args!(
+            "note: {} rules for other log sources skipped\n",
             rules.other_logsource
-        );
+        ));
     }
     Ok(Arc::new(rules))
 }
@@ -285,27 +342,31 @@ fn rules_command(action: RulesAction) -> anyhow::Result<()> {
         } => return rules_coverage(dir, catalogue, strict),
     };
     let rules = load_rules(dir.as_ref())?;
-    println!(
+    // Written like any other output: a reader that stops early ends the listing, not the process.
+    let mut out = Stdout(std::io::stdout().lock());
+    writeln!(
+        out,
         "{} rules loaded ({} thresholds), {} left out, {} for other log sources",
         rules.len(),
         rules.correlations(),
         rules.unsupported.len(),
         rules.other_logsource
-    );
+    )?;
     let mut failed = !rules.unsupported.is_empty();
     if test {
         let failures = rules.run_tests();
         for failure in &failures {
-            println!("FAIL {failure}");
+            writeln!(out, "FAIL {failure}")?;
         }
         for untested in &rules.untested {
-            println!(
+            writeln!(
+                out,
                 "{} {untested}: no test events",
                 if strict { "FAIL" } else { "note" }
-            );
+            )?;
         }
         failed |= !failures.is_empty() || (strict && !rules.untested.is_empty());
-        println!("rule tests: {} failed", failures.len());
+        writeln!(out, "rule tests: {} failed", failures.len())?;
     }
     anyhow::ensure!(!failed, "rules did not pass");
     Ok(())
@@ -338,7 +399,8 @@ fn replay_paths(
     rules: Arc<RuleSet>,
     output: Option<&PathBuf>,
 ) -> anyhow::Result<Summary> {
-    let (files, not_log_files) = list_inputs(paths)?;
+    let listing = scan_inputs(paths)?;
+    let (files, not_log_files) = (listing.files, listing.not_log_files);
     let bar = ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr());
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -353,11 +415,12 @@ fn replay_paths(
         Some(path) => Box::new(BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("--output {}", path.display()))?,
         )),
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+        None => Box::new(BufWriter::new(Stdout(std::io::stdout().lock()))),
     };
     let progress = |n| bar.inc(n);
     let mut summary = replay(files, settings, Some(rules), &mut sink, &progress)?;
     bar.finish_and_clear();
+    summary.add_unlisted(&listing.problems);
     if not_log_files > 0 {
         summary
             .files_skipped
@@ -370,12 +433,12 @@ fn demo(out: Option<PathBuf>, output: Option<PathBuf>, trail: TrailArgs) -> anyh
     let temp = tempfile::tempdir()?;
     let dir = out.unwrap_or_else(|| temp.path().join("trail"));
     let options = trail.options(dir.clone())?;
-    eprintln!(
-        "generating {} days for {} principals in {}",
+    say(format_args!(
+        "generating {} days for {} principals in {}\n",
         options.days,
         options.principals,
         dir.display()
-    );
+    ));
     let report = generate(&options)?;
     let anomalies_path = output.unwrap_or_else(|| temp.path().join("anomalies.jsonl"));
     let summary = replay_paths(
@@ -384,7 +447,7 @@ fn demo(out: Option<PathBuf>, output: Option<PathBuf>, trail: TrailArgs) -> anyh
         load_rules(None)?,
         Some(&anomalies_path),
     )?;
-    eprint!("{}", summary.render());
+    say(format_args!("{}", summary.render()));
 
     let labels = Labels::load(&dir.join("labels.jsonl"))?;
     let text = std::fs::read_to_string(&anomalies_path)?;
@@ -393,7 +456,7 @@ fn demo(out: Option<PathBuf>, output: Option<PathBuf>, trail: TrailArgs) -> anyh
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
         .context("reading anomalies back")?;
-    let mut out = std::io::stdout().lock();
+    let mut out = Stdout(std::io::stdout().lock());
     let evidence: Vec<Vec<String>> = anomalies
         .iter()
         .map(|a| {

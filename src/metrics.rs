@@ -20,7 +20,7 @@ use prometheus::{
 pub const NAMESPACE: &str = "trailwatch";
 
 /// Every dead-letter reason: notification problems, fetch failures and file failures.
-pub const DEAD_LETTER_REASONS: [&str; 14] = [
+pub const DEAD_LETTER_REASONS: [&str; 15] = [
     "malformed_notification",
     "unknown_shape",
     "missing_bucket_or_key",
@@ -30,6 +30,7 @@ pub const DEAD_LETTER_REASONS: [&str; 14] = [
     "invalid_key",
     "io",
     "corrupt_gzip",
+    "truncated_gzip",
     "too_large",
     "invalid_json",
     "not_cloudtrail",
@@ -480,6 +481,10 @@ mod tests {
             FileError::Gzip {
                 inflated: 0,
                 source: crate::gunzip::GunzipError::Truncated,
+            },
+            FileError::Truncated {
+                inflated: 0,
+                records: 0,
             },
             FileError::TooLarge { limit: 1 },
             FileError::Json {

@@ -14,6 +14,7 @@
 //! window of files ahead of the slowest shard, which bounds the events held in the queues.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +26,7 @@ use crossbeam_channel::{bounded, Sender};
 use crate::alert::AlertStats;
 use crate::anomaly::{Anomaly, Kind};
 use crate::config::Settings;
-use crate::decode::{DecodeLimits, DecodedFile, Decoder};
+use crate::decode::{DecodeLimits, DecodedFile, Decoder, FileError};
 use crate::detect::Detector;
 use crate::engine::{partition_of, StatePartition};
 use crate::event::{Event, RecordSkip};
@@ -47,9 +48,70 @@ fn percentiles_json(p: crate::metrics::Percentiles) -> serde_json::Value {
 /// `.json`, `.jsonl` and `.gz` files are taken; the rest are counted as skipped. The list is
 /// sorted by the delivery time in CloudTrail file names, then by path, so that replay follows
 /// event time as closely as the names allow.
+///
+/// The first path in a folder that cannot be listed (see [`scan_inputs`]) is an error; a replay
+/// uses [`scan_inputs`], which lists everything else and reports such paths.
 pub fn list_inputs(inputs: &[PathBuf]) -> Result<(Vec<InputFile>, usize), std::io::Error> {
+    let listing = scan_inputs(inputs)?;
+    if let Some(problem) = listing.problems.into_iter().next() {
+        return Err(std::io::Error::other(problem.to_string()));
+    }
+    Ok((listing.files, listing.not_log_files))
+}
+
+/// Why a path found in a folder is not replayed. A bounded set: these are summary and metric
+/// labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unlisted {
+    /// A symbolic link to one of its own ancestor folders.
+    SymlinkLoop,
+    /// A symbolic link to nothing.
+    DanglingSymlink,
+    /// A folder (or link) that cannot be read: permissions, I/O.
+    Unreadable,
+    /// A FIFO, socket or device named like a log file: opening it could block or never end.
+    NotARegularFile,
+}
+
+impl Unlisted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unlisted::SymlinkLoop => "symlink_loop",
+            Unlisted::DanglingSymlink => "dangling_symlink",
+            Unlisted::Unreadable => "unreadable",
+            Unlisted::NotARegularFile => "not_a_regular_file",
+        }
+    }
+}
+
+/// A path under an input folder that could not be listed or is not replayed, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {} ({detail})", .path.display(), .reason.as_str())]
+pub struct ListProblem {
+    pub path: PathBuf,
+    pub reason: Unlisted,
+    pub detail: String,
+}
+
+/// What [`scan_inputs`] found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The log files, in replay order (see [`list_inputs`]).
+    pub files: Vec<InputFile>,
+    /// Files in folders not named like log files.
+    pub not_log_files: usize,
+    /// Paths in folders that could not be listed or read, each with its reason; the rest of the
+    /// folder is listed.
+    pub problems: Vec<ListProblem>,
+}
+
+/// [`list_inputs`], going on past what cannot be listed in a folder (a symlink loop, a dangling
+/// symlink, an unreadable folder, a FIFO): each is reported in [`Listing::problems`]. Only an
+/// input named on the command line that does not exist is an error.
+pub fn scan_inputs(inputs: &[PathBuf]) -> Result<Listing, std::io::Error> {
     let mut files = Vec::new();
     let mut not_log_files = 0;
+    let mut problems = Vec::new();
     for input in inputs {
         let meta = std::fs::metadata(input)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", input.display())))?;
@@ -58,12 +120,29 @@ pub fn list_inputs(inputs: &[PathBuf]) -> Result<(Vec<InputFile>, usize), std::i
             continue;
         }
         for entry in walkdir::WalkDir::new(input).follow_links(true) {
-            let entry = entry.map_err(std::io::Error::other)?;
-            if !entry.file_type().is_file() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(error) => {
+                    problems.push(list_problem(input, &error));
+                    continue;
+                }
+            };
+            if entry.file_type().is_dir() {
                 continue;
             }
             let name = entry.file_name().to_string_lossy();
-            if [".json", ".jsonl", ".gz"].iter().any(|ext| name.ends_with(ext)) {
+            let log_file = [".json", ".jsonl", ".gz"].iter().any(|ext| name.ends_with(ext));
+            if !entry.file_type().is_file() {
+                if log_file {
+                    problems.push(ListProblem {
+                        path: entry.into_path(),
+                        reason: Unlisted::NotARegularFile,
+                        detail: "not a regular file".into(),
+                    });
+                } else {
+                    not_log_files += 1;
+                }
+            } else if log_file {
                 files.push(entry.into_path());
             } else {
                 not_log_files += 1;
@@ -85,7 +164,39 @@ pub fn list_inputs(inputs: &[PathBuf]) -> Result<(Vec<InputFile>, usize), std::i
             path,
         })
         .collect();
-    Ok((files, not_log_files))
+    problems.sort_by(|a, b| a.path.cmp(&b.path));
+    problems.dedup_by(|a, b| a.path == b.path);
+    Ok(Listing {
+        files,
+        not_log_files,
+        problems,
+    })
+}
+
+/// Too many levels of symbolic links (Linux, the BSDs and macOS differ; this is Linux's).
+const ELOOP: i32 = 40;
+
+fn list_problem(input: &Path, error: &walkdir::Error) -> ListProblem {
+    let path = error.path().unwrap_or(input).to_owned();
+    let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+    let io_kind = error.io_error().map(std::io::Error::kind);
+    let reason = if error.loop_ancestor().is_some()
+        || error.io_error().and_then(std::io::Error::raw_os_error) == Some(ELOOP)
+    {
+        Unlisted::SymlinkLoop
+    } else if is_link && io_kind == Some(std::io::ErrorKind::NotFound) {
+        Unlisted::DanglingSymlink
+    } else {
+        Unlisted::Unreadable
+    };
+    let detail = match error.io_error() {
+        Some(io) => io.to_string(),
+        None => match error.loop_ancestor() {
+            Some(ancestor) => format!("leads back to {}", ancestor.display()),
+            None => error.to_string(),
+        },
+    };
+    ListProblem { path, reason, detail }
 }
 
 /// The `YYYYMMDDTHHMMZ` in `<account>_CloudTrail_<region>_<time>_<id>.json.gz`, if present.
@@ -151,7 +262,7 @@ impl Summary {
         }
         if let Some(error) = &decoded.error {
             *self.files_failed.entry(error.reason()).or_default() += 1;
-            tracing::warn!(file = %file.name, reason = error.reason(), salvaged = decoded.events.len(), "file failed: {error}");
+            tracing::warn!(file = %Escaped(&file.name), reason = error.reason(), salvaged = decoded.events.len(), "file failed: {error}");
             if self.noted_failures.len() < EXAMPLES {
                 self.noted_failures.push((seq, format!("{}: {error}", file.name)));
             }
@@ -171,8 +282,22 @@ impl Summary {
             }
         }
         if !decoded.skipped.is_empty() {
-            tracing::info!(file = %file.name, skipped = decoded.skipped.len(), "records skipped");
+            tracing::info!(file = %Escaped(&file.name), skipped = decoded.skipped.len(), "records skipped");
         }
+    }
+
+    /// Accounts for the paths a folder listing could not take: each counts as a file read and
+    /// failed, with its reason, and the first are named among the failures.
+    pub fn add_unlisted(&mut self, problems: &[ListProblem]) {
+        for problem in problems {
+            self.files += 1;
+            *self.files_failed.entry(problem.reason.as_str()).or_default() += 1;
+            tracing::warn!(path = %Escaped(&problem.path.display().to_string()), reason = problem.reason.as_str(), "not replayed: {}", problem.detail);
+        }
+        let room = EXAMPLES.saturating_sub(self.failures.len());
+        let named: Vec<String> = problems.iter().take(room).map(ToString::to_string).collect();
+        self.failures.splice(0..0, named);
+        self.failures.truncate(EXAMPLES);
     }
 
     /// Adds another worker's accounting to this one.
@@ -249,7 +374,7 @@ impl Summary {
             join(&self.files_failed)
         );
         for failure in &self.failures {
-            s += &format!("  failed: {failure}\n");
+            s += &format!("  failed: {}\n", Escaped(failure));
         }
         let skipped: BTreeMap<&'static str, u64> = self
             .records_skipped
@@ -265,7 +390,7 @@ impl Summary {
             join(&skipped)
         );
         for example in &self.skipped_examples {
-            s += &format!("  skipped: {example}\n");
+            s += &format!("  skipped: {}\n", Escaped(example));
         }
         s += &format!(
             "principals: {}, baseline values held: {} (~{} KiB)\n",
@@ -293,6 +418,24 @@ impl Summary {
             self.elapsed.as_secs_f64()
         );
         s
+    }
+}
+
+/// Text from the input (file names, above all) as it is shown on a terminal or in a log: control
+/// characters (line breaks, escape sequences) written as Rust escapes, so that a file named with a
+/// newline cannot start a line of its own.
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}') {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -351,7 +494,8 @@ pub fn replay(
         let handles: Vec<_> = (0..workers)
             .map(|worker| {
                 let (plan, rules, anomalies) = (&plan, rules.clone(), anomaly_tx.clone());
-                scope.spawn(move || work(worker, plan, limits, rules, &anomalies, progress))
+                let skew = settings.max_event_time_skew;
+                scope.spawn(move || work(worker, plan, (limits, skew), rules, &anomalies, progress))
             })
             .collect();
         drop(anomaly_tx);
@@ -533,7 +677,7 @@ impl Shard {
 fn work(
     worker: usize,
     plan: &Plan<'_>,
-    limits: DecodeLimits,
+    (limits, max_event_time_skew): (DecodeLimits, i64),
     rules: Option<Arc<RuleSet>>,
     anomalies: &Sender<Vec<Anomaly>>,
     progress: &(dyn Fn(u64) + Sync),
@@ -542,7 +686,7 @@ fn work(
         latencies: Arc::clone(&plan.latencies),
         ..Summary::default()
     };
-    let mut decoder = Decoder::with_rules(limits, rules);
+    let mut decoder = Decoder::with_rules(limits, rules).with_event_time_skew(max_event_time_skew);
     let mut bytes = Vec::new();
     let shards = plan.shards.len();
     loop {
@@ -566,14 +710,17 @@ fn work(
             }
         }
         bytes.clear();
-        let read = std::fs::File::open(&file.path).and_then(|mut f| f.read_to_end(&mut bytes));
-        let decoded = match read {
-            Ok(_) => decoder.decode_into(&file.name, &bytes, plan.spare_events(worker)),
-            Err(e) => DecodedFile {
-                error: Some(e.into()),
+        let decoded = match read_bounded(&file.path, limits.max_inflated_bytes, &mut bytes) {
+            Ok(()) => decoder.decode_into(&file.name, &bytes, plan.spare_events(worker)),
+            Err(error) => DecodedFile {
+                error: Some(error),
                 ..DecodedFile::default()
             },
         };
+        if bytes.capacity() > KEEP_READ_BUFFER {
+            // One large file does not keep its size in every worker for the rest of the replay.
+            bytes = Vec::new();
+        }
         summary.add_file(seq, file, &decoded);
         progress(1);
         let events = Arc::new(FileEvents {
@@ -598,6 +745,27 @@ fn work(
             }
         }
     }
+}
+
+/// Read buffers larger than this are released after their file.
+const KEEP_READ_BUFFER: usize = 64 << 20;
+
+/// Reads a file whole into `bytes`, unless it holds more than `limit` bytes: a file larger than
+/// the largest inflated file accepted is refused by its size, before it is read (a compressed file
+/// larger than the limit would inflate past it), and one that grows while read stops at the limit.
+pub fn read_bounded(path: &Path, limit: usize, bytes: &mut Vec<u8>) -> Result<(), FileError> {
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    if size > limit as u64 {
+        return Err(FileError::TooLarge { limit });
+    }
+    bytes.reserve(size as usize);
+    file.take(limit as u64 + 1).read_to_end(bytes)?;
+    if bytes.len() > limit {
+        bytes.clear();
+        return Err(FileError::TooLarge { limit });
+    }
+    Ok(())
 }
 
 fn slowest(shards: &[Shard]) -> usize {

@@ -173,11 +173,12 @@ fn replaying_the_same_input_gives_the_same_anomalies_and_ids() {
 fn odd_and_broken_fixtures_are_reported_file_by_file_and_nothing_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let fixtures = manifest_dir().join("tests/fixtures");
-    let (_, summary) = replay_with_summary(&[&fixtures], tmp.path());
+    let (_, summary) = replay_with_summary(&[&fixtures.join("odd"), &fixtures.join("broken")], tmp.path());
 
     let failed: BTreeMap<String, u64> = serde_json::from_value(summary["files"]["failed"].clone()).unwrap();
     let expected: BTreeMap<String, u64> = [
-        ("corrupt_gzip", 2),
+        ("corrupt_gzip", 1),
+        ("truncated_gzip", 1),
         ("invalid_json", 3),
         ("not_cloudtrail", 1),
         ("not_utf8", 1),
@@ -194,7 +195,7 @@ fn odd_and_broken_fixtures_are_reported_file_by_file_and_nothing_stops() {
         .collect();
     for (file, why) in [
         ("truncated.json:", "after 1 records"),
-        ("truncated.json.gz:", "corrupt gzip"),
+        ("truncated.json.gz:", "the 0 records before the cut are kept"),
         ("not-gzip.json.gz:", "corrupt gzip"),
         ("no-records.json:", "no Records"),
         ("records-not-array.json:", "invalid"),
@@ -207,8 +208,8 @@ fn odd_and_broken_fixtures_are_reported_file_by_file_and_nothing_stops() {
         );
     }
     assert_eq!(summary["files"]["skipped"]["digest"], 2);
-    // broken/README.txt and the fixtures README.
-    assert_eq!(summary["files"]["skipped"]["not_a_log_file"], 2);
+    // broken/README.txt.
+    assert_eq!(summary["files"]["skipped"]["not_a_log_file"], 1);
 
     let skipped: BTreeMap<String, u64> =
         serde_json::from_value(summary["records"]["skipped"].clone()).unwrap();
@@ -233,17 +234,29 @@ fn odd_and_broken_fixtures_are_reported_file_by_file_and_nothing_stops() {
         .contains("FixtureOddShapes1.json.gz record 18: not_an_object")));
 }
 
-#[test]
-fn every_file_in_the_shared_corpora_replays_without_stopping() {
-    let corpora = manifest_dir().join("../shared/corpora");
-    assert!(
-        corpora.is_dir(),
-        "the reference corpora are expected beside the repository at {}",
-        corpora.display()
-    );
+/// The reference corpora of third-party samples: the folder `TRAILWATCH_CORPORA` names, else
+/// `../shared/corpora` beside the repository when it is there. A clone without them runs the
+/// corpora test over the project's own fixtures, which take the same shapes.
+fn reference_corpora() -> Option<PathBuf> {
+    match std::env::var_os("TRAILWATCH_CORPORA") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            assert!(
+                dir.is_dir(),
+                "TRAILWATCH_CORPORA={} is not a folder",
+                dir.display()
+            );
+            Some(dir)
+        }
+        None => Some(manifest_dir().join("../shared/corpora")).filter(|d| d.is_dir()),
+    }
+}
+
+/// Replays `root`; asserts every file under it is accounted for and returns the summary.
+fn replay_accounting_for_every_file(root: &Path) -> Value {
     let tmp = tempfile::tempdir().unwrap();
-    let (_, summary) = replay_with_summary(&[&corpora], tmp.path());
-    let total = files_under(&corpora).len() as u64;
+    let (_, summary) = replay_with_summary(&[root], tmp.path());
+    let total = files_under(root).len() as u64;
     let files = &summary["files"];
     let sum = |m: &Value| {
         m.as_object()
@@ -263,6 +276,69 @@ fn every_file_in_the_shared_corpora_replays_without_stopping() {
         files["read"].as_u64().unwrap()
     );
     assert!(summary["records"]["events"].as_u64().unwrap() > 0);
+    summary
+}
+
+#[test]
+fn every_file_in_the_reference_corpora_replays_without_stopping() {
+    match reference_corpora() {
+        Some(corpora) => {
+            replay_accounting_for_every_file(&corpora);
+        }
+        None => {
+            let fixtures = manifest_dir().join("tests/fixtures");
+            let summary = replay_accounting_for_every_file(&fixtures);
+            // The shapes the corpora hold, in the project's own files: decoded, failed, skipped.
+            for reason in [
+                "truncated_gzip",
+                "invalid_json",
+                "not_cloudtrail",
+                "corrupt_gzip",
+                "not_utf8",
+            ] {
+                assert!(
+                    summary["files"]["failed"][reason].as_u64().unwrap_or(0) > 0,
+                    "{reason}: {}",
+                    summary["files"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_fixtures_hold_the_shapes_real_input_takes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shapes = manifest_dir().join("tests/fixtures/shapes");
+    let (_, summary) = replay_with_summary(&[&shapes], tmp.path());
+    let failed: BTreeMap<String, u64> = serde_json::from_value(summary["files"]["failed"].clone()).unwrap();
+    let expected: BTreeMap<String, u64> = [("invalid_json", 1), ("not_cloudtrail", 4), ("truncated_gzip", 1)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(failed, expected);
+    let failures = summary["files"]["failures"].to_string();
+    for (file, why) in [
+        ("cut-trailing-record.json", "after 1 records"),
+        (
+            "FixtureCutShort.json.gz",
+            "the 18 records before the cut are kept",
+        ),
+        ("misspelt-records.json", "no Records"),
+        ("eventbridge-api-call.json", "no Records"),
+        ("sns-envelope.json", "no Records"),
+        ("cloudtrail-notification-body.json", "no Records"),
+    ] {
+        assert!(
+            failures.contains(file) && failures.contains(why),
+            "{file}: {why:?} in {failures}"
+        );
+    }
+    // Six records of odd shapes decoded, the null one and two that are not objects skipped; 18
+    // records of the cut gzip file and one before the cut of the plain one kept.
+    assert_eq!(summary["records"]["events"], 25);
+    assert_eq!(summary["records"]["skipped"]["missing_event_time"], 1);
+    assert_eq!(summary["records"]["skipped"]["not_an_object"], 2);
 }
 
 #[test]

@@ -47,7 +47,7 @@ impl EventRecord {
                 .rules
                 .iter()
                 .filter_map(|id| set.lookup(Some(id), id))
-                .filter_map(|i| u16::try_from(i).ok())
+                .map(crate::rules::RuleIndex::of)
                 .collect();
         }
         event

@@ -30,6 +30,25 @@ use crate::event::parse_event_time;
 pub use gate::{GateIndex, GateMemo};
 pub use view::RecordView;
 
+/// A detection rule's index in [`RuleSet::rules`], as events carry it. 32 bits: a rule set of
+/// any size a process can load is indexed without wrapping (two bytes more per match than 16
+/// bits, on the few events that match a rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleIndex(u32);
+
+impl RuleIndex {
+    /// The index of rule `i`; [`RuleSet`] holds fewer than `u32::MAX` rules (checked at load).
+    pub fn of(i: usize) -> RuleIndex {
+        RuleIndex(u32::try_from(i).unwrap_or(u32::MAX))
+    }
+}
+
+impl From<RuleIndex> for usize {
+    fn from(index: RuleIndex) -> usize {
+        index.0 as usize
+    }
+}
+
 include!(concat!(env!("OUT_DIR"), "/builtin_rules.rs"));
 
 /// What the anomaly stream says of a rule.
@@ -174,6 +193,76 @@ impl std::fmt::Debug for RuleSet {
     }
 }
 
+/// Largest rule file accepted: the largest Sigma rules run to a few KiB.
+pub const MAX_RULE_FILE_BYTES: usize = 1 << 20;
+
+/// Deepest nesting accepted in a rule file (block indentation, sequence dashes and flow brackets
+/// together): Sigma rules nest a handful of levels.
+pub const MAX_RULE_NESTING: usize = 64;
+
+/// Checks a rule file's size and nesting before it is parsed. The depth is estimated from the
+/// text: each line's place in the stack of indentations above it, the `- ` items it opens, and
+/// the `[`/`{` open outside quotes; an estimate that errs towards deeper, never shallower.
+fn check_rule_shape(text: &str) -> Result<(), String> {
+    if text.len() > MAX_RULE_FILE_BYTES {
+        return Err(format!(
+            "{} bytes, more than a rule file may hold ({MAX_RULE_FILE_BYTES})",
+            text.len()
+        ));
+    }
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let body = line.trim_start_matches(' ');
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - body.len();
+        if flow == 0 {
+            while indents.last().is_some_and(|&top| top >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+        }
+        let mut rest = body;
+        let mut dashes = 0;
+        while let Some(after) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("-\t")) {
+            dashes += 1;
+            rest = after.trim_start();
+        }
+        let mut deepest_flow = flow;
+        let mut quote = None;
+        let mut escaped = false;
+        for c in rest.chars() {
+            match (quote, c) {
+                (Some('"'), '\\') if !escaped => {
+                    escaped = true;
+                    continue;
+                }
+                (Some(q), c) if c == q && !escaped => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => {
+                    flow += 1;
+                    deepest_flow = deepest_flow.max(flow);
+                }
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            escaped = false;
+        }
+        let depth = indents.len() + dashes + deepest_flow;
+        if depth > MAX_RULE_NESTING {
+            return Err(format!(
+                "line {}: nested {depth} levels deep, more than a rule may be ({MAX_RULE_NESTING})",
+                n + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl RuleSet {
     /// The rules built into the binary.
     pub fn builtin() -> Result<RuleSet, RuleError> {
@@ -214,6 +303,12 @@ impl RuleSet {
         let mut correlation_files = Vec::new();
         let mut other_logsource = 0;
         for (file, text) in sources {
+            // The YAML parser's time grows faster than the nesting of what it reads: a rule is
+            // checked for size and depth first, so that a hostile file cannot stall start-up.
+            if let Err(problem) = check_rule_shape(&text) {
+                errors.push(format!("{file}: {problem}"));
+                continue;
+            }
             let parsed = match rsigma_parser::parse_sigma_yaml(&text) {
                 Ok(parsed) => parsed,
                 Err(e) => {
@@ -238,6 +333,9 @@ impl RuleSet {
                 correlation_files.push(file.clone());
                 collection.correlations.push(correlation);
             }
+        }
+        if collection.rules.len() + collection.correlations.len() >= u32::MAX as usize {
+            errors.push(format!("more than {} rules", u32::MAX - 1));
         }
         if !errors.is_empty() {
             return Err(RuleError::Invalid(errors));
@@ -396,20 +494,20 @@ impl RuleSet {
     }
 
     /// Detection rules a record matches, as indices into [`RuleSet::rules`].
-    pub fn evaluate(&self, view: &RecordView<'_>, out: &mut Vec<u16>) {
+    pub fn evaluate(&self, view: &RecordView<'_>, out: &mut Vec<RuleIndex>) {
         self.evaluate_in(view, None, out);
     }
 
     /// [`RuleSet::evaluate`], with the gates' verdicts remembered in `memo` from record to record
     /// (see [`GateMemo`]): what a decoding thread calls.
-    pub fn evaluate_with(&self, view: &RecordView<'_>, memo: &mut GateMemo, out: &mut Vec<u16>) {
+    pub fn evaluate_with(&self, view: &RecordView<'_>, memo: &mut GateMemo, out: &mut Vec<RuleIndex>) {
         self.evaluate_in(view, Some(memo), out);
     }
 
-    fn evaluate_in(&self, view: &RecordView<'_>, memo: Option<&mut GateMemo>, out: &mut Vec<u16>) {
+    fn evaluate_in(&self, view: &RecordView<'_>, memo: Option<&mut GateMemo>, out: &mut Vec<RuleIndex>) {
         self.gates.candidates(view, memo, |i| {
             if rsigma_eval::evaluate_rule(&self.compiled[i], view).is_some() {
-                out.push(i as u16);
+                out.push(RuleIndex::of(i));
             }
         });
     }
@@ -421,10 +519,10 @@ impl RuleSet {
 
     /// [`RuleSet::evaluate`] through the evaluator's own engine, with no gates: the reference
     /// the gated evaluation must agree with.
-    pub fn evaluate_ungated(&self, view: &RecordView<'_>, out: &mut Vec<u16>) {
+    pub fn evaluate_ungated(&self, view: &RecordView<'_>, out: &mut Vec<RuleIndex>) {
         for result in self.engine.evaluate(view) {
             if let Some(i) = self.lookup(result.header.rule_id.as_deref(), &result.header.rule_title) {
-                out.push(i as u16);
+                out.push(RuleIndex::of(i));
             }
         }
     }
@@ -435,7 +533,7 @@ impl RuleSet {
         &self,
         engine: &mut CorrelationEngine,
         view: &RecordView<'_>,
-        hits: &[u16],
+        hits: &[RuleIndex],
         time: i64,
     ) -> Vec<rsigma_eval::EvaluationResult> {
         let detections = hits
@@ -528,7 +626,7 @@ impl RuleSet {
         };
         let mut hits = Vec::new();
         self.evaluate(&view, &mut hits);
-        hits.contains(&(index as u16))
+        hits.contains(&RuleIndex::of(index))
     }
 
     fn correlation_fires(&self, index: usize, events: &[Value]) -> bool {
@@ -592,7 +690,7 @@ mod tests {
         let record = r#"{"eventName":"StopLogging","eventSource":"cloudtrail.amazonaws.com"}"#;
         let mut hits = Vec::new();
         rules.evaluate(&RecordView::new(record).unwrap(), &mut hits);
-        assert_eq!(hits, [0]);
+        assert_eq!(hits, [RuleIndex::of(0)]);
         assert_eq!(rules.rules()[0].level, Severity::High);
         hits.clear();
         rules.evaluate(
@@ -610,7 +708,7 @@ mod tests {
         let record = r#"{"userAgent":"x os/linux#6-kali1","sourceIPAddress":"203.0.113.9","errorCode":"AccessDenied"}"#;
         let mut hits = Vec::new();
         rules.evaluate(&RecordView::new(record).unwrap(), &mut hits);
-        assert_eq!(hits, [0]);
+        assert_eq!(hits, [RuleIndex::of(0)]);
     }
 
     #[test]
@@ -621,7 +719,7 @@ mod tests {
         let record =
             r#"{"eventName":"RunInstances","requestParameters":{"userData":{"script":"run Mimikatz now"}}}"#;
         rules.evaluate(&RecordView::new(record).unwrap(), &mut hits);
-        assert_eq!(hits, [0]);
+        assert_eq!(hits, [RuleIndex::of(0)]);
         hits.clear();
         rules.evaluate(
             &RecordView::new(r#"{"eventName":"RunInstances"}"#).unwrap(),

@@ -67,10 +67,16 @@ pub struct DecoderPool {
 }
 
 impl DecoderPool {
-    pub fn new(workers: usize, limits: DecodeLimits, rules: Option<Arc<RuleSet>>) -> DecoderPool {
+    /// `max_event_time_skew`: see [`Decoder::with_event_time_skew`].
+    pub fn new(
+        workers: usize,
+        limits: DecodeLimits,
+        rules: Option<Arc<RuleSet>>,
+        max_event_time_skew: i64,
+    ) -> DecoderPool {
         DecoderPool {
             decoders: (0..workers.max(1))
-                .map(|_| Decoder::with_rules(limits, rules.clone()))
+                .map(|_| Decoder::with_rules(limits, rules.clone()).with_event_time_skew(max_event_time_skew))
                 .collect(),
         }
     }

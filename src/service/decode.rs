@@ -104,7 +104,12 @@ pub async fn run(
     let limits = DecodeLimits {
         max_inflated_bytes: settings.max_file_bytes,
     };
-    let mut pool = Some(DecoderPool::new(settings.workers.get(), limits, rules.clone()));
+    let mut pool = Some(DecoderPool::new(
+        settings.workers.get(),
+        limits,
+        rules.clone(),
+        settings.max_event_time_skew,
+    ));
     let fetcher = Fetcher::new(run.fetch.clone());
     let latencies = Latencies::default();
     // Per notifications partition: the mark sent, and when a notification last came.

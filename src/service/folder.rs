@@ -84,7 +84,12 @@ impl Engine {
                     StatePartition::local(detector, settings.engine.reorder_window)
                 })
                 .collect(),
-            pool: Some(DecoderPool::new(settings.workers.get(), limits, rules.clone())),
+            pool: Some(DecoderPool::new(
+                settings.workers.get(),
+                limits,
+                rules.clone(),
+                settings.max_event_time_skew,
+            )),
             rules,
             workers: settings.workers.get(),
         }

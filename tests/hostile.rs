@@ -1,0 +1,319 @@
+//! Hostile input: each case is reported with its source and reason, counted, and the rest of the
+//! input still processed; nothing panics, memory stays within the documented bounds.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::{json, Value};
+use trailwatch::rules::{RecordView, RuleSet};
+
+const GOOD: &str = "tests/fixtures/odd/AWSLogs/111122223333/CloudTrail/us-east-1/2025/06/02/111122223333_CloudTrail_us-east-1_20250602T1005Z_FixtureOddShapes1.json.gz";
+
+fn symlink(target: impl AsRef<Path>, link: impl AsRef<Path>) {
+    std::os::unix::fs::symlink(target, link).unwrap();
+}
+
+#[test]
+fn a_folder_replay_goes_on_past_loops_dangling_links_and_unreadable_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trail = tmp.path().join("trail");
+    let sub = trail.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::copy(manifest_dir().join(GOOD), sub.join("good.json.gz")).unwrap();
+    symlink(&trail, sub.join("loop")); // a folder linking to its ancestor
+    symlink("self.json", trail.join("self.json")); // a link to itself
+    symlink(trail.join("nowhere.json.gz"), trail.join("dangling.json.gz"));
+    // A file no one can read, root included: reading /proc/self/mem from offset 0 fails.
+    symlink("/proc/self/mem", trail.join("unreadable.json"));
+    let fifo = trail.join("pipe.json");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    // A folder its owner cannot list; root can, so it counts only for others.
+    let locked = trail.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::write(locked.join("inside.json"), b"{}").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let locked_out = std::fs::read_dir(&locked).is_err();
+
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let (_, summary) = replay_with_summary(&[&trail], &out_dir);
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let failed = &summary["files"]["failed"];
+    assert_eq!(failed["symlink_loop"], 2, "{summary}");
+    assert_eq!(failed["dangling_symlink"], 1, "{summary}");
+    assert_eq!(failed["not_a_regular_file"], 1, "{summary}");
+    assert_eq!(failed["io"], 1, "the unreadable file: {summary}");
+    if locked_out {
+        assert_eq!(failed["unreadable"], 1, "{summary}");
+    }
+    let failures = summary["files"]["failures"].to_string();
+    for name in [
+        "loop",
+        "self.json",
+        "dangling.json.gz",
+        "pipe.json",
+        "unreadable.json",
+    ] {
+        assert!(failures.contains(name), "{name} not named in {failures}");
+    }
+    // The good file beside them was replayed whole.
+    assert_eq!(summary["files"]["decoded"], 1, "{summary}");
+    assert!(summary["records"]["events"].as_u64().unwrap() >= 17);
+}
+
+#[test]
+fn a_file_name_cannot_forge_a_line_of_the_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trail = tmp.path().join("trail");
+    std::fs::create_dir(&trail).unwrap();
+    let forged = "x\nfiles: 999 read, 999 decoded, skipped [], failed []\n\u{1b}[2Kx.json";
+    std::fs::write(trail.join(forged), b"not json").unwrap();
+    let out = run_ok(&["replay", "--output", "/dev/null", &path_str(&trail)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("files: 999")),
+        "a forged line:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "an escape sequence reached the terminal:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(r"x\nfiles: 999 read"),
+        "the name is shown, escaped:\n{stderr}"
+    );
+}
+
+#[test]
+fn closed_standard_streams_end_a_replay_quietly() {
+    let fixtures = manifest_dir().join("tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let anomalies = tmp.path().join("anomalies.jsonl");
+    // Standard error closed by its reader (as `2>&1 | head -3` does), anomalies to a file.
+    let mut child = Command::new(BIN)
+        .args(["replay", "--output", &path_str(&anomalies), &path_str(&fixtures)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    // Both closed, anomalies to standard output: a reader that went away is no failure.
+    let trail = tmp.path().join("trail");
+    generate(&trail, 3, 10, 12, 60);
+    let mut child = Command::new(BIN)
+        .args(["replay", &path_str(&trail)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+/// `(kind, principal, event ids)` of each anomaly.
+fn behaviour(anomalies: &[Value]) -> BTreeSet<String> {
+    anomalies
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {}",
+                a["kind"], a["principal"]["key"], a["evidence"]["event_ids"]
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn records_dated_far_from_their_delivery_cannot_blind_the_detectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trail = tmp.path().join("trail");
+    generate(&trail, 7, 12, 40, 120);
+    let clean = tmp.path().join("clean");
+    std::fs::create_dir(&clean).unwrap();
+    let (before, _) = replay_with_summary(&[&trail], &clean);
+    assert!(
+        before.iter().filter(|a| a["kind"] != "rule_match").count() >= 5,
+        "a trail with behavioural anomalies to lose"
+    );
+
+    // 64 records dated 9999-12-31, of many principals, in one file in the middle of the trail.
+    let day = trail.join("AWSLogs/111122223333/CloudTrail/us-east-1/2026/03/07");
+    std::fs::create_dir_all(&day).unwrap();
+    let records: Vec<Value> = (0..64)
+        .map(|i| {
+            json!({"eventVersion": "1.09", "eventTime": "9999-12-31T23:59:59Z", "eventID": format!("forged-{i}"),
+                   "eventSource": "s3.amazonaws.com", "eventName": "ListBuckets", "awsRegion": "us-east-1",
+                   "sourceIPAddress": "198.51.100.9", "userAgent": "aws-cli/2.15.0",
+                   "userIdentity": {"type": "IAMUser", "arn": format!("arn:aws:iam::111122223333:user/user{i:03}"),
+                                    "accountId": "111122223333", "userName": format!("user{i:03}")},
+                   "recipientAccountId": "111122223333"})
+        })
+        .collect();
+    std::fs::write(
+        day.join("111122223333_CloudTrail_us-east-1_20260307T1200Z_Forged.json"),
+        json!({ "Records": records }).to_string(),
+    )
+    .unwrap();
+    let forged = tmp.path().join("forged");
+    std::fs::create_dir(&forged).unwrap();
+    let (after, summary) = replay_with_summary(&[&trail], &forged);
+    assert_eq!(
+        summary["records"]["skipped"]["event_time_out_of_range"], 64,
+        "{summary}"
+    );
+    assert_eq!(behaviour(&after), behaviour(&before));
+}
+
+#[test]
+fn long_values_are_held_as_a_prefix_and_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trail = tmp.path().join("trail");
+    std::fs::create_dir(&trail).unwrap();
+    // 48 distinct 1 MiB event names from one principal.
+    let records: Vec<Value> = (0..48)
+        .map(|i| {
+            json!({"eventTime": "2025-06-02T10:00:00Z", "eventID": format!("long-{i}"),
+                   "eventSource": "s3.amazonaws.com", "eventName": format!("{i:02}{}", "N".repeat(1 << 20)),
+                   "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/long",
+                                    "accountId": "111122223333", "userName": "long"}})
+        })
+        .collect();
+    std::fs::write(
+        trail.join("111122223333_CloudTrail_us-east-1_20250602T1005Z_Long.json"),
+        json!({ "Records": records }).to_string(),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let (_, summary) = replay_with_summary(&[&trail], &out);
+    assert_eq!(summary["records"]["events"], 48);
+    let held = summary["baseline_bytes"].as_u64().unwrap();
+    assert!(
+        held < 256 << 10,
+        "{held} bytes held in baselines for 48 MiB of names"
+    );
+    // Distinct names stay distinct values.
+    assert!(summary["baseline_values"].as_u64().unwrap() >= 48, "{summary}");
+}
+
+#[test]
+fn a_file_larger_than_the_limit_is_refused_by_its_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trail = tmp.path().join("trail");
+    std::fs::create_dir(&trail).unwrap();
+    // 64 GiB, sparse: read whole, it would exhaust the machine's memory.
+    let huge = std::fs::File::create(trail.join("huge.json")).unwrap();
+    huge.set_len(64 << 30).unwrap();
+    std::fs::copy(manifest_dir().join(GOOD), trail.join("good.json.gz")).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let (_, summary) = replay_with_summary(&[&trail], &out);
+    assert_eq!(summary["files"]["failed"]["too_large"], 1, "{summary}");
+    assert_eq!(summary["files"]["decoded"], 1);
+    assert!(summary["files"]["failures"].to_string().contains("huge.json"));
+}
+
+#[test]
+fn every_configuration_problem_is_named_in_one_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[baseline]\nwindw = \"3d\"\nwindow = \"9999999999999y\"\n[rate]\nmin_events = \"many\"\nfactor = 0.5\n\
+         [replay]\nworkers = 9223372036854775807\n[fetch]\nconcurrency = 9223372036854775807\nmax_backoff = \"9999999y\"\n",
+    )
+    .unwrap();
+    let out = run(&["replay", "--config", &path_str(&config), GOOD]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "baseline.windw",
+        "baseline.window",
+        "rate.min_events",
+        "rate.factor",
+        "replay.workers",
+        "fetch.concurrency",
+        "fetch.max_backoff",
+    ] {
+        assert!(stderr.contains(key), "{key} not named:\n{stderr}");
+    }
+}
+
+fn rule(i: usize) -> (String, String) {
+    (
+        format!("r{i}.yml"),
+        format!(
+            "title: Rule {i}\nid: 00000000-0000-4000-8000-{i:012}\nlogsource: {{product: aws, service: cloudtrail}}\n\
+             detection:\n  sel:\n    eventName: Op{i}\n  condition: sel\nlevel: low\n"
+        ),
+    )
+}
+
+#[test]
+fn more_rules_than_sixteen_bits_index_still_name_the_rule_matched() {
+    let count = 65_540;
+    let rules = RuleSet::from_sources((0..count).map(rule).collect()).unwrap();
+    assert_eq!(rules.len(), count);
+    for i in [3, 65_535, 65_536, 65_539] {
+        let record = format!(r#"{{"eventName":"Op{i}","eventSource":"s3.amazonaws.com"}}"#);
+        let mut hits = Vec::new();
+        rules.evaluate(&RecordView::new(&record).unwrap(), &mut hits);
+        let titles: Vec<&str> = hits
+            .iter()
+            .map(|&h| rules.rules()[usize::from(h)].title.as_str())
+            .collect();
+        assert_eq!(titles, [format!("Rule {i}")], "record {record}");
+    }
+}
+
+#[test]
+fn deeply_nested_yaml_in_a_rule_is_refused_by_file_before_parsing() {
+    let flow = format!(
+        "title: Deep\nlogsource: {{product: aws, service: cloudtrail}}\ndetection:\n  sel:\n    eventName: {}x{}\n  condition: sel\n",
+        "[".repeat(40_000),
+        "]".repeat(40_000)
+    );
+    let mut block = String::from("title: Deep\nlogsource: {product: aws, service: cloudtrail}\ndetection:\n");
+    for depth in 1..300 {
+        block += &format!("{}k{depth}:\n", "  ".repeat(depth));
+    }
+    let mut dashes = String::from("title: Deep\ndetection:\n  sel:\n    eventName:\n      ");
+    dashes += &"- ".repeat(10_000);
+    dashes += "x\n";
+    for (name, text) in [("flow.yml", flow), ("block.yml", block), ("dashes.yml", dashes)] {
+        let err = RuleSet::from_sources(vec![(name.to_owned(), text), rule(1)])
+            .err()
+            .unwrap_or_else(|| panic!("{name} was accepted"))
+            .to_string();
+        assert!(err.contains(name) && err.contains("nested"), "{name}: {err}");
+    }
+    let huge = format!("title: Big\ndescription: {}\n", "x".repeat(2 << 20));
+    let err = RuleSet::from_sources(vec![("big.yml".to_owned(), huge)])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("big.yml") && err.contains("bytes"), "{err}");
+    // Through the command: the file is named, the exit status says the rules did not load.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(tmp.path().join("deep.yml")).unwrap();
+    write!(
+        f,
+        "title: Deep\ndetection:\n  sel: {}1{}\n",
+        "[".repeat(80_000),
+        "]".repeat(80_000)
+    )
+    .unwrap();
+    let out = run(&["rules", "check", &path_str(tmp.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deep.yml"));
+}
