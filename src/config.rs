@@ -1221,8 +1221,8 @@ mod tests {
         let table: toml::Table = toml::from_str(text).unwrap();
         let keys: usize = table.values().map(|v| v.as_table().unwrap().len()).sum();
         let per_section = [
-            3, 7, 8, 5, 4, 3, /* rules */ 0, /* alerts */ 3, /* source */ 2,
-            /* sink */ 1, /* kafka */ 6, /* s3 */ 1, /* fetch */ 4,
+            3, /* engine */ 3, 7, 8, 5, 4, 3, /* rules */ 0, /* alerts */ 3,
+            /* source */ 2, /* sink */ 1, /* kafka */ 7, /* s3 */ 1, /* fetch */ 4,
             /* checkpoint */ 2, /* batch */ 2, /* metrics */ 1,
         ];
         assert_eq!(keys, per_section.iter().sum::<usize>());

@@ -94,7 +94,9 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
     // Bad objects beside the good ones.
     std::fs::write(
         trail.join("corrupt.json.gz"),
-        [0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6],
+        [
+            0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 0x07, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
     )
     .unwrap();
     std::fs::write(trail.join("not-cloudtrail.json"), br#"{"hello":"world"}"#).unwrap();
