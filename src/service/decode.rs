@@ -12,7 +12,8 @@
 //!
 //! After each batch, a [`SourceMark`] per notifications partition tells every events partition
 //! how far in event time that source has been decoded: the newest event time of its files so far,
-//! or the present once the partition has been quiet for `engine.idle_after` (caught up). The
+//! or the present once the partition has been quiet for `engine.idle_after` and every
+//! notification it holds has been read (caught up: its offset reached the high watermark). The
 //! detect stage judges events in order behind the least mark (see [`crate::engine`]).
 
 use std::collections::BTreeMap;
@@ -211,7 +212,10 @@ pub async fn run(
                 let quiet = last_seen
                     .get(&source)
                     .is_none_or(|t| t.elapsed() >= settings.engine.idle_after);
-                if quiet && !first_retry.contains_key(&source) {
+                if quiet
+                    && !first_retry.contains_key(&source)
+                    && caught_up(&consumer, &kafka.notifications_topic, source, &reached)
+                {
                     let mark = marks.entry(source).or_insert(i64::MIN);
                     *mark = (*mark).max(present);
                     moved.push((source, *mark));
@@ -274,6 +278,34 @@ pub async fn run(
     .context("flushing the events producer")?;
     tracing::info!(file = %latencies.file(), event_lag = %latencies.lag(), "decode stage stopped");
     Ok(())
+}
+
+/// Whether every notification `partition` holds now has been read. A partition that is merely
+/// slow to be fetched from (just assigned, a broker pausing) is not idle: marking it so would move
+/// the watermark past events still to come, and judge them late, out of order.
+fn caught_up(consumer: &StreamConsumer, topic: &str, partition: i32, reached: &BTreeMap<i32, i64>) -> bool {
+    tokio::task::block_in_place(|| {
+        let timeout = Duration::from_secs(5);
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, timeout) else {
+            return false;
+        };
+        if high <= low {
+            return true;
+        }
+        // Read this run, else committed by an earlier one.
+        let read = reached.get(&partition).copied().or_else(|| {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            consumer
+                .committed_offsets(tpl, timeout)
+                .ok()?
+                .find_partition(topic, partition)?
+                .offset()
+                .to_raw()
+                .filter(|o| *o >= 0)
+        });
+        read.is_some_and(|offset| offset >= high)
+    })
 }
 
 fn commit(consumer: &StreamConsumer, topic: &str, reached: &BTreeMap<i32, i64>, mode: CommitMode) {
