@@ -446,6 +446,21 @@ impl RuleSet {
             });
         }
         kept.correlations = kept_correlations.into_iter().map(|(c, _)| c).collect();
+        // Each state partition builds its own correlation engine from this collection, and
+        // detections reach it already evaluated: it needs the rules the correlations count,
+        // not a compiled copy of every rule (twelve partitions compiled the whole set twelve
+        // times over, some fifty megabytes).
+        let counted: HashSet<&str> = kept
+            .correlations
+            .iter()
+            .flat_map(|c| c.rules.iter().map(String::as_str))
+            .collect();
+        let is_counted = |r: &SigmaRule| {
+            r.id.as_deref().is_some_and(|id| counted.contains(id))
+                || r.name.as_deref().is_some_and(|name| counted.contains(name))
+        };
+        kept.rules.retain(is_counted);
+        kept.filters.clear();
         let mut index = HashMap::new();
         for (i, r) in rules.iter().enumerate() {
             index.insert(r.id.clone(), i);
