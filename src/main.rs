@@ -65,6 +65,10 @@ enum Command {
         /// topic), `detect` (the events topic's partitions to anomalies) or `all` (both).
         #[arg(long, default_value = "all")]
         role: trailwatch::run::Role,
+        /// Address for /metrics and the health probes, in place of `metrics.listen`: for
+        /// several processes of one configuration on one host.
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Write a synthetic trail with injected incidents and their labels.
     Generate(GenerateArgs),
@@ -272,13 +276,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { out, output, trail } => demo(out, output, trail),
         Command::Rules { action } => rules_command(action),
-        Command::Run { config, rules, role } => {
+        Command::Run {
+            config,
+            rules,
+            role,
+            metrics_listen,
+        } => {
             let settings = Settings::load(&config)?;
             let rules = load_rules(rules.as_ref().or(settings.rules_dir.as_ref()))?;
             let runtime = tokio::runtime::Runtime::new()?;
             let report = runtime.block_on(async {
                 let mut run = settings.run.clone();
                 run.role = role;
+                if metrics_listen.is_some() {
+                    run.metrics_listen = metrics_listen;
+                }
                 let metrics = std::sync::Arc::new(trailwatch::metrics::Metrics::new());
                 trailwatch::run::run(settings, run, Some(rules), metrics, shutdown_signal()).await
             })?;

