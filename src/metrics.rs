@@ -75,6 +75,8 @@ pub struct Metrics {
     pub events_held: IntGauge,
     /// Decode stage: events produced to the events topic.
     pub events_produced: IntCounter,
+    /// Detect stage: event records read from the events topic (marks not counted).
+    pub events_consumed: IntCounter,
     pub build_info: IntGaugeVec,
     ready: AtomicBool,
 }
@@ -239,6 +241,15 @@ impl Metrics {
             events_produced: {
                 let c = IntCounter::with_opts(
                     Opts::new("events_produced_total", "Decoded events produced to the events topic.")
+                        .namespace(NAMESPACE),
+                )
+                .expect("a valid counter");
+                registry.register(Box::new(c.clone())).expect("each metric registers once");
+                c
+            },
+            events_consumed: {
+                let c = IntCounter::with_opts(
+                    Opts::new("events_consumed_total", "Event records the detect stage read from the events topic.")
                         .namespace(NAMESPACE),
                 )
                 .expect("a valid counter");

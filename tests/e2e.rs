@@ -12,7 +12,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -361,29 +361,32 @@ fn fixture(partitions: i32) -> Fixture {
     }
 }
 
-fn start_service(f: &Fixture, log: &str) -> Child {
+/// A service process, killed if a failing test leaves it running.
+fn start_service(f: &Fixture, log: &str) -> Server {
     start_role(f, "all", log)
 }
 
-fn start_role(f: &Fixture, role: &str, log: &str) -> Child {
-    Command::new(BIN)
-        .args([
-            "run",
-            "--role",
-            role,
-            "--config",
-            &path_str(&f.dir.join("trailwatch.toml")),
-            // Processes of one configuration on one host: a port each.
-            "--metrics-listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(f.dir.join(log)).unwrap())
-        .spawn()
-        .unwrap()
+fn start_role(f: &Fixture, role: &str, log: &str) -> Server {
+    Server(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--role",
+                role,
+                "--config",
+                &path_str(&f.dir.join("trailwatch.toml")),
+                // Processes of one configuration on one host: a port each.
+                "--metrics-listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(f.dir.join(log)).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Reads a topic from the start until `done` says enough or `limit` passes.
@@ -409,7 +412,8 @@ fn read_topic(brokers: &str, topic: &str, done: impl Fn(&[String]) -> bool, limi
     got
 }
 
-fn stop(mut child: Child) -> std::process::ExitStatus {
+fn stop(mut service: Server) -> std::process::ExitStatus {
+    let child = &mut service.0;
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -580,8 +584,8 @@ fn a_service_killed_mid_stream_resumes_without_losing_anything() {
         "the first run produced something before the kill"
     );
     std::thread::sleep(Duration::from_millis(1500));
-    first.kill().unwrap(); // SIGKILL: no shutdown, no final checkpoint
-    first.wait().unwrap();
+    first.0.kill().unwrap(); // SIGKILL: no shutdown, no final checkpoint
+    first.0.wait().unwrap();
     let committed_at_kill = committed(&f);
 
     let second = start_service(&f, "second.log");
@@ -607,7 +611,7 @@ fn a_cluster_of_decode_and_detect_processes_gives_replays_anomalies_through_a_ki
         start_role(&f, "decode", "decode-0.log"),
         start_role(&f, "decode", "decode-1.log"),
     ];
-    let mut detectors: Vec<Child> = (0..3)
+    let mut detectors: Vec<Server> = (0..3)
         .map(|i| start_role(&f, "detect", &format!("detect-{i}.log")))
         .collect();
     // Part of the way: one detect process dies without a word, another joins.
@@ -631,8 +635,8 @@ fn a_cluster_of_decode_and_detect_processes_gives_replays_anomalies_through_a_ki
         logs(&f, &names)
     );
     let mut killed = detectors.remove(0);
-    killed.kill().unwrap();
-    killed.wait().unwrap();
+    killed.0.kill().unwrap();
+    killed.0.wait().unwrap();
     detectors.push(start_role(&f, "detect", "detect-3.log"));
 
     let all = anomalies_like_replay(&f, Duration::from_secs(300));
@@ -648,7 +652,7 @@ fn a_cluster_of_decode_and_detect_processes_gives_replays_anomalies_through_a_ki
 #[test]
 fn replicas_of_one_configuration_form_one_cluster_and_never_split_a_principal() {
     let f = fixture(4);
-    let replicas: Vec<Child> = (0..3)
+    let replicas: Vec<Server> = (0..3)
         .map(|i| start_service(&f, &format!("replica-{i}.log")))
         .collect();
     let all = anomalies_like_replay(&f, Duration::from_secs(300));

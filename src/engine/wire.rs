@@ -67,6 +67,9 @@ pub struct SourceMark {
 }
 
 /// A message of the events topic.
+// One message is decoded at a time and taken apart at once: boxing the event would only add an
+// allocation per record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventsMessage {

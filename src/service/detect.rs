@@ -36,7 +36,8 @@ use crate::run::RunSettings;
 use crate::sink::{client_config, ClientKind, Output};
 use crate::state::SnapshotStore;
 
-/// Anomalies held before they are delivered at the latest.
+/// Anomalies held before they are delivered at the latest: this, or `batch.max_wait` if shorter
+/// (the setting that trades latency for batching in the decode stage does so here too).
 const DELIVER_EVERY: Duration = Duration::from_millis(100);
 const DELIVER_AT: usize = 1024;
 
@@ -222,9 +223,12 @@ impl State {
         owned.positioned = true;
         let late = owned.partition.stats.late;
         match serde_json::from_slice::<EventsMessage>(payload) {
-            Ok(EventsMessage::Event(record)) => owned
-                .partition
-                .offer(record.into_event(rules.as_deref()), pending),
+            Ok(EventsMessage::Event(record)) => {
+                metrics.events_consumed.inc();
+                owned
+                    .partition
+                    .offer(record.into_event(rules.as_deref()), pending)
+            }
             Ok(EventsMessage::Mark(mark)) => owned.partition.mark(mark, pending),
             Err(e) => {
                 tracing::warn!(partition, offset, error = %e, "skipping a malformed events-topic message")
@@ -413,9 +417,10 @@ pub fn run(
         .context("subscribing to the events topic")?;
 
     let mut last_checkpoint = Instant::now();
+    let deliver_every = DELIVER_EVERY.min(run.batch_max_wait);
     let result = (|| -> anyhow::Result<()> {
         while !stop.load(Ordering::Relaxed) {
-            let message = consumer.poll(Duration::from_millis(100));
+            let message = consumer.poll(deliver_every);
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(e) = state.failure.take() {
                 return Err(e);
@@ -428,7 +433,7 @@ pub fn run(
                 Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
                 None => {}
             }
-            if state.pending.len() >= DELIVER_AT || state.last_delivery.elapsed() >= DELIVER_EVERY {
+            if state.pending.len() >= DELIVER_AT || state.last_delivery.elapsed() >= deliver_every {
                 state.deliver()?;
             }
             if last_checkpoint.elapsed() >= run.checkpoint_interval {
