@@ -280,6 +280,9 @@ impl Metrics {
         for reason in DEAD_LETTER_REASONS {
             m.dead_letters.with_label_values(&[reason]);
         }
+        for kind in ["assign", "revoke"] {
+            m.rebalances.with_label_values(&[kind]);
+        }
         m
     }
 

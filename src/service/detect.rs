@@ -316,11 +316,14 @@ impl ConsumerContext for DetectContext {
                         if let Some(owned) = state.owned.remove(&p) {
                             state.parked.insert(p, owned);
                         }
-                        state
-                            .metrics
-                            .partition_state_age_seconds
-                            .remove_label_values(&[&p.to_string()])
-                            .ok();
+                        // A partition let go is another process's to report: a gauge left
+                        // behind would count its age and lag twice across the cluster.
+                        for gauge in [
+                            &state.metrics.partition_state_age_seconds,
+                            &state.metrics.events_lag,
+                        ] {
+                            gauge.remove_label_values(&[&p.to_string()]).ok();
+                        }
                     }
                 })
             }
