@@ -1152,6 +1152,9 @@ impl RawConfig {
         for (key, value) in &self.kafka.librdkafka {
             match resolve_secret(value) {
                 Ok(value) => {
+                    if let Some(why) = crate::sink::refused_option(key, &value) {
+                        problems.push(format!("kafka.librdkafka.{key:?}: {why}"));
+                    }
                     librdkafka.insert(key.clone(), value);
                 }
                 Err(problem) => problems.push(format!("kafka.librdkafka.{key:?}: {problem}")),

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::join_all;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, FromClientConfig};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -65,7 +66,7 @@ impl Output {
         Ok(match &run.sink {
             Sink::Kafka => {
                 let config = client_config(&run.kafka, ClientKind::Producer, PRODUCER_DEFAULTS);
-                let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
+                let producer: FutureProducer = create_client(&config, &run.kafka, "the Kafka producer")?;
                 Output::Kafka {
                     producer,
                     anomalies: run.kafka.anomalies_topic.clone(),
@@ -257,6 +258,46 @@ pub fn weakening_option(key: &str, value: &str) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// Why librdkafka refuses `key` = `value` (an unknown property, a value it cannot take, one this
+/// build does not support), in words that do not hold the value: options hold passwords, and
+/// librdkafka's own errors quote the value refused.
+pub fn refused_option(key: &str, value: &str) -> Option<String> {
+    let mut config = ClientConfig::new();
+    config.set(key, value);
+    match config.create_native_config() {
+        Ok(_) => None,
+        Err(KafkaError::ClientConfig(_, description, _, _)) => Some(withhold(&description, [value])),
+        Err(other) => Some(withhold(&other.to_string(), [value])),
+    }
+}
+
+/// `text` with each of `values` in it replaced by `<withheld>`.
+fn withhold<'a>(text: &str, values: impl IntoIterator<Item = &'a str>) -> String {
+    values
+        .into_iter()
+        .filter(|v| !v.is_empty())
+        .fold(text.to_owned(), |text, v| text.replace(v, "<withheld>"))
+}
+
+/// A librdkafka client of `kafka`'s configuration; an error says what failed without the
+/// values of the passthrough options (librdkafka's errors quote them).
+pub fn create_client<T: FromClientConfig>(
+    config: &ClientConfig,
+    kafka: &KafkaSettings,
+    what: &str,
+) -> anyhow::Result<T> {
+    config.create().map_err(|e| {
+        let message = match &e {
+            KafkaError::ClientConfig(_, description, key, _) => format!("{key}: {description}"),
+            other => other.to_string(),
+        };
+        anyhow::anyhow!(
+            "creating {what}: {}",
+            withhold(&message, kafka.options.values().map(String::as_str))
+        )
+    })
 }
 
 /// A librdkafka configuration for one kind of client: the brokers, then `defaults`, then the
