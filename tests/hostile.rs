@@ -4,9 +4,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -347,24 +350,27 @@ impl FolderService {
     /// `extra` sections; its log at `info` goes to `dir/stderr.log`. A checkpoint is written
     /// every 200 ms while there is something new.
     fn start(dir: &Path, watched: &Path, source: &str, extra: &str) -> FolderService {
-        let config = dir.join("trailwatch.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[source]\nkind = \"folder\"\nfolder = \"{}\"\npoll_interval = \"100ms\"\n{source}\n\
-                 [sink]\nkind = \"file\"\npath = \"{}\"\ndead_letters = \"{}\"\n\
-                 [checkpoint]\nurl = \"{}\"\ninterval = \"200ms\"\n[metrics]\nlisten = \"\"\n{extra}\n",
-                watched.display(),
-                dir.join("anomalies.jsonl").display(),
-                dir.join("dead.jsonl").display(),
-                dir.join("checkpoint").display(),
-            ),
-        )
-        .unwrap();
+        let config = format!(
+            "[source]\nkind = \"folder\"\nfolder = \"{}\"\npoll_interval = \"100ms\"\n{source}\n\
+             [sink]\nkind = \"file\"\npath = \"{}\"\ndead_letters = \"{}\"\n\
+             [checkpoint]\nurl = \"{}\"\ninterval = \"200ms\"\n[metrics]\nlisten = \"\"\n{extra}\n",
+            watched.display(),
+            dir.join("anomalies.jsonl").display(),
+            dir.join("dead.jsonl").display(),
+            dir.join("checkpoint").display(),
+        );
+        FolderService::start_with(dir, &config, "info", &[])
+    }
+
+    /// Starts `trailwatch run` with `config`, logging at `log` to `dir/stderr.log`, with `env`.
+    fn start_with(dir: &Path, config: &str, log: &str, env: &[(&str, &str)]) -> FolderService {
+        let path = dir.join("trailwatch.toml");
+        std::fs::write(&path, config).unwrap();
         let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
         let child = Command::new(BIN)
-            .args(["run", "--config", &path_str(&config)])
-            .env("RUST_LOG", "info")
+            .args(["run", "--config", &path_str(&path)])
+            .env("RUST_LOG", log)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -598,4 +604,195 @@ fn sigterm_during_a_backlog_at_start_up_stops_the_folder_service_cleanly_without
         "{} files in the checkpoint:\n{stderr}",
         done.len()
     );
+}
+
+/// An S3 stand-in on loopback: GET answers 404 (no checkpoint yet), PUT 200; every request's
+/// head is kept.
+struct FakeS3 {
+    port: u16,
+    heads: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeS3 {
+    fn start() -> FakeS3 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (heads, stop) = (Arc::clone(&heads), Arc::clone(&stop));
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            if let Some(head) = FakeS3::answer(stream) {
+                                heads.lock().unwrap().push(head);
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            }
+        });
+        FakeS3 {
+            port,
+            heads,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Reads one request and answers it; the request's head.
+    fn answer(mut stream: TcpStream) -> Option<String> {
+        stream.set_nonblocking(false).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let mut raw = Vec::new();
+        let mut byte = [0u8; 1];
+        while !raw.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).ok()? == 0 {
+                return None;
+            }
+            raw.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&raw).into_owned();
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).ok()?;
+        let answer = if head.starts_with("PUT ") {
+            "HTTP/1.1 200 OK\r\nETag: \"1\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+        } else {
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code>\
+                        <Message>The specified key does not exist.</Message></Error>";
+            format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        stream.write_all(answer.as_bytes()).ok()?;
+        Some(head)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeS3 {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn s3_keys_from_the_environment_and_a_file_sign_requests_and_never_appear_in_the_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    write_stop_logging(&watched, 1);
+    let secret = "S3-secret-key-from-a-file-6f1c";
+    let token = "S3-session-token-from-the-environment-92ab";
+    std::fs::write(tmp.path().join("secret"), format!("{secret}\n")).unwrap();
+    let s3 = FakeS3::start();
+    let config = format!(
+        "[source]\nkind = \"folder\"\nfolder = \"{}\"\npoll_interval = \"100ms\"\n\
+         [sink]\nkind = \"file\"\npath = \"{}\"\ndead_letters = \"{}\"\n\
+         [checkpoint]\nurl = \"s3://state/trailwatch\"\ninterval = \"200ms\"\n[metrics]\nlisten = \"\"\n\
+         [s3]\nendpoint = \"http://127.0.0.1:{}\"\nallow_http = true\nregion = \"us-east-1\"\n\
+         access_key_id = \"env:TRAILWATCH_TEST_KEY_ID\"\nsecret_access_key = \"file:{}\"\n\
+         session_token = \"env:TRAILWATCH_TEST_SESSION_TOKEN\"\n{QUICK}",
+        watched.display(),
+        tmp.path().join("anomalies.jsonl").display(),
+        tmp.path().join("dead.jsonl").display(),
+        s3.port,
+        tmp.path().join("secret").display(),
+    );
+    let mut service = FolderService::start_with(
+        tmp.path(),
+        &config,
+        "trace",
+        &[
+            ("TRAILWATCH_TEST_KEY_ID", "AKIDTRAILWATCHTEST"),
+            ("TRAILWATCH_TEST_SESSION_TOKEN", token),
+        ],
+    );
+    service.wait_until("the anomaly and a checkpoint put to the store", |_| {
+        s3.heads().iter().any(|h| h.starts_with("PUT "))
+    });
+    service.wait_until("the anomaly", |s| s.has_stop_logging(1));
+    assert_eq!(service.terminate().code(), Some(0), "{}", service.stderr());
+
+    // The keys came from where the configuration names: requests are signed with them.
+    let heads = s3.heads().join("\n").to_ascii_lowercase();
+    assert!(heads.contains("credential=akidtrailwatchtest/"), "{heads}");
+    assert!(
+        heads.contains(&format!("x-amz-security-token: {}", token.to_ascii_lowercase())),
+        "{heads}"
+    );
+    // And are nowhere in the log, even at its most detailed.
+    let stderr = service.stderr();
+    assert!(stderr.lines().count() > 20, "a detailed log:\n{stderr}");
+    for value in [secret, token] {
+        assert!(!stderr.contains(value), "{value} in the log");
+    }
+}
+
+#[test]
+fn kafka_passwords_never_appear_in_the_logs_or_in_configuration_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let password = "sasl-password-from-a-file-4d7e";
+    std::fs::write(tmp.path().join("password"), password).unwrap();
+    let typo = "password-under-a-misspelt-key-81c0";
+    let config = |extra: &str| {
+        format!(
+            "[source]\nkind = \"kafka\"\n[sink]\nkind = \"file\"\npath = \"{}\"\n[metrics]\nlisten = \"\"\n\
+             [kafka]\nbrokers = \"127.0.0.1:{}\"\n[kafka.librdkafka]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
+             \"sasl.mechanism\" = \"PLAIN\"\n\"sasl.username\" = \"env:TRAILWATCH_TEST_SASL_USER\"\n\
+             \"sasl.password\" = \"file:{}\"\n\"debug\" = \"all\"\n{extra}",
+            tmp.path().join("anomalies.jsonl").display(),
+            free_port(),
+            tmp.path().join("password").display(),
+        )
+    };
+    let env = [("TRAILWATCH_TEST_SASL_USER", "trailwatch")];
+
+    // A broker that does not answer: the clients are made, librdkafka logs all it does.
+    let mut service = FolderService::start_with(tmp.path(), &config(""), "trace", &env);
+    service.wait_until("a librdkafka client", |s| {
+        s.stderr().contains("Create new librdkafka client")
+    });
+    // Stopping while start-up waits on the broker.
+    assert_eq!(service.terminate().code(), Some(0), "{}", service.stderr());
+    let stderr = service.stderr();
+    assert!(!stderr.contains(password), "the password in the log:\n{stderr}");
+
+    // An option librdkafka refuses is named by its key; its value (librdkafka's own error quotes
+    // it) is not shown.
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg({
+            let path = tmp.path().join("typo.toml");
+            std::fs::write(&path, config(&format!("\"sasl.passwrd\" = \"{typo}\"\n"))).unwrap();
+            path
+        })
+        .envs(env)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sasl.passwrd"), "{stderr}");
+    assert!(!stderr.contains(typo), "the value in the error:\n{stderr}");
 }
