@@ -1152,9 +1152,6 @@ impl RawConfig {
         for (key, value) in &self.kafka.librdkafka {
             match resolve_secret(value) {
                 Ok(value) => {
-                    if let Some(why) = crate::sink::refused_option(key, &value) {
-                        problems.push(format!("kafka.librdkafka.{key:?}: {why}"));
-                    }
                     librdkafka.insert(key.clone(), value);
                 }
                 Err(problem) => problems.push(format!("kafka.librdkafka.{key:?}: {problem}")),
@@ -1451,6 +1448,55 @@ mod tests {
             !err.contains("123456789"),
             "a secret written with the wrong type is not shown: {err}"
         );
+    }
+
+    #[test]
+    fn s3_keys_come_from_the_environment_or_a_file_and_are_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3-secret-from-a-file\n").unwrap();
+        // SAFETY: this test alone reads or writes this variable.
+        unsafe { std::env::set_var("TRAILWATCH_TEST_S3_TOKEN", "s3-token-from-the-env") };
+        let text = format!(
+            "[s3]\naccess_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"file:{}\"\n\
+             session_token = \"env:TRAILWATCH_TEST_S3_TOKEN\"\n",
+            file.display()
+        );
+        let s = Settings::from_toml(&text, "t").unwrap();
+        let crate::fetch::StoreSettings::S3 {
+            credentials: Some(credentials),
+            ..
+        } = &s.run.s3
+        else {
+            panic!("no S3 credentials in {:?}", s.run.s3);
+        };
+        assert_eq!(credentials.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(credentials.secret_access_key.expose(), "s3-secret-from-a-file");
+        assert_eq!(
+            credentials.session_token.as_ref().map(|t| t.expose()),
+            Some("s3-token-from-the-env")
+        );
+        let shown = format!("{s:?} {:?}", toml::from_str::<RawConfig>(&text).unwrap());
+        assert!(
+            !shown.contains("s3-secret-from-a-file") && !shown.contains("s3-token-from-the-env"),
+            "{shown}"
+        );
+        assert!(!shown.contains(&file.display().to_string()), "{shown}");
+
+        // A secret without its key id, and a secret written with the wrong type.
+        let err = Settings::from_toml(
+            "[s3]\nsecret_access_key = \"env:TRAILWATCH_TEST_UNSET_S3\"\nsession_token = 987654321\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("s3.access_key_id, s3.secret_access_key: both or neither"),
+            "{err}"
+        );
+        assert!(err.contains("TRAILWATCH_TEST_UNSET_S3 is not set"), "{err}");
+        assert!(err.contains("s3.session_token: must be a string"), "{err}");
+        assert!(!err.contains("987654321"), "{err}");
     }
 
     #[test]

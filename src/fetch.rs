@@ -393,6 +393,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_local_file_that_cannot_be_read_is_unreadable_not_poison() {
+        let dir = tempfile::tempdir().unwrap();
+        // Reading /proc/self/mem from offset 0 fails for every user, root included.
+        std::os::unix::fs::symlink("/proc/self/mem", dir.path().join("mem.json")).unwrap();
+        let f = local(dir.path().to_owned());
+        let err = f
+            .fetch(&ObjectRef {
+                bucket: String::new(),
+                key: "mem.json".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "unreadable");
+        assert!(!err.is_poison());
+        assert!(err.to_string().starts_with("cannot read mem.json: "), "{err}");
+    }
+
+    #[tokio::test]
     async fn keys_that_escape_the_root_are_invalid() {
         let dir = tempfile::tempdir().unwrap();
         let f = local(dir.path().to_owned());

@@ -65,6 +65,7 @@ impl Output {
     pub async fn open(run: &RunSettings) -> anyhow::Result<Output> {
         Ok(match &run.sink {
             Sink::Kafka => {
+                check_options(&run.kafka)?;
                 let config = client_config(&run.kafka, ClientKind::Producer, PRODUCER_DEFAULTS);
                 let producer: FutureProducer = create_client(&config, &run.kafka, "the Kafka producer")?;
                 Output::Kafka {
@@ -273,6 +274,24 @@ pub fn refused_option(key: &str, value: &str) -> Option<String> {
     }
 }
 
+/// Every passthrough option librdkafka refuses, each named with why, none with its value: checked
+/// before any client is made, so that no client's error can quote a password.
+pub fn check_options(kafka: &KafkaSettings) -> anyhow::Result<()> {
+    let refused: Vec<String> = kafka
+        .options
+        .iter()
+        .filter_map(|(key, value)| {
+            refused_option(key, value).map(|why| format!("  kafka.librdkafka.{key:?}: {why}"))
+        })
+        .collect();
+    anyhow::ensure!(
+        refused.is_empty(),
+        "librdkafka refuses options:\n{}",
+        refused.join("\n")
+    );
+    Ok(())
+}
+
 /// `text` with each of `values` in it replaced by `<withheld>`.
 fn withhold<'a>(text: &str, values: impl IntoIterator<Item = &'a str>) -> String {
     values
@@ -326,4 +345,19 @@ pub fn client_config(kafka: &KafkaSettings, kind: ClientKind, defaults: &[(&str,
         }
     }
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_librdkafka_refuses_are_named_without_their_values() {
+        let why = refused_option("sasl.passwrd", "a-password-under-a-misspelt-key").unwrap();
+        assert!(why.contains("sasl.passwrd"), "{why}");
+        assert!(!why.contains("a-password"), "{why}");
+        let why = refused_option("security.protocol", "NOT-A-PROTOCOL-7f3a").unwrap();
+        assert!(!why.contains("NOT-A-PROTOCOL-7f3a"), "{why}");
+        assert_eq!(refused_option("sasl.password", "any value at all"), None);
+    }
 }

@@ -591,6 +591,16 @@ mod tests {
         Event::from_record(&raw, &record, &Arc::from("test")).unwrap()
     }
 
+    #[test]
+    fn waits_between_reads_of_a_failing_file_double_up_to_the_longest() {
+        let ms = Duration::from_millis;
+        let waits: Vec<Duration> = (1..=6).map(|n| backoff(ms(100), ms(1000), n)).collect();
+        assert_eq!(waits, [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]);
+        // A pause longer than the longest wait is still waited.
+        assert_eq!(backoff(ms(5000), ms(1000), 3), ms(5000));
+        assert_eq!(backoff(ms(100), ms(1000), u32::MAX), ms(1000));
+    }
+
     fn duplicates_after_restore(checkpoint: &str) -> u64 {
         let mut settings = Settings::default();
         settings.engine.reorder_window = 0;

@@ -31,7 +31,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
 use crate::run::{RunReport, RunSettings};
-use crate::sink::{client_config, create_client, ClientKind};
+use crate::sink::{check_options, client_config, create_client, ClientKind};
 
 /// Which stages a `run` process takes part in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -126,6 +126,7 @@ pub async fn run_kafka(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<RunReport> {
     let role = run.role;
+    check_options(&run.kafka)?;
     tokio::pin!(shutdown);
     // Start-up waits on the brokers for as long as they take to answer (or not): a stop asked
     // meanwhile ends it, with nothing consumed yet and nothing to checkpoint.
