@@ -1290,7 +1290,7 @@ mod tests {
         let keys: usize = table.values().map(|v| v.as_table().unwrap().len()).sum();
         let per_section = [
             3, /* engine */ 3, 7, 8, 5, 4, 3, /* rules */ 0, /* alerts */ 3,
-            /* source */ 2, /* sink */ 1, /* kafka */ 7, /* s3 */ 1, /* fetch */ 4,
+            /* source */ 3, /* sink */ 1, /* kafka */ 7, /* s3 */ 1, /* fetch */ 4,
             /* checkpoint */ 2, /* batch */ 2, /* metrics */ 1,
         ];
         assert_eq!(keys, per_section.iter().sum::<usize>());
