@@ -95,6 +95,7 @@ async fn main() {
             region: None,
             endpoint: None,
             allow_http: false,
+            credentials: None,
         },
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -466,7 +466,8 @@ const QUICK: &str =
     "[engine]\nidle_after = \"200ms\"\n[fetch]\nretry_pause = \"50ms\"\nmax_backoff = \"100ms\"\n";
 
 #[test]
-fn links_that_loop_or_lead_nowhere_in_a_watched_folder_are_dead_lettered_once_and_the_service_goes_on() {
+fn links_that_loop_or_lead_nowhere_and_fifos_in_a_watched_folder_are_dead_lettered_once_and_the_service_goes_on(
+) {
     let tmp = tempfile::tempdir().unwrap();
     let watched = tmp.path().join("watched");
     std::fs::create_dir(&watched).unwrap();
@@ -480,9 +481,15 @@ fn links_that_loop_or_lead_nowhere_in_a_watched_folder_are_dead_lettered_once_an
     symlink(&watched, sub.join("loop")); // a folder linking to its ancestor
     symlink("self.json", watched.join("self.json")); // a link to itself
     symlink(watched.join("nowhere.json.gz"), watched.join("dangling.json.gz"));
+    // A FIFO named like a log file: opening it would block until a writer comes.
+    let made = Command::new("mkfifo")
+        .arg(watched.join("pipe.json"))
+        .status()
+        .unwrap();
+    assert!(made.success());
     write_stop_logging(&watched, 2);
-    service.wait_until("the second file's anomaly and three dead letters", |s| {
-        s.has_stop_logging(2) && s.dead_letters().len() >= 3
+    service.wait_until("the second file's anomaly and four dead letters", |s| {
+        s.has_stop_logging(2) && s.dead_letters().len() >= 4
     });
     // Polls go on past them: a later file is processed, and nothing is reported twice.
     write_stop_logging(&watched, 3);
@@ -501,6 +508,7 @@ fn links_that_loop_or_lead_nowhere_in_a_watched_folder_are_dead_lettered_once_an
     reported.sort();
     let expected = [
         ("dangling.json.gz", "dangling_symlink"),
+        ("pipe.json", "not_a_regular_file"),
         ("self.json", "symlink_loop"),
         ("sub/loop", "symlink_loop"),
     ]
