@@ -10,6 +10,12 @@
 //! quiet for `engine.idle_after`, the partitions' clocks move to the present: what waits in the
 //! reorder buffers is judged and alerts whose window has passed are emitted, as the end of a
 //! replay does.
+//!
+//! Nothing in the folder stops the service. A path the listing cannot take (a symlink loop, a
+//! dangling link, a FIFO) is dead-lettered once with its reason, for as long as it stays so; a
+//! file that cannot be read is tried again after a doubling wait, while the files beside it go
+//! on, and dead-lettered after `source.max_attempts` tries. A stop is looked for before every
+//! batch, so a backlog does not delay it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
