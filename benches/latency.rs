@@ -106,6 +106,7 @@ async fn main() {
             region: None,
             endpoint: None,
             allow_http: false,
+            credentials: None,
         },
     };
     let metrics = Arc::new(Metrics::new());

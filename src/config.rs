@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::alert::{is_kind, parse_severity, AlertPolicy, Suppression};
+use crate::fetch::{S3Credentials, Secret};
 
 /// The file as written. Each field's doc line is its reference entry in the README.
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +63,8 @@ pub struct RawSource {
     pub folder: Option<PathBuf>,
     /// How often the folder is listed for new files.
     pub poll_interval: String,
+    /// Reads of a folder file that keeps failing (unreadable) before it is dead-lettered; waits double from `fetch.retry_pause` up to `fetch.max_backoff`.
+    pub max_attempts: u32,
 }
 
 impl Default for RawSource {
@@ -70,6 +73,7 @@ impl Default for RawSource {
             kind: "kafka".into(),
             folder: None,
             poll_interval: "5s".into(),
+            max_attempts: 5,
         }
     }
 }
@@ -142,7 +146,7 @@ impl Default for RawKafka {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawS3 {
     /// Region of the log buckets (default: AWS_REGION, else us-east-1).
@@ -151,6 +155,39 @@ pub struct RawS3 {
     pub endpoint: Option<String>,
     /// Allow plain HTTP to `endpoint`.
     pub allow_http: bool,
+    /// Access key id, "env:NAME" or "file:/path" (default: the standard AWS credential sources).
+    pub access_key_id: Option<String>,
+    /// Secret access key, "env:NAME" or "file:/path"; required with `access_key_id`.
+    pub secret_access_key: Option<String>,
+    /// Session token of temporary keys, "env:NAME" or "file:/path".
+    pub session_token: Option<String>,
+}
+
+/// The keys are shown by whether they are set only.
+impl std::fmt::Debug for RawS3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: &Option<String>| if v.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("RawS3")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("allow_http", &self.allow_http)
+            .field("access_key_id", &set(&self.access_key_id))
+            .field("secret_access_key", &set(&self.secret_access_key))
+            .field("session_token", &set(&self.session_token))
+            .finish()
+    }
+}
+
+/// Keys whose values may be secrets: never quoted in a message.
+fn secret_key(path: &[Step<'_>]) -> bool {
+    matches!(
+        path,
+        [Step::Key("kafka"), Step::Key("librdkafka"), ..]
+            | [
+                Step::Key("s3"),
+                Step::Key("access_key_id" | "secret_access_key" | "session_token")
+            ]
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -460,6 +497,8 @@ pub const MAX_FETCH_CONCURRENCY: usize = 1024;
 pub const MAX_FETCH_RETRIES: usize = 100;
 /// Most notifications in one batch.
 pub const MAX_BATCH_MESSAGES: usize = 100_000;
+/// Most reads of a folder file that keeps failing.
+pub const MAX_READ_ATTEMPTS: u32 = 1000;
 
 /// A configuration value that names a secret rather than holding it: `"env:NAME"` is the value of
 /// environment variable `NAME`, `"file:/path"` the contents of a file (without a final line
@@ -547,7 +586,7 @@ fn check_value<'a>(
     let fits = |candidate: toml::Value| RawConfig::deserialize(candidate).map(|_| ());
     let report = |path: &[Step<'_>], e: toml::de::Error, problems: &mut Vec<String>| {
         let key = dotted(path);
-        let secret = matches!(path, [Step::Key("kafka"), Step::Key("librdkafka"), ..]);
+        let secret = secret_key(path);
         let message = if secret && !e.message().starts_with("unknown field") {
             "must be a string".to_owned()
         } else {
@@ -609,13 +648,9 @@ pub struct Settings {
 
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut run = self.run.clone();
-        run.kafka
-            .options
-            .values_mut()
-            .for_each(|v| *v = "<withheld>".into());
+        // The run settings withhold secrets themselves (Kafka options, S3 keys).
         f.debug_struct("Settings")
-            .field("run", &run)
+            .field("run", &self.run)
             .field("workers", &self.workers)
             .field("rules_dir", &self.rules_dir)
             .field("max_file_bytes", &self.max_file_bytes)
@@ -1013,6 +1048,35 @@ impl RawConfig {
         }
     }
 
+    /// The `[s3]` keys, each read from where it names; `None` when no key is given.
+    fn s3_credentials(&self, problems: &mut Vec<String>) -> Option<S3Credentials> {
+        let mut read = |key: &str, value: &Option<String>| {
+            let value = value.as_deref()?;
+            resolve_secret(value)
+                .map_err(|problem| problems.push(format!("s3.{key}: {problem}")))
+                .ok()
+        };
+        let id = read("access_key_id", &self.s3.access_key_id);
+        let secret = read("secret_access_key", &self.s3.secret_access_key);
+        let token = read("session_token", &self.s3.session_token);
+        match (&self.s3.access_key_id, &self.s3.secret_access_key) {
+            (None, None) if self.s3.session_token.is_none() => return None,
+            (Some(_), Some(_)) => {}
+            _ => {
+                problems.push(
+                    "s3.access_key_id, s3.secret_access_key: both or neither (a session_token needs both)"
+                        .into(),
+                );
+                return None;
+            }
+        }
+        Some(S3Credentials {
+            access_key_id: id?,
+            secret_access_key: Secret::new(secret?),
+            session_token: token.map(Secret::new),
+        })
+    }
+
     fn run_settings(&self, problems: &mut Vec<String>) -> crate::run::RunSettings {
         use crate::fetch::{FetchSettings, StoreSettings};
         use crate::run::{KafkaSettings, RunSettings, Sink, Source};
@@ -1037,6 +1101,7 @@ impl RawConfig {
             ("folder", Some(path)) => Source::Folder {
                 path: path.clone(),
                 poll,
+                max_attempts: self.source.max_attempts,
             },
             ("folder", None) => {
                 problems.push("source.folder: required when source.kind = \"folder\"".into());
@@ -1065,6 +1130,11 @@ impl RawConfig {
         for (key, value, most) in [
             ("fetch.concurrency", self.fetch.concurrency, MAX_FETCH_CONCURRENCY),
             ("batch.max_messages", self.batch.max_messages, MAX_BATCH_MESSAGES),
+            (
+                "source.max_attempts",
+                self.source.max_attempts as usize,
+                MAX_READ_ATTEMPTS as usize,
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{key}: must be greater than 0"));
@@ -1105,13 +1175,15 @@ impl RawConfig {
                 problems.push(format!("kafka.librdkafka.{key}: {value:?} is refused: {why}"));
             }
         }
+        let s3 = StoreSettings::S3 {
+            region: self.s3.region.clone(),
+            endpoint: self.s3.endpoint.clone(),
+            allow_http: self.s3.allow_http,
+            credentials: self.s3_credentials(problems),
+        };
         let store = match &source {
             Source::Folder { path, .. } => StoreSettings::Local(path.clone()),
-            Source::Kafka => StoreSettings::S3 {
-                region: self.s3.region.clone(),
-                endpoint: self.s3.endpoint.clone(),
-                allow_http: self.s3.allow_http,
-            },
+            Source::Kafka => s3.clone(),
         };
         RunSettings {
             source,
@@ -1139,11 +1211,7 @@ impl RawConfig {
             batch_max_wait,
             retry_pause,
             role: crate::service::Role::default(),
-            s3: StoreSettings::S3 {
-                region: self.s3.region.clone(),
-                endpoint: self.s3.endpoint.clone(),
-                allow_http: self.s3.allow_http,
-            },
+            s3,
             metrics_listen: match self.metrics.listen.trim() {
                 "" => None,
                 text => match text.parse() {
@@ -1222,7 +1290,7 @@ mod tests {
         let keys: usize = table.values().map(|v| v.as_table().unwrap().len()).sum();
         let per_section = [
             3, /* engine */ 3, 7, 8, 5, 4, 3, /* rules */ 0, /* alerts */ 3,
-            /* source */ 2, /* sink */ 1, /* kafka */ 7, /* s3 */ 1, /* fetch */ 4,
+            /* source */ 3, /* sink */ 1, /* kafka */ 7, /* s3 */ 1, /* fetch */ 4,
             /* checkpoint */ 2, /* batch */ 2, /* metrics */ 1,
         ];
         assert_eq!(keys, per_section.iter().sum::<usize>());
@@ -1380,6 +1448,55 @@ mod tests {
             !err.contains("123456789"),
             "a secret written with the wrong type is not shown: {err}"
         );
+    }
+
+    #[test]
+    fn s3_keys_come_from_the_environment_or_a_file_and_are_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3-secret-from-a-file\n").unwrap();
+        // SAFETY: this test alone reads or writes this variable.
+        unsafe { std::env::set_var("TRAILWATCH_TEST_S3_TOKEN", "s3-token-from-the-env") };
+        let text = format!(
+            "[s3]\naccess_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"file:{}\"\n\
+             session_token = \"env:TRAILWATCH_TEST_S3_TOKEN\"\n",
+            file.display()
+        );
+        let s = Settings::from_toml(&text, "t").unwrap();
+        let crate::fetch::StoreSettings::S3 {
+            credentials: Some(credentials),
+            ..
+        } = &s.run.s3
+        else {
+            panic!("no S3 credentials in {:?}", s.run.s3);
+        };
+        assert_eq!(credentials.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(credentials.secret_access_key.expose(), "s3-secret-from-a-file");
+        assert_eq!(
+            credentials.session_token.as_ref().map(|t| t.expose()),
+            Some("s3-token-from-the-env")
+        );
+        let shown = format!("{s:?} {:?}", toml::from_str::<RawConfig>(&text).unwrap());
+        assert!(
+            !shown.contains("s3-secret-from-a-file") && !shown.contains("s3-token-from-the-env"),
+            "{shown}"
+        );
+        assert!(!shown.contains(&file.display().to_string()), "{shown}");
+
+        // A secret without its key id, and a secret written with the wrong type.
+        let err = Settings::from_toml(
+            "[s3]\nsecret_access_key = \"env:TRAILWATCH_TEST_UNSET_S3\"\nsession_token = 987654321\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("s3.access_key_id, s3.secret_access_key: both or neither"),
+            "{err}"
+        );
+        assert!(err.contains("TRAILWATCH_TEST_UNSET_S3 is not set"), "{err}");
+        assert!(err.contains("s3.session_token: must be a string"), "{err}");
+        assert!(!err.contains("987654321"), "{err}");
     }
 
     #[test]

@@ -7,20 +7,21 @@
 //!
 //! Stores: S3 (or any S3-compatible store via `endpoint`), with the standard credential sources
 //! `object_store` reads (environment, web identity, container and instance credentials), one
-//! client per bucket; or a local folder laid out like a bucket, for the embedded mode. Concurrency
-//! is bounded by a semaphore, so a burst of notifications cannot open unbounded requests.
+//! client per bucket; or a local folder laid out like a bucket, for the folder service, read as
+//! replay reads files (refused by size before reading, never past the limit). Concurrency is
+//! bounded by a semaphore, so a burst of notifications cannot open unbounded requests.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 use tokio::sync::Semaphore;
 
+use crate::decode::FileError;
 use crate::notification::ObjectRef;
 
 /// Where objects come from.
@@ -34,9 +35,97 @@ pub enum StoreSettings {
         endpoint: Option<String>,
         /// Allow plain HTTP (for a local S3-compatible store).
         allow_http: bool,
+        /// Keys from the configuration; `None`: the standard AWS credential sources.
+        credentials: Option<S3Credentials>,
     },
     /// A folder holding objects by key; the bucket name is ignored.
     Local(PathBuf),
+}
+
+impl StoreSettings {
+    /// A client builder for `bucket`: the standard AWS environment, then these settings.
+    pub fn s3_builder(&self, bucket: &str) -> AmazonS3Builder {
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let StoreSettings::S3 {
+            region,
+            endpoint,
+            allow_http,
+            credentials,
+        } = self
+        {
+            if let Some(region) = region {
+                builder = builder.with_region(region);
+            }
+            if let Some(endpoint) = endpoint {
+                builder = builder
+                    .with_endpoint(endpoint)
+                    .with_virtual_hosted_style_request(false);
+            }
+            if let Some(credentials) = credentials {
+                builder = credentials.apply(builder);
+            }
+            builder = builder.with_allow_http(*allow_http);
+        }
+        builder
+    }
+}
+
+/// S3 keys given in the configuration (each perhaps read from the environment or a file, see
+/// [`crate::config::resolve_secret`]). Shown (`{:?}`) with the secret and the token withheld.
+#[derive(Clone)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+}
+
+impl S3Credentials {
+    fn apply(&self, builder: AmazonS3Builder) -> AmazonS3Builder {
+        let builder = builder
+            .with_access_key_id(&self.access_key_id)
+            .with_secret_access_key(self.secret_access_key.expose());
+        match &self.session_token {
+            Some(token) => builder.with_token(token.expose()),
+            None => builder,
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key)
+            .field("session_token", &self.session_token)
+            .finish()
+    }
+}
+
+/// A password, key or token: its value is never shown, in `{:?}` or `{}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The value, for the client that sends it; never for a log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<withheld>")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<withheld>")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -54,15 +143,15 @@ pub struct FetchSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("object s3://{bucket}/{key} not found")]
+    #[error("object {} not found", object_url(.bucket, .key))]
     NotFound { bucket: String, key: String },
-    #[error("access to s3://{bucket}/{key} denied: {message}")]
+    #[error("access to {} denied: {message}", object_url(.bucket, .key))]
     Denied {
         bucket: String,
         key: String,
         message: String,
     },
-    #[error("object s3://{bucket}/{key} is {size} bytes, over the {limit}-byte limit")]
+    #[error("object {} is {size} bytes, over the {limit}-byte limit", object_url(.bucket, .key))]
     TooLarge {
         bucket: String,
         key: String,
@@ -71,20 +160,36 @@ pub enum FetchError {
     },
     #[error("invalid object key {key:?}: {message}")]
     InvalidKey { key: String, message: String },
-    #[error("fetching s3://{bucket}/{key} failed: {message}")]
+    #[error("fetching {} failed: {message}", object_url(.bucket, .key))]
     Transient {
         bucket: String,
         key: String,
         message: String,
     },
+    /// A file of a local folder that exists but cannot be read (permissions, I/O): perhaps only
+    /// for now, so it is retried, a bounded number of times.
+    #[error("cannot read {key}: {message}")]
+    Unreadable { key: String, message: String },
     #[error("store for bucket {bucket}: {message}")]
     Store { bucket: String, message: String },
+}
+
+/// `s3://bucket/key`, or the key alone for a local folder (no bucket).
+fn object_url(bucket: &str, key: &str) -> String {
+    if bucket.is_empty() {
+        key.to_owned()
+    } else {
+        format!("s3://{bucket}/{key}")
+    }
 }
 
 impl FetchError {
     /// Poison: retrying will not help; dead-letter and commit.
     pub fn is_poison(&self) -> bool {
-        !matches!(self, FetchError::Transient { .. } | FetchError::Store { .. })
+        !matches!(
+            self,
+            FetchError::Transient { .. } | FetchError::Unreadable { .. } | FetchError::Store { .. }
+        )
     }
 
     /// A bounded label for metrics and dead letters.
@@ -95,6 +200,7 @@ impl FetchError {
             FetchError::TooLarge { .. } => "object_too_large",
             FetchError::InvalidKey { .. } => "invalid_key",
             FetchError::Transient { .. } => "fetch_failed",
+            FetchError::Unreadable { .. } => "unreadable",
             FetchError::Store { .. } => "store_unavailable",
         }
     }
@@ -130,37 +236,17 @@ impl Fetcher {
             max_retries: self.settings.retries,
             retry_timeout: self.settings.max_backoff * (self.settings.retries as u32 + 1) * 2,
         };
-        let store: Arc<dyn ObjectStore> =
-            match &self.settings.store {
-                StoreSettings::Local(root) => Arc::new(LocalFileSystem::new_with_prefix(root).map_err(
-                    |e| FetchError::Store {
-                        bucket: bucket.into(),
-                        message: e.to_string(),
-                    },
-                )?),
-                StoreSettings::S3 {
-                    region,
-                    endpoint,
-                    allow_http,
-                } => {
-                    let mut builder = AmazonS3Builder::from_env()
-                        .with_bucket_name(bucket)
-                        .with_retry(retry);
-                    if let Some(region) = region {
-                        builder = builder.with_region(region);
-                    }
-                    if let Some(endpoint) = endpoint {
-                        builder = builder
-                            .with_endpoint(endpoint)
-                            .with_virtual_hosted_style_request(false);
-                    }
-                    builder = builder.with_allow_http(*allow_http);
-                    Arc::new(builder.build().map_err(|e| FetchError::Store {
-                        bucket: bucket.into(),
-                        message: e.to_string(),
-                    })?)
-                }
-            };
+        if let StoreSettings::Local(_) = &self.settings.store {
+            return Err(FetchError::Store {
+                bucket: bucket.into(),
+                message: "a local folder has no buckets".into(),
+            });
+        }
+        let builder = self.settings.store.s3_builder(bucket).with_retry(retry);
+        let store: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| FetchError::Store {
+            bucket: bucket.into(),
+            message: e.to_string(),
+        })?);
         stores.insert(bucket.to_owned(), Arc::clone(&store));
         Ok(store)
     }
@@ -173,6 +259,17 @@ impl Fetcher {
             .await
             .expect("the semaphore is never closed");
         let (bucket, key) = (object.bucket.clone(), object.key.clone());
+        if let StoreSettings::Local(root) = &self.settings.store {
+            let (root, limit) = (root.clone(), self.settings.max_object_bytes);
+            return tokio::task::spawn_blocking(move || read_local(&root, &key, limit))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(FetchError::Unreadable {
+                        key: object.key.clone(),
+                        message: e.to_string(),
+                    })
+                });
+        }
         let path = ObjectPath::parse(&object.key).map_err(|e| FetchError::InvalidKey {
             key: key.clone(),
             message: e.to_string(),
@@ -206,6 +303,44 @@ impl Fetcher {
             });
         }
         result.bytes().await.map_err(classify)
+    }
+}
+
+/// Reads `key` under the folder `root`, as replay reads a file: refused by its size before it is
+/// read, never read past `limit`. Keys are file paths relative to the folder: any name a file can
+/// have, but no `..` and no absolute path, so that nothing outside the folder is read.
+fn read_local(root: &Path, key: &str, limit: usize) -> Result<bytes::Bytes, FetchError> {
+    let relative = Path::new(key);
+    if key.is_empty()
+        || !relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(FetchError::InvalidKey {
+            key: key.to_owned(),
+            message: "not a path inside the folder".into(),
+        });
+    }
+    let mut bytes = Vec::new();
+    match crate::replay::read_bounded(&root.join(relative), limit, &mut bytes) {
+        Ok(()) => Ok(bytes.into()),
+        Err(FileError::TooLarge { limit }) => Err(FetchError::TooLarge {
+            bucket: String::new(),
+            key: key.to_owned(),
+            size: std::fs::metadata(root.join(relative)).map_or(limit + 1, |m| m.len() as usize),
+            limit,
+        }),
+        Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(FetchError::NotFound {
+            bucket: String::new(),
+            key: key.to_owned(),
+        }),
+        Err(e) => Err(FetchError::Unreadable {
+            key: key.to_owned(),
+            message: match e {
+                FileError::Io(io) => io.to_string(),
+                other => other.to_string(),
+            },
+        }),
     }
 }
 
@@ -255,6 +390,24 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(big.reason(), "object_too_large");
+    }
+
+    #[tokio::test]
+    async fn a_local_file_that_cannot_be_read_is_unreadable_not_poison() {
+        let dir = tempfile::tempdir().unwrap();
+        // Reading /proc/self/mem from offset 0 fails for every user, root included.
+        std::os::unix::fs::symlink("/proc/self/mem", dir.path().join("mem.json")).unwrap();
+        let f = local(dir.path().to_owned());
+        let err = f
+            .fetch(&ObjectRef {
+                bucket: String::new(),
+                key: "mem.json".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "unreadable");
+        assert!(!err.is_poison());
+        assert!(err.to_string().starts_with("cannot read mem.json: "), "{err}");
     }
 
     #[tokio::test]

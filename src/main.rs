@@ -282,9 +282,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             role,
             metrics_listen,
         } => {
+            // Signals first: one that comes while the configuration, the rules or a backlog are
+            // loading is kept for the service to act on, instead of ending the process at once
+            // with no checkpoint and nothing flushed.
+            let runtime = tokio::runtime::Runtime::new()?;
+            let stop = {
+                let _entered = runtime.enter();
+                StopSignals::install().context("installing the SIGTERM and SIGINT handlers")?
+            };
             let settings = Settings::load(&config)?;
             let rules = load_rules(rules.as_ref().or(settings.rules_dir.as_ref()))?;
-            let runtime = tokio::runtime::Runtime::new()?;
             let report = runtime.block_on(async {
                 let mut run = settings.run.clone();
                 run.role = role;
@@ -292,8 +299,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     run.metrics_listen = metrics_listen;
                 }
                 let metrics = std::sync::Arc::new(trailwatch::metrics::Metrics::new());
-                trailwatch::run::run(settings, run, Some(rules), metrics, shutdown_signal()).await
-            })?;
+                trailwatch::run::run(settings, run, Some(rules), metrics, stop.received()).await
+            });
+            // The service has checkpointed and flushed what it did; a start-up step it left
+            // waiting on a broker that does not answer is not waited for.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            let report = report?;
             say(format_args!(
                 "stopped: {} notifications, {} files, {} records, {} anomalies, {} checkpoints, dead letters {:?}\n",
                 report.notifications, report.files, report.records, report.anomalies, report.checkpoints, report.dead_letters
@@ -303,16 +314,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers; needs a Tokio runtime entered.
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    tracing::info!("shutting down: finishing the batch in hand, then checkpointing");
+
+    /// Resolves on the first SIGTERM or SIGINT since the handlers were installed.
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        tracing::info!("shutting down: finishing the batch in hand, then checkpointing");
+    }
 }
 
 fn load_settings(path: Option<&PathBuf>) -> anyhow::Result<Settings> {

@@ -20,7 +20,7 @@ use prometheus::{
 pub const NAMESPACE: &str = "trailwatch";
 
 /// Every dead-letter reason: notification problems, fetch failures and file failures.
-pub const DEAD_LETTER_REASONS: [&str; 15] = [
+pub const DEAD_LETTER_REASONS: [&str; 19] = [
     "malformed_notification",
     "unknown_shape",
     "missing_bucket_or_key",
@@ -36,6 +36,10 @@ pub const DEAD_LETTER_REASONS: [&str; 15] = [
     "not_cloudtrail",
     "not_utf8",
     "fetch_failed",
+    "unreadable",
+    "symlink_loop",
+    "dangling_symlink",
+    "not_a_regular_file",
 ];
 
 /// Every metric trailwatch exports.

@@ -25,8 +25,13 @@ pub use crate::sink::{DeadLetter, DeadLetterSource};
 pub enum Source {
     /// A Kafka topic, consumed as a consumer group.
     Kafka,
-    /// A folder watched for new log files (S3 key layout or not); no Kafka needed.
-    Folder { path: PathBuf, poll: Duration },
+    /// A folder watched for new log files (S3 key layout or not); no Kafka needed. A file that
+    /// cannot be read is tried `max_attempts` times, then dead-lettered.
+    Folder {
+        path: PathBuf,
+        poll: Duration,
+        max_attempts: u32,
+    },
 }
 
 /// Where anomalies go.
@@ -37,8 +42,9 @@ pub enum Sink {
     Stdout,
 }
 
-/// Kafka settings; `options` pass through to librdkafka unchanged (TLS, SASL, ...).
-#[derive(Debug, Clone)]
+/// Kafka settings; `options` pass through to librdkafka unchanged (TLS, SASL, ...). Shown
+/// (`{:?}`) with the options' values withheld: SASL and TLS passwords are among them.
+#[derive(Clone)]
 pub struct KafkaSettings {
     pub brokers: String,
     pub group_id: String,
@@ -47,6 +53,21 @@ pub struct KafkaSettings {
     pub events_topic: String,
     pub dead_letter_topic: String,
     pub options: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: BTreeMap<&str, &str> = self.options.keys().map(|k| (k.as_str(), "<withheld>")).collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("notifications_topic", &self.notifications_topic)
+            .field("anomalies_topic", &self.anomalies_topic)
+            .field("events_topic", &self.events_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("options", &options)
+            .finish()
+    }
 }
 
 /// Everything `trailwatch run` needs.
@@ -114,8 +135,17 @@ pub async fn run(
         Source::Kafka => {
             crate::service::run_kafka(settings, run.clone(), rules, Arc::clone(&metrics), shutdown).await
         }
-        Source::Folder { path, poll } => {
-            crate::service::folder::run(&settings, &run, path, *poll, rules, &metrics, shutdown).await
+        Source::Folder {
+            path,
+            poll,
+            max_attempts,
+        } => {
+            let folder = crate::service::folder::FolderSource {
+                path: path.clone(),
+                poll: *poll,
+                max_attempts: *max_attempts,
+            };
+            crate::service::folder::run(&settings, &run, &folder, rules, &metrics, shutdown).await
         }
     };
     let _ = server_stop.send(());

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::join_all;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, FromClientConfig};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -64,8 +65,9 @@ impl Output {
     pub async fn open(run: &RunSettings) -> anyhow::Result<Output> {
         Ok(match &run.sink {
             Sink::Kafka => {
+                check_options(&run.kafka)?;
                 let config = client_config(&run.kafka, ClientKind::Producer, PRODUCER_DEFAULTS);
-                let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
+                let producer: FutureProducer = create_client(&config, &run.kafka, "the Kafka producer")?;
                 Output::Kafka {
                     producer,
                     anomalies: run.kafka.anomalies_topic.clone(),
@@ -259,6 +261,64 @@ pub fn weakening_option(key: &str, value: &str) -> Option<&'static str> {
     }
 }
 
+/// Why librdkafka refuses `key` = `value` (an unknown property, a value it cannot take, one this
+/// build does not support), in words that do not hold the value: options hold passwords, and
+/// librdkafka's own errors quote the value refused.
+pub fn refused_option(key: &str, value: &str) -> Option<String> {
+    let mut config = ClientConfig::new();
+    config.set(key, value);
+    match config.create_native_config() {
+        Ok(_) => None,
+        Err(KafkaError::ClientConfig(_, description, _, _)) => Some(withhold(&description, [value])),
+        Err(other) => Some(withhold(&other.to_string(), [value])),
+    }
+}
+
+/// Every passthrough option librdkafka refuses, each named with why, none with its value: checked
+/// before any client is made, so that no client's error can quote a password.
+pub fn check_options(kafka: &KafkaSettings) -> anyhow::Result<()> {
+    let refused: Vec<String> = kafka
+        .options
+        .iter()
+        .filter_map(|(key, value)| {
+            refused_option(key, value).map(|why| format!("  kafka.librdkafka.{key:?}: {why}"))
+        })
+        .collect();
+    anyhow::ensure!(
+        refused.is_empty(),
+        "librdkafka refuses options:\n{}",
+        refused.join("\n")
+    );
+    Ok(())
+}
+
+/// `text` with each of `values` in it replaced by `<withheld>`.
+fn withhold<'a>(text: &str, values: impl IntoIterator<Item = &'a str>) -> String {
+    values
+        .into_iter()
+        .filter(|v| !v.is_empty())
+        .fold(text.to_owned(), |text, v| text.replace(v, "<withheld>"))
+}
+
+/// A librdkafka client of `kafka`'s configuration; an error says what failed without the
+/// values of the passthrough options (librdkafka's errors quote them).
+pub fn create_client<T: FromClientConfig>(
+    config: &ClientConfig,
+    kafka: &KafkaSettings,
+    what: &str,
+) -> anyhow::Result<T> {
+    config.create().map_err(|e| {
+        let message = match &e {
+            KafkaError::ClientConfig(_, description, key, _) => format!("{key}: {description}"),
+            other => other.to_string(),
+        };
+        anyhow::anyhow!(
+            "creating {what}: {}",
+            withhold(&message, kafka.options.values().map(String::as_str))
+        )
+    })
+}
+
 /// A librdkafka configuration for one kind of client: the brokers, then `defaults`, then the
 /// user's passthrough options that this kind of client reads, which win over both.
 pub fn client_config(kafka: &KafkaSettings, kind: ClientKind, defaults: &[(&str, &str)]) -> ClientConfig {
@@ -285,4 +345,19 @@ pub fn client_config(kafka: &KafkaSettings, kind: ClientKind, defaults: &[(&str,
         }
     }
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_librdkafka_refuses_are_named_without_their_values() {
+        let why = refused_option("sasl.passwrd", "a-password-under-a-misspelt-key").unwrap();
+        assert!(why.contains("sasl.passwrd"), "{why}");
+        assert!(!why.contains("a-password"), "{why}");
+        let why = refused_option("security.protocol", "NOT-A-PROTOCOL-7f3a").unwrap();
+        assert!(!why.contains("NOT-A-PROTOCOL-7f3a"), "{why}");
+        assert_eq!(refused_option("sasl.password", "any value at all"), None);
+    }
 }

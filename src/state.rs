@@ -38,24 +38,10 @@ pub struct Found {
 pub fn open_store(url: &str, s3: &StoreSettings) -> anyhow::Result<(Arc<dyn ObjectStore>, String)> {
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-        if let StoreSettings::S3 {
-            region,
-            endpoint,
-            allow_http,
-        } = s3
-        {
-            if let Some(region) = region {
-                builder = builder.with_region(region);
-            }
-            if let Some(endpoint) = endpoint {
-                builder = builder
-                    .with_endpoint(endpoint)
-                    .with_virtual_hosted_style_request(false);
-            }
-            builder = builder.with_allow_http(*allow_http);
-        }
-        let store = builder.build().with_context(|| format!("checkpoint.url {url}"))?;
+        let store = s3
+            .s3_builder(bucket)
+            .build()
+            .with_context(|| format!("checkpoint.url {url}"))?;
         return Ok((Arc::new(store), prefix.trim_matches('/').to_owned()));
     }
     let dir = std::path::PathBuf::from(url.strip_prefix("file://").unwrap_or(url));

@@ -4,9 +4,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -316,4 +320,487 @@ fn deeply_nested_yaml_in_a_rule_is_refused_by_file_before_parsing() {
     let out = run(&["rules", "check", &path_str(tmp.path())]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("deep.yml"));
+}
+
+// The folder service: `trailwatch run` over a watched folder.
+
+/// A log file whose one record, `StopLogging` by `user`, is a rule match of its own.
+fn write_stop_logging(dir: &Path, n: usize) {
+    let record = json!({"eventVersion": "1.09", "eventTime": "2025-06-02T10:00:00Z", "eventID": format!("stop-{n}"),
+        "eventSource": "cloudtrail.amazonaws.com", "eventName": "StopLogging", "awsRegion": "us-east-1",
+        "sourceIPAddress": "198.51.100.9", "userAgent": "aws-cli/2.15.0", "requestParameters": {"name": "main"},
+        "userIdentity": {"type": "IAMUser", "arn": format!("arn:aws:iam::111122223333:user/stopper{n}"),
+                         "accountId": "111122223333", "userName": format!("stopper{n}")},
+        "recipientAccountId": "111122223333"});
+    let name = format!("111122223333_CloudTrail_us-east-1_20250602T1005Z_Stop{n}.json");
+    // Written aside and renamed, so that the service never lists a file half written.
+    let part = dir.join(format!(".{name}.part"));
+    std::fs::write(&part, json!({ "Records": [record] }).to_string()).unwrap();
+    std::fs::rename(part, dir.join(name)).unwrap();
+}
+
+/// A running `trailwatch run` over a watched folder, its outputs in `dir`.
+struct FolderService {
+    server: Server,
+    dir: std::path::PathBuf,
+}
+
+impl FolderService {
+    /// Starts the service on `watched`, with `source` lines added to its `[source]` section and
+    /// `extra` sections; its log at `info` goes to `dir/stderr.log`. A checkpoint is written
+    /// every 200 ms while there is something new.
+    fn start(dir: &Path, watched: &Path, source: &str, extra: &str) -> FolderService {
+        let config = format!(
+            "[source]\nkind = \"folder\"\nfolder = \"{}\"\npoll_interval = \"100ms\"\n{source}\n\
+             [sink]\nkind = \"file\"\npath = \"{}\"\ndead_letters = \"{}\"\n\
+             [checkpoint]\nurl = \"{}\"\ninterval = \"200ms\"\n[metrics]\nlisten = \"\"\n{extra}\n",
+            watched.display(),
+            dir.join("anomalies.jsonl").display(),
+            dir.join("dead.jsonl").display(),
+            dir.join("checkpoint").display(),
+        );
+        FolderService::start_with(dir, &config, "info", &[])
+    }
+
+    /// Starts `trailwatch run` with `config`, logging at `log` to `dir/stderr.log`, with `env`.
+    fn start_with(dir: &Path, config: &str, log: &str, env: &[(&str, &str)]) -> FolderService {
+        let path = dir.join("trailwatch.toml");
+        std::fs::write(&path, config).unwrap();
+        let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config", &path_str(&path)])
+            .env("RUST_LOG", log)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        FolderService {
+            server: Server(child),
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn lines(&self, name: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each output line is JSON"))
+            .collect()
+    }
+
+    fn anomalies(&self) -> Vec<Value> {
+        self.lines("anomalies.jsonl")
+    }
+
+    fn dead_letters(&self) -> Vec<Value> {
+        self.lines("dead.jsonl")
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Whether the rule match of `write_stop_logging(_, n)` was written.
+    fn has_stop_logging(&self, n: usize) -> bool {
+        let id = format!("stop-{n}");
+        self.anomalies().iter().any(|a| {
+            a["evidence"]["event_ids"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|i| i == &id))
+        })
+    }
+
+    /// Waits until `condition` holds, failing with what was waited for and the service's log.
+    fn wait_until(&mut self, what: &str, mut condition: impl FnMut(&FolderService) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !condition(self) {
+            if let Some(status) = self.server.0.try_wait().unwrap() {
+                panic!("the service ended ({status}) before {what}:\n{}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to end; its exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.server.0.id() as libc::pid_t;
+        // SAFETY: signals a child this test started and has not yet waited for.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.server.0.try_wait().unwrap() {
+                let stderr = self.stderr();
+                assert!(!stderr.contains("panicked"), "the service panicked:\n{stderr}");
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after SIGTERM:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The files the last checkpoint reflects.
+    fn files_done(&self) -> Vec<String> {
+        let bytes = std::fs::read(self.dir.join("checkpoint/trailwatch-state.json.gz")).unwrap();
+        let checkpoint: Value = serde_json::from_reader(flate2::read::GzDecoder::new(&bytes[..])).unwrap();
+        checkpoint["files_done"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// Fast polls and retries, rule matches emitted as soon as the folder is quiet.
+const QUICK: &str =
+    "[engine]\nidle_after = \"200ms\"\n[fetch]\nretry_pause = \"50ms\"\nmax_backoff = \"100ms\"\n";
+
+#[test]
+fn links_that_loop_or_lead_nowhere_and_fifos_in_a_watched_folder_are_dead_lettered_once_and_the_service_goes_on(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    write_stop_logging(&watched, 1);
+    let mut service = FolderService::start(tmp.path(), &watched, "", QUICK);
+    service.wait_until("the first file's anomaly", |s| s.has_stop_logging(1));
+
+    // Bad entries appear beside a new good file while the service runs.
+    let sub = watched.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    symlink(&watched, sub.join("loop")); // a folder linking to its ancestor
+    symlink("self.json", watched.join("self.json")); // a link to itself
+    symlink(watched.join("nowhere.json.gz"), watched.join("dangling.json.gz"));
+    // A FIFO named like a log file: opening it would block until a writer comes.
+    let made = Command::new("mkfifo")
+        .arg(watched.join("pipe.json"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    write_stop_logging(&watched, 2);
+    service.wait_until("the second file's anomaly and four dead letters", |s| {
+        s.has_stop_logging(2) && s.dead_letters().len() >= 4
+    });
+    // Polls go on past them: a later file is processed, and nothing is reported twice.
+    write_stop_logging(&watched, 3);
+    service.wait_until("the third file's anomaly", |s| s.has_stop_logging(3));
+
+    let mut reported: Vec<(String, String)> = service
+        .dead_letters()
+        .iter()
+        .map(|d| {
+            (
+                d["object"].as_str().unwrap().to_owned(),
+                d["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    reported.sort();
+    let expected = [
+        ("dangling.json.gz", "dangling_symlink"),
+        ("pipe.json", "not_a_regular_file"),
+        ("self.json", "symlink_loop"),
+        ("sub/loop", "symlink_loop"),
+    ]
+    .map(|(p, r)| (p.to_owned(), r.to_owned()));
+    assert_eq!(reported, expected, "{}", service.stderr());
+    let stderr = service.stderr();
+    for (path, reason) in &expected {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("path={path}")) && l.contains(reason.as_str())),
+            "{path} not logged with {reason}:\n{stderr}"
+        );
+    }
+
+    let status = service.terminate();
+    assert_eq!(status.code(), Some(0), "{}", service.stderr());
+    let stderr = service.stderr();
+    assert!(
+        stderr.contains("\"dangling_symlink\": 1") && stderr.contains("\"symlink_loop\": 2"),
+        "counted in the report:\n{stderr}"
+    );
+    assert_eq!(service.anomalies().len(), 3);
+}
+
+#[test]
+fn an_unreadable_file_in_a_watched_folder_is_tried_a_bounded_number_of_times_then_dead_lettered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    // A file no one can read, root included: reading /proc/self/mem from offset 0 fails.
+    symlink("/proc/self/mem", watched.join("unreadable.json"));
+    write_stop_logging(&watched, 1);
+    let mut service = FolderService::start(tmp.path(), &watched, "max_attempts = 3", QUICK);
+    service.wait_until(
+        "the good file's anomaly and the unreadable file's dead letter",
+        |s| s.has_stop_logging(1) && !s.dead_letters().is_empty(),
+    );
+    let dead = service.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["reason"], "unreadable");
+    assert_eq!(dead[0]["object"], "unreadable.json");
+    let detail = dead[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Input/output error") && detail.contains("gave up after 3 attempts"),
+        "{detail}"
+    );
+    // Given up on: later polls leave it alone and take the files that come.
+    write_stop_logging(&watched, 2);
+    service.wait_until("a later file's anomaly", |s| s.has_stop_logging(2));
+    let tries = service
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("cannot read unreadable.json"))
+        .count();
+    // Three failed reads, the last one logged again as given up on.
+    assert_eq!(tries, 4, "{}", service.stderr());
+    assert_eq!(service.terminate().code(), Some(0), "{}", service.stderr());
+    assert_eq!(service.dead_letters().len(), 1);
+    let done = service.files_done();
+    assert!(done.iter().any(|f| f == "unreadable.json"), "{done:?}");
+}
+
+#[test]
+fn sigterm_during_a_backlog_at_start_up_stops_the_folder_service_cleanly_without_draining_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    let total = 3000;
+    for i in 0..total {
+        let record = json!({"eventVersion": "1.09", "eventTime": "2025-06-02T10:00:00Z", "eventID": format!("backlog-{i}"),
+            "eventSource": "s3.amazonaws.com", "eventName": "ListBuckets",
+            "userIdentity": {"type": "IAMUser", "arn": format!("arn:aws:iam::111122223333:user/u{}", i % 50),
+                             "accountId": "111122223333"}});
+        std::fs::write(
+            watched.join(format!(
+                "111122223333_CloudTrail_us-east-1_20250602T1005Z_Backlog{i:05}.json"
+            )),
+            json!({ "Records": [record] }).to_string(),
+        )
+        .unwrap();
+    }
+    // One file a batch: the backlog is long, and the first checkpoint says that it is being
+    // worked through (the signal handlers are in place by then).
+    let mut service = FolderService::start(tmp.path(), &watched, "", "[batch]\nmax_messages = 1\n");
+    service.wait_until("the first files to be processed", |s| {
+        s.stderr().contains("checkpoint written")
+    });
+    let status = service.terminate();
+    assert_eq!(status.code(), Some(0), "{}", service.stderr());
+    let stderr = service.stderr();
+    let done = service.files_done();
+    assert!(
+        !done.is_empty() && done.len() < total,
+        "{} of {total} files in the final checkpoint:\n{stderr}",
+        done.len()
+    );
+    // The final checkpoint holds exactly the files the run reports processed.
+    assert!(
+        stderr.contains(&format!("{} files, {} records", done.len(), done.len())),
+        "{} files in the checkpoint:\n{stderr}",
+        done.len()
+    );
+}
+
+/// An S3 stand-in on loopback: GET answers 404 (no checkpoint yet), PUT 200; every request's
+/// head is kept.
+struct FakeS3 {
+    port: u16,
+    heads: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeS3 {
+    fn start() -> FakeS3 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (heads, stop) = (Arc::clone(&heads), Arc::clone(&stop));
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            if let Some(head) = FakeS3::answer(stream) {
+                                heads.lock().unwrap().push(head);
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            }
+        });
+        FakeS3 {
+            port,
+            heads,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Reads one request and answers it; the request's head.
+    fn answer(mut stream: TcpStream) -> Option<String> {
+        stream.set_nonblocking(false).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let mut raw = Vec::new();
+        let mut byte = [0u8; 1];
+        while !raw.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).ok()? == 0 {
+                return None;
+            }
+            raw.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&raw).into_owned();
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).ok()?;
+        let answer = if head.starts_with("PUT ") {
+            "HTTP/1.1 200 OK\r\nETag: \"1\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+        } else {
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code>\
+                        <Message>The specified key does not exist.</Message></Error>";
+            format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        stream.write_all(answer.as_bytes()).ok()?;
+        Some(head)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeS3 {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn s3_keys_from_the_environment_and_a_file_sign_requests_and_never_appear_in_the_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    write_stop_logging(&watched, 1);
+    let secret = "S3-secret-key-from-a-file-6f1c";
+    let token = "S3-session-token-from-the-environment-92ab";
+    std::fs::write(tmp.path().join("secret"), format!("{secret}\n")).unwrap();
+    let s3 = FakeS3::start();
+    let config = format!(
+        "[source]\nkind = \"folder\"\nfolder = \"{}\"\npoll_interval = \"100ms\"\n\
+         [sink]\nkind = \"file\"\npath = \"{}\"\ndead_letters = \"{}\"\n\
+         [checkpoint]\nurl = \"s3://state/trailwatch\"\ninterval = \"200ms\"\n[metrics]\nlisten = \"\"\n\
+         [s3]\nendpoint = \"http://127.0.0.1:{}\"\nallow_http = true\nregion = \"us-east-1\"\n\
+         access_key_id = \"env:TRAILWATCH_TEST_KEY_ID\"\nsecret_access_key = \"file:{}\"\n\
+         session_token = \"env:TRAILWATCH_TEST_SESSION_TOKEN\"\n{QUICK}",
+        watched.display(),
+        tmp.path().join("anomalies.jsonl").display(),
+        tmp.path().join("dead.jsonl").display(),
+        s3.port,
+        tmp.path().join("secret").display(),
+    );
+    let mut service = FolderService::start_with(
+        tmp.path(),
+        &config,
+        "trace",
+        &[
+            ("TRAILWATCH_TEST_KEY_ID", "AKIDTRAILWATCHTEST"),
+            ("TRAILWATCH_TEST_SESSION_TOKEN", token),
+        ],
+    );
+    service.wait_until("the anomaly and a checkpoint put to the store", |_| {
+        s3.heads().iter().any(|h| h.starts_with("PUT "))
+    });
+    service.wait_until("the anomaly", |s| s.has_stop_logging(1));
+    assert_eq!(service.terminate().code(), Some(0), "{}", service.stderr());
+
+    // The keys came from where the configuration names: requests are signed with them.
+    let heads = s3.heads().join("\n").to_ascii_lowercase();
+    assert!(heads.contains("credential=akidtrailwatchtest/"), "{heads}");
+    assert!(
+        heads.contains(&format!("x-amz-security-token: {}", token.to_ascii_lowercase())),
+        "{heads}"
+    );
+    // And are nowhere in the log, even at its most detailed.
+    let stderr = service.stderr();
+    assert!(stderr.lines().count() > 20, "a detailed log:\n{stderr}");
+    for value in [secret, token] {
+        assert!(!stderr.contains(value), "{value} in the log");
+    }
+}
+
+#[test]
+fn kafka_passwords_never_appear_in_the_logs_or_in_configuration_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let password = "sasl-password-from-a-file-4d7e";
+    std::fs::write(tmp.path().join("password"), password).unwrap();
+    let typo = "password-under-a-misspelt-key-81c0";
+    let config = |extra: &str| {
+        format!(
+            "[source]\nkind = \"kafka\"\n[sink]\nkind = \"file\"\npath = \"{}\"\n[metrics]\nlisten = \"\"\n\
+             [kafka]\nbrokers = \"127.0.0.1:{}\"\n[kafka.librdkafka]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
+             \"sasl.mechanism\" = \"PLAIN\"\n\"sasl.username\" = \"env:TRAILWATCH_TEST_SASL_USER\"\n\
+             \"sasl.password\" = \"file:{}\"\n\"debug\" = \"all\"\n{extra}",
+            tmp.path().join("anomalies.jsonl").display(),
+            free_port(),
+            tmp.path().join("password").display(),
+        )
+    };
+    let env = [("TRAILWATCH_TEST_SASL_USER", "trailwatch")];
+
+    // A broker that does not answer: the clients are made, librdkafka logs all it does.
+    let mut service = FolderService::start_with(tmp.path(), &config(""), "trace", &env);
+    service.wait_until("a librdkafka client", |s| {
+        s.stderr().contains("Create new librdkafka client")
+    });
+    // Stopping while start-up waits on the broker.
+    assert_eq!(service.terminate().code(), Some(0), "{}", service.stderr());
+    let stderr = service.stderr();
+    assert!(!stderr.contains(password), "the password in the log:\n{stderr}");
+
+    // An option librdkafka refuses is named by its key; its value (librdkafka's own error quotes
+    // it) is not shown.
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg({
+            let path = tmp.path().join("typo.toml");
+            std::fs::write(&path, config(&format!("\"sasl.passwrd\" = \"{typo}\"\n"))).unwrap();
+            path
+        })
+        .envs(env)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sasl.passwrd"), "{stderr}");
+    assert!(!stderr.contains(typo), "the value in the error:\n{stderr}");
 }

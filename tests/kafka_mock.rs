@@ -199,6 +199,7 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
             region: None,
             endpoint: None,
             allow_http: false,
+            credentials: None,
         },
     };
     let metrics = Arc::new(Metrics::new());

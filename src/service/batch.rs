@@ -15,6 +15,7 @@ use crate::decode::{DecodeLimits, DecodedFile, Decoder};
 use crate::fetch::{FetchError, Fetcher};
 use crate::metrics::{Latencies, Metrics};
 use crate::notification::{decode_notification, ObjectRef};
+use crate::replay::Escaped;
 use crate::rules::RuleSet;
 use crate::run::RunReport;
 use crate::sink::{DeadLetter, DeadLetterSource};
@@ -59,6 +60,8 @@ pub struct Decoded {
     pub dead: Vec<KeyedDeadLetter>,
     /// Notifications to retry (transient failures), by topic, partition and offset.
     pub retry: BTreeSet<(String, i32, i64)>,
+    /// Why each notification to retry failed, for the dead letter of one tried too often.
+    pub retry_errors: Vec<(usize, FetchError)>,
 }
 
 /// Decoders for every core, kept from batch to batch (each holds caches worth keeping).
@@ -122,6 +125,7 @@ pub async fn decode_batch(
 ) -> Decoded {
     let mut dead = Vec::new();
     let mut retry = BTreeSet::new();
+    let mut retry_errors = Vec::new();
 
     // Notifications → objects.
     let mut wanted: Vec<(usize, ObjectRef)> = Vec::new();
@@ -176,9 +180,10 @@ pub async fn decode_batch(
                 fetch_dead_letter(&e, n.source(), url, n.payload_text()),
             )),
             Err(e) => {
-                tracing::warn!(error = %e, "transient fetch failure; the notification will be retried");
+                tracing::warn!(error = %Escaped(&e.to_string()), "transient fetch failure; the notification will be retried");
                 metrics.notifications.with_label_values(&["retried"]).inc();
                 retry.insert(n.position());
+                retry_errors.push((*i, e));
             }
         }
     }
@@ -244,6 +249,7 @@ pub async fn decode_batch(
         files: out,
         dead,
         retry,
+        retry_errors,
     }
 }
 

@@ -10,13 +10,20 @@
 //! quiet for `engine.idle_after`, the partitions' clocks move to the present: what waits in the
 //! reorder buffers is judged and alerts whose window has passed are emitted, as the end of a
 //! replay does.
+//!
+//! Nothing in the folder stops the service. A path the listing cannot take (a symlink loop, a
+//! dangling link, a FIFO) is dead-lettered once with its reason, for as long as it stays so; a
+//! file that cannot be read is tried again after a doubling wait, while the files beside it go
+//! on, and dead-lettered after `source.max_attempts` tries. A stop is looked for before every
+//! batch, so a backlog does not delay it.
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -31,10 +38,11 @@ use crate::event::Event;
 use crate::fetch::Fetcher;
 use crate::metrics::{Latencies, Metrics};
 use crate::notification::ObjectRef;
+use crate::replay::{scan_inputs, Escaped, ListProblem, Listing};
 use crate::rules::RuleSet;
 use crate::run::{RunReport, RunSettings};
-use crate::service::batch::{decode_batch, DecoderPool, Notification};
-use crate::sink::Output;
+use crate::service::batch::{decode_batch, DecoderPool, KeyedDeadLetter, Notification};
+use crate::sink::{DeadLetter, DeadLetterSource, Output};
 
 /// The checkpoint: every partition's state and the files it reflects.
 #[derive(Default, Serialize, Deserialize)]
@@ -261,19 +269,49 @@ impl CheckpointStore {
     }
 }
 
+/// The watched folder and how its files are read.
+#[derive(Debug, Clone)]
+pub struct FolderSource {
+    pub path: PathBuf,
+    /// How often the folder is listed for new files.
+    pub poll: Duration,
+    /// Reads of a file that keeps failing before it is dead-lettered.
+    pub max_attempts: u32,
+}
+
+/// A file that failed to be read, waiting to be tried again.
+struct Attempts {
+    failures: u32,
+    next: Instant,
+}
+
+/// The wait after a file's `failures`-th failed read: doubling from `pause`, at most `max`
+/// (or `pause`, if that is longer).
+fn backoff(pause: Duration, max: Duration, failures: u32) -> Duration {
+    let doubled = pause.saturating_mul(1 << failures.saturating_sub(1).min(20));
+    doubled.min(max.max(pause))
+}
+
 /// Runs the folder service until `shutdown` resolves, then finishes the batch in hand,
-/// checkpoints and returns.
+/// checkpoints and returns. `shutdown` is looked at before every batch, so a backlog of files is
+/// no reason to wait: what is left of it is taken up by the next run, from the checkpoint.
 pub async fn run(
     settings: &Settings,
     run: &RunSettings,
-    folder: &Path,
-    poll: std::time::Duration,
+    folder: &FolderSource,
     rules: Option<Arc<RuleSet>>,
     metrics: &Metrics,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<RunReport> {
+    tokio::pin!(shutdown);
+    let mut stopping = false;
     let mut report = RunReport::default();
     let latencies = Latencies::default();
+    anyhow::ensure!(
+        std::fs::metadata(&folder.path).is_ok_and(|m| m.is_dir()),
+        "source.folder {}: not a folder",
+        Escaped(&folder.path.display().to_string())
+    );
     let mut engine = Engine::new(settings, rules);
     let checkpoints = run
         .checkpoint_url
@@ -291,92 +329,136 @@ pub async fn run(
     let fetcher = Fetcher::new(run.fetch.clone());
     let mut output = Output::open(run).await?;
     metrics.set_ready(true);
-    tokio::pin!(shutdown);
-    let mut stopping = false;
     let mut last_checkpoint = Instant::now();
     let mut last_input = Instant::now();
     let mut idle_done = false;
     let mut dirty = false;
+    // Paths the listing cannot take, reported once each for as long as they stay so.
+    let mut unlisted_reported: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut retrying: HashMap<String, Attempts> = HashMap::new();
 
-    while !stopping {
-        let (listed, pending) = list_folder(folder, &files_done, run.batch_max_messages)?;
-        // The folder's backlog is its lag: files waiting beyond this batch.
-        metrics
-            .consumer_lag
-            .with_label_values(&["folder"])
-            .set((pending - listed.len()) as i64);
-        if listed.is_empty() {
-            tokio::select! {
-                _ = &mut shutdown => stopping = true,
-                _ = tokio::time::sleep(poll) => {}
-            }
+    loop {
+        if !stopping && shutdown.as_mut().now_or_never().is_some() {
+            stopping = true;
         }
-        // Each file its own position, so that a file to retry holds back only itself.
-        let batch: Vec<Notification> = listed
-            .into_iter()
-            .enumerate()
-            .map(|(i, key)| Notification {
-                topic: String::new(),
-                partition: 0,
-                offset: i as i64,
-                key: None,
-                payload: Vec::new(),
-                direct: Some(ObjectRef {
-                    bucket: String::new(),
-                    key,
-                }),
-            })
-            .collect();
-
         let mut anomalies = Vec::new();
         let mut dead = Vec::new();
-        if !batch.is_empty() {
-            last_input = Instant::now();
-            idle_done = false;
-            let mut decoded = decode_batch(
-                &mut engine.pool,
-                &fetcher,
-                &batch,
-                &mut report,
-                metrics,
-                &latencies,
-            )
-            .await;
-            let (engine_back, found) = tokio::task::spawn_blocking(move || {
-                let found = engine.detect(&mut decoded.files);
-                (engine, (found, decoded.dead, decoded.retry))
-            })
-            .await
-            .expect("detection does not panic");
-            engine = engine_back;
-            let (found, batch_dead, retry) = found;
-            anomalies = found;
-            dead = batch_dead;
-            for n in &batch {
-                if let Some(obj) = &n.direct {
-                    if !retry.contains(&n.position()) {
-                        files_done.insert(obj.key.clone());
-                    }
+        if !stopping {
+            let listing = list_folder(&folder.path, &files_done, &retrying, run.batch_max_messages);
+            unlisted_reported.retain(|p| listing.unlisted.iter().any(|u| &u.path == p));
+            for problem in listing.unlisted {
+                if unlisted_reported.insert(problem.path.clone()) {
+                    dead.push(unlisted_dead_letter(&folder.path, &problem));
                 }
             }
-            if !retry.is_empty() {
-                report.retries += retry.len() as u64;
-                tokio::time::sleep(run.retry_pause).await;
+            // The folder's backlog is its lag: files waiting beyond this batch.
+            metrics
+                .consumer_lag
+                .with_label_values(&["folder"])
+                .set((listing.pending - listing.files.len()) as i64);
+            if listing.files.is_empty() && dead.is_empty() {
+                tokio::select! {
+                    _ = &mut shutdown => stopping = true,
+                    _ = tokio::time::sleep(folder.poll) => {}
+                }
             }
-            dirty = true;
-        } else if !idle_done && last_input.elapsed() >= settings.engine.idle_after {
-            // Caught up: what waits for later events is judged now.
-            idle_done = true;
-            let now = chrono::Utc::now().timestamp();
-            let (engine_back, found) = tokio::task::spawn_blocking(move || {
-                let found = engine.idle(now);
-                (engine, found)
-            })
-            .await
-            .expect("detection does not panic");
-            engine = engine_back;
-            anomalies = found;
-            dirty = true;
+            // Each file its own position, so that a file to retry holds back only itself.
+            let batch: Vec<Notification> = listing
+                .files
+                .into_iter()
+                .enumerate()
+                .map(|(i, key)| Notification {
+                    topic: String::new(),
+                    partition: 0,
+                    offset: i as i64,
+                    key: None,
+                    payload: Vec::new(),
+                    direct: Some(ObjectRef {
+                        bucket: String::new(),
+                        key,
+                    }),
+                })
+                .collect();
+
+            if !batch.is_empty() {
+                last_input = Instant::now();
+                idle_done = false;
+                let mut decoded = decode_batch(
+                    &mut engine.pool,
+                    &fetcher,
+                    &batch,
+                    &mut report,
+                    metrics,
+                    &latencies,
+                )
+                .await;
+                let retry_errors = std::mem::take(&mut decoded.retry_errors);
+                let (engine_back, found) = tokio::task::spawn_blocking(move || {
+                    let found = engine.detect(&mut decoded.files);
+                    (engine, (found, decoded.dead, decoded.retry))
+                })
+                .await
+                .expect("detection does not panic");
+                engine = engine_back;
+                let (found, batch_dead, retry) = found;
+                anomalies = found;
+                dead.extend(batch_dead);
+                for n in &batch {
+                    if let Some(obj) = &n.direct {
+                        if !retry.contains(&n.position()) {
+                            retrying.remove(&obj.key);
+                            files_done.insert(obj.key.clone());
+                        }
+                    }
+                }
+                report.retries += retry.len() as u64;
+                let now = Instant::now();
+                for (i, error) in retry_errors {
+                    let Some(obj) = &batch[i].direct else { continue };
+                    let attempts = retrying.entry(obj.key.clone()).or_insert(Attempts {
+                        failures: 0,
+                        next: now,
+                    });
+                    attempts.failures += 1;
+                    if attempts.failures >= folder.max_attempts {
+                        // Tried enough: a file that cannot be read is input that cannot be used.
+                        tracing::warn!(file = %Escaped(&obj.key), reason = error.reason(), attempts = attempts.failures, "giving up on a file: {}", Escaped(&error.to_string()));
+                        dead.push((
+                            None,
+                            DeadLetter {
+                                reason: error.reason().to_owned(),
+                                detail: format!("{error} (gave up after {} attempts)", attempts.failures),
+                                source: DeadLetterSource {
+                                    topic: String::new(),
+                                    partition: 0,
+                                    offset: i as i64,
+                                },
+                                object: Some(obj.key.clone()),
+                                payload: String::new(),
+                            },
+                        ));
+                        retrying.remove(&obj.key);
+                        files_done.insert(obj.key.clone());
+                    } else {
+                        attempts.next =
+                            now + backoff(run.retry_pause, run.fetch.max_backoff, attempts.failures);
+                    }
+                }
+                dirty = true;
+            } else if !idle_done && last_input.elapsed() >= settings.engine.idle_after {
+                // Caught up: what waits for later events is judged now.
+                idle_done = true;
+                let now = chrono::Utc::now().timestamp();
+                let (engine_back, found) = tokio::task::spawn_blocking(move || {
+                    let found = engine.idle(now);
+                    (engine, found)
+                })
+                .await
+                .expect("detection does not panic");
+                engine = engine_back;
+                anomalies = found;
+                dirty = true;
+            }
         }
         if !anomalies.is_empty() || !dead.is_empty() {
             output.deliver(&anomalies, &dead).await?;
@@ -415,28 +497,91 @@ pub async fn run(
             last_checkpoint = Instant::now();
             dirty = false;
         }
+        if stopping {
+            break;
+        }
     }
+    tracing::info!(
+        files_done = files_done.len(),
+        "stopped: the batch in hand finished and checkpointed"
+    );
     tracing::info!(file = %latencies.file(), event_lag = %latencies.lag(), "latency at shutdown");
     Ok(report)
 }
 
-/// Log files under `dir` not yet processed, oldest delivery first, at most `max`; and how many
-/// are waiting in all.
-fn list_folder(dir: &Path, done: &BTreeSet<String>, max: usize) -> anyhow::Result<(Vec<String>, usize)> {
-    let (files, _) = crate::replay::list_inputs(&[dir.to_owned()])?;
-    let mut pending: Vec<String> = files
-        .into_iter()
-        .filter_map(|f| {
-            f.path
-                .strip_prefix(dir)
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned())
-        })
-        .filter(|k| !done.contains(k))
-        .collect();
-    let total = pending.len();
-    pending.truncate(max);
-    Ok((pending, total))
+/// What one look at the folder found.
+struct FolderListing {
+    /// Files to process now, oldest delivery first.
+    files: Vec<String>,
+    /// Files not yet processed, including those waiting to be tried again.
+    pending: usize,
+    /// Paths that cannot be listed or read: symlink loops, dangling links, FIFOs.
+    unlisted: Vec<ListProblem>,
+}
+
+/// Log files under `dir` not yet processed and not waiting to be tried again, oldest delivery
+/// first, at most `max`. A folder that cannot be listed at all (gone for a while, say) holds no
+/// files for now: the service goes on, and looks again at the next poll.
+fn list_folder(
+    dir: &Path,
+    done: &BTreeSet<String>,
+    retrying: &HashMap<String, Attempts>,
+    max: usize,
+) -> FolderListing {
+    let listing = match scan_inputs(&[dir.to_owned()]) {
+        Ok(listing) => listing,
+        Err(e) => {
+            tracing::warn!(folder = %Escaped(&dir.display().to_string()), "cannot list the watched folder: {}", Escaped(&e.to_string()));
+            Listing::default()
+        }
+    };
+    let now = Instant::now();
+    let mut pending = 0;
+    let mut files = Vec::new();
+    for file in listing.files {
+        let Some(key) = file
+            .path
+            .strip_prefix(dir)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+        else {
+            continue;
+        };
+        if done.contains(&key) {
+            continue;
+        }
+        pending += 1;
+        let waiting = retrying.get(&key).is_some_and(|a| a.next > now);
+        if !waiting && files.len() < max {
+            files.push(key);
+        }
+    }
+    FolderListing {
+        files,
+        pending,
+        unlisted: listing.problems,
+    }
+}
+
+/// The dead letter of a path the listing could not take, named relative to the folder; logged.
+fn unlisted_dead_letter(dir: &Path, problem: &ListProblem) -> KeyedDeadLetter {
+    let path = problem.path.strip_prefix(dir).unwrap_or(&problem.path);
+    let path = path.display().to_string();
+    tracing::warn!(path = %Escaped(&path), reason = problem.reason.as_str(), "not processed: {}", Escaped(&problem.detail));
+    (
+        None,
+        DeadLetter {
+            reason: problem.reason.as_str().to_owned(),
+            detail: problem.detail.clone(),
+            source: DeadLetterSource {
+                topic: String::new(),
+                partition: 0,
+                offset: 0,
+            },
+            object: Some(path),
+            payload: String::new(),
+        },
+    )
 }
 
 #[cfg(test)]
@@ -450,6 +595,16 @@ mod tests {
         );
         let raw: crate::record::RawRecord = serde_json::from_str(&record).unwrap();
         Event::from_record(&raw, &record, &Arc::from("test")).unwrap()
+    }
+
+    #[test]
+    fn waits_between_reads_of_a_failing_file_double_up_to_the_longest() {
+        let ms = Duration::from_millis;
+        let waits: Vec<Duration> = (1..=6).map(|n| backoff(ms(100), ms(1000), n)).collect();
+        assert_eq!(waits, [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]);
+        // A pause longer than the longest wait is still waited.
+        assert_eq!(backoff(ms(5000), ms(1000), 3), ms(5000));
+        assert_eq!(backoff(ms(100), ms(1000), u32::MAX), ms(1000));
     }
 
     fn duplicates_after_restore(checkpoint: &str) -> u64 {

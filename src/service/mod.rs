@@ -31,7 +31,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
 use crate::run::{RunReport, RunSettings};
-use crate::sink::{client_config, ClientKind};
+use crate::sink::{check_options, client_config, create_client, ClientKind};
 
 /// Which stages a `run` process takes part in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,9 +73,11 @@ pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> any
 /// run if it exists with another count (re-keying would split principals' state).
 async fn ensure_events_topic(settings: &Settings, run: &RunSettings) -> anyhow::Result<()> {
     let kafka = &run.kafka;
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka, ClientKind::Admin, &[])
-        .create()
-        .context("creating the Kafka admin client")?;
+    let admin: AdminClient<DefaultClientContext> = create_client(
+        &client_config(kafka, ClientKind::Admin, &[]),
+        kafka,
+        "the Kafka admin client",
+    )?;
     let want = settings.engine.partitions;
     let topic = &kafka.events_topic;
     // Created first, not looked up first: a metadata request for a missing topic makes some
@@ -124,7 +126,21 @@ pub async fn run_kafka(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<RunReport> {
     let role = run.role;
-    ensure_events_topic(&settings, &run).await?;
+    check_options(&run.kafka)?;
+    tokio::pin!(shutdown);
+    // Start-up waits on the brokers for as long as they take to answer (or not): a stop asked
+    // meanwhile ends it, with nothing consumed yet and nothing to checkpoint.
+    let ensuring = tokio::spawn({
+        let (settings, run) = (settings.clone(), run.clone());
+        async move { ensure_events_topic(&settings, &run).await }
+    });
+    tokio::select! {
+        ensured = ensuring => ensured.context("checking the events topic")??,
+        _ = &mut shutdown => {
+            tracing::info!("stopped while starting: nothing consumed yet");
+            return Ok(RunReport::default());
+        }
+    }
     let mut report = RunReport::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_detect = Arc::new(AtomicBool::new(false));
@@ -154,7 +170,6 @@ pub async fn run_kafka(
             decode::run(&settings, &run, rules.clone(), &metrics, stop_rx, &mut report).await
         };
         tokio::pin!(decoding);
-        tokio::pin!(shutdown);
         let mut decode_result = None;
         let mut detect_result = None;
         loop {
