@@ -282,9 +282,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         seed: options.seed,
                         days: options.days,
                         principals: options.principals,
-                        events_per_day: options.events_per_day,
+                        events_per_day: f64::from(options.events_per_day),
                         start: options.start,
                         rule_share: args.rule_share,
+                        file_span: 300,
                     })?
                 }
                 other => anyhow::bail!("--shape: \"classic\" or \"realistic\", got {other:?}"),

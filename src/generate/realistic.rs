@@ -47,11 +47,15 @@ pub struct RealisticOptions {
     pub days: u32,
     pub principals: u32,
     /// Mean events per principal per day, over all principals and days.
-    pub events_per_day: u32,
+    pub events_per_day: f64,
     /// Unix seconds of the first day's midnight (UTC).
     pub start: i64,
     /// Share of records (0 to 1) that a shipped single-event rule matches.
     pub rule_share: f64,
+    /// Event time one log file covers per account and region: CloudTrail's five minutes by
+    /// default. Benchmarks take longer spans, so that a file holds as many records as a busy
+    /// organisation's five minutes would and opening files does not hide the work on records.
+    pub file_span: i64,
 }
 
 impl Default for RealisticOptions {
@@ -61,16 +65,16 @@ impl Default for RealisticOptions {
             seed: 1,
             days: 30,
             principals: 5_000,
-            events_per_day: 7,
+            events_per_day: 7.0,
             // 2026-03-02T00:00:00Z, a Monday.
             start: 1_772_409_600,
             rule_share: 0.001,
+            file_span: 300,
         }
     }
 }
 
 const DAY: i64 = 86_400;
-const SLOT: i64 = 300;
 const ACCOUNTS: [&str; 2] = ["111122223333", "444455556666"];
 const REGIONS: [&str; 4] = ["us-east-1", "eu-west-1", "us-west-2", "ap-southeast-2"];
 
@@ -802,7 +806,7 @@ fn build_principals(
         .map(|_| 1.0 / rng.gen_range(0.01f64..1.0).powf(0.85))
         .collect();
     let sum: f64 = weights.iter().sum();
-    let total = f64::from(options.principals) * f64::from(options.days) * f64::from(options.events_per_day);
+    let total = f64::from(options.principals) * f64::from(options.days) * options.events_per_day;
     let mut principals = Vec::with_capacity(n);
     for (i, weight) in weights.into_iter().enumerate() {
         let account = ACCOUNTS[i % ACCOUNTS.len()];
@@ -1450,7 +1454,8 @@ pub fn generate_realistic(options: &RealisticOptions) -> std::io::Result<Generat
             },
             _ => "us-east-1",
         };
-        let mut slot = plan.time.div_euclid(SLOT);
+        let span = options.file_span.max(1);
+        let mut slot = plan.time.div_euclid(span);
         if rng.gen_bool(0.02) {
             slot += 1;
         }
@@ -1465,7 +1470,7 @@ pub fn generate_realistic(options: &RealisticOptions) -> std::io::Result<Generat
     let mut named = Vec::with_capacity(files.len());
     let mut digests = std::collections::BTreeSet::new();
     for ((slot, account, region), indices) in files {
-        let delivered = (slot + 1) * SLOT + rng.gen_range(0..180);
+        let delivered = (slot + 1) * options.file_span.max(1) + rng.gen_range(0..180);
         let stamp = chrono::DateTime::from_timestamp(delivered, 0).unwrap_or_default();
         let dir = options.out.join(format!(
             "AWSLogs/{account}/CloudTrail/{region}/{}",
