@@ -397,9 +397,16 @@ fn run_peer(dir: &Path, threads: usize) -> (usize, u64, f64) {
     )
 }
 
+/// Median (of the two middle values for an even count), lowest and highest.
 fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
-    (values[values.len() / 2], values[0], values[values.len() - 1])
+    let n = values.len();
+    let median = if n.is_multiple_of(2) {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    } else {
+        values[n / 2]
+    };
+    (median, values[0], values[n - 1])
 }
 
 fn main() {
