@@ -1587,6 +1587,78 @@ mod tests {
         assert!(services.len() >= 40, "{} services", services.len());
     }
 
+    fn small(out: &Path, rule_share: f64) -> RealisticOptions {
+        RealisticOptions {
+            out: out.to_owned(),
+            principals: 60,
+            days: 3,
+            events_per_day: 20.0,
+            rule_share,
+            file_span: 3_600,
+            ..RealisticOptions::default()
+        }
+    }
+
+    fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                (
+                    e.path().strip_prefix(dir).unwrap().to_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Rule matches and anomalies of a replay of `dir` with the shipped rules.
+    fn replayed(dir: &Path) -> (u64, u64) {
+        let (inputs, _) = crate::replay::list_inputs(&[dir.join("AWSLogs")]).unwrap();
+        let rules = std::sync::Arc::new(crate::rules::RuleSet::builtin().unwrap());
+        let summary = crate::replay::replay(
+            inputs,
+            &crate::config::Settings::default(),
+            Some(rules),
+            &mut std::io::sink(),
+            &|_| {},
+        )
+        .unwrap();
+        (summary.rule_matches.values().sum(), summary.records)
+    }
+
+    #[test]
+    fn the_same_options_give_the_same_bytes() {
+        let temp = tempfile::tempdir().unwrap();
+        let (a, b) = (temp.path().join("a"), temp.path().join("b"));
+        let report = generate_realistic(&small(&a, 0.05)).unwrap();
+        generate_realistic(&small(&b, 0.05)).unwrap();
+        assert!(report.records > 1000, "{report:?}");
+        assert_eq!(files(&a), files(&b));
+    }
+
+    #[test]
+    fn no_shipped_rule_matches_a_quiet_trail_and_a_storm_matches_as_asked() {
+        let temp = tempfile::tempdir().unwrap();
+        let (quiet, storm) = (temp.path().join("quiet"), temp.path().join("storm"));
+        generate_realistic(&small(&quiet, 0.0)).unwrap();
+        let report = generate_realistic(&small(&storm, 0.2)).unwrap();
+        let (matches, records) = replayed(&quiet);
+        assert_eq!(
+            matches, 0,
+            "rule matches in a trail of {records} records meant to have none"
+        );
+        let asked = report.incidents.get("rule_match").copied().unwrap_or(0) as u64;
+        let (matches, records) = replayed(&storm);
+        assert!(asked > records / 10, "{asked} matching records of {records}");
+        // Repeats of one rule and principal within the dedup window fold into one anomaly.
+        assert!(
+            matches > asked / 4 && matches <= asked,
+            "{matches} rule matches for {asked} matching records"
+        );
+    }
+
     #[test]
     fn sorted_writing_sorts_every_level_and_escapes_strings() {
         let value = obj! {"b" => obj! {"z" => J::Int(1), "a" => s("x\"y\n")}, "a" => J::Null};
