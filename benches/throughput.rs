@@ -1,58 +1,171 @@
-//! Throughput, side by side in one run: the floor (inflate and typed parsing of the records and
-//! nothing else) on one core and on all cores, rule evaluation and the decoding stage alone on one
-//! core, and the full replay with every detector and the shipped rules, with and without the
-//! rules; then, in a child process, memory per principal.
+//! Throughput, side by side in one run, on two trails.
 //!
-//! `cargo bench --bench throughput -- [--records N] [--runs N] [--trail DIR] [--skip-memory]`
+//! The realistic trail (`generate --shape realistic`: production record shapes, thousands of
+//! principals over 30 days) in three variants from the same seed: as generated (a few rule
+//! matches), with no record a shipped rule matches ("quiet"), and with a large share that do
+//! (an alert storm). Each round runs, in turn: the floor, the full replay with the shipped rules,
+//! the replay without rules, the quiet and storm replays, and the Python peer
+//! (`benches/peer.py`) in its first rounds. Then the classic trail (`generate`'s default shape):
+//! floor, full replay, replay without rules. Then, in a child process, memory per principal.
 //!
-//! The trail is generated once (or read from `--trail`); every measurement reads the same files,
-//! which the first pass leaves in the page cache. Figures are medians of `--runs` runs; the
-//! all-core floor and the replays are interleaved run by run, and their ratios are medians of
-//! per-run ratios.
+//! The floor is the limit, written apart from the engine: libdeflate inflates each file whole,
+//! sonic-rs parses the records typed and borrowed into the fields the engine reads, on every core.
+//!
+//! `cargo bench --bench throughput -- [--runs N] [--skip-memory]`, sized by the environment:
+//! `TRAILWATCH_BENCH_RECORDS` (realistic trail, default 400000), `TRAILWATCH_BENCH_STORM_RECORDS`
+//! (quiet and storm trails, default 200000), `TRAILWATCH_BENCH_STORM_SHARE` (default 0.136),
+//! `TRAILWATCH_BENCH_CLASSIC_RECORDS` (default 300000), `TRAILWATCH_BENCH_PEER_RUNS` (default 2),
+//! `TRAILWATCH_BENCH_DIR` (keep the trails there and reuse them; default a temporary folder).
+//!
+//! Every measurement reads the same files, which the first pass leaves in the page cache. Ratios
+//! are medians of per-round ratios, printed with the lowest and highest.
 
-use std::path::PathBuf;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use trailwatch::config::Settings;
-use trailwatch::decode::{DecodeLimits, Decoder};
 use trailwatch::detect::Detector;
 use trailwatch::event::Event;
+use trailwatch::generate::realistic::{generate_realistic, RealisticOptions};
 use trailwatch::generate::{generate, GenerateOptions};
-use trailwatch::gunzip::Gunzip;
 use trailwatch::principal::Principal;
-use trailwatch::record::RawRecord;
 use trailwatch::replay::{list_inputs, replay, InputFile};
-use trailwatch::rules::{GateMemo, RecordView, RuleSet};
+use trailwatch::rules::RuleSet;
 
 /// The allocator the `trailwatch` binary runs with, tuned as it is, so figures match it.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The floor's view of a log file: the fields the engine reads, borrowed where unescaped.
 #[derive(Deserialize)]
 struct FloorFile<'a> {
     #[serde(rename = "Records", borrow)]
-    records: Vec<RawRecord<'a>>,
+    records: Vec<FloorRecord<'a>>,
 }
 
 #[derive(Deserialize)]
-struct RawFile<'a> {
-    #[serde(rename = "Records", borrow)]
-    records: Vec<&'a serde_json::value::RawValue>,
+struct FloorRecord<'a> {
+    #[serde(rename = "eventTime", borrow, default)]
+    event_time: Option<Cow<'a, str>>,
+    #[serde(rename = "eventSource", borrow, default)]
+    event_source: Option<Cow<'a, str>>,
+    #[serde(rename = "eventName", borrow, default)]
+    event_name: Option<Cow<'a, str>>,
+    #[serde(rename = "eventType", borrow, default)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(rename = "eventID", borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(rename = "awsRegion", borrow, default)]
+    aws_region: Option<Cow<'a, str>>,
+    #[serde(rename = "sourceIPAddress", borrow, default)]
+    source_ip: Option<Cow<'a, str>>,
+    #[serde(rename = "userAgent", borrow, default)]
+    user_agent: Option<Cow<'a, str>>,
+    #[serde(rename = "errorCode", borrow, default)]
+    error_code: Option<Cow<'a, str>>,
+    #[serde(rename = "recipientAccountId", borrow, default)]
+    recipient_account_id: Option<Cow<'a, str>>,
+    #[serde(rename = "userIdentity", borrow, default)]
+    user_identity: Option<FloorIdentity<'a>>,
 }
 
-/// Inflates a file with the engine's own gzip reader (one per thread, reused, as the engine's):
-/// the floor and the engine inflate alike, so their ratio measures everything else.
-fn inflate(gunzip: &mut Gunzip, bytes: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        gunzip
-            .inflate(bytes, out, usize::MAX)
-            .expect("generated files inflate");
-    } else {
+#[derive(Deserialize)]
+struct FloorIdentity<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(rename = "principalId", borrow, default)]
+    principal_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arn: Option<Cow<'a, str>>,
+    #[serde(rename = "accountId", borrow, default)]
+    account_id: Option<Cow<'a, str>>,
+    #[serde(rename = "userName", borrow, default)]
+    user_name: Option<Cow<'a, str>>,
+    #[serde(rename = "invokedBy", borrow, default)]
+    invoked_by: Option<Cow<'a, str>>,
+    #[serde(rename = "sessionContext", borrow, default)]
+    session_context: Option<FloorSession<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FloorSession<'a> {
+    #[serde(rename = "sessionIssuer", borrow, default)]
+    session_issuer: Option<FloorIssuer<'a>>,
+    #[serde(rename = "sourceIdentity", borrow, default)]
+    source_identity: Option<Cow<'a, str>>,
+    #[serde(rename = "ec2RoleDelivery", borrow, default)]
+    ec2_role_delivery: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct FloorIssuer<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arn: Option<Cow<'a, str>>,
+    #[serde(rename = "userName", borrow, default)]
+    user_name: Option<Cow<'a, str>>,
+}
+
+impl FloorRecord<'_> {
+    /// Touches every field read, so that none is optimised away.
+    fn weight(&self) -> usize {
+        let len = |v: &Option<Cow<str>>| v.as_ref().map_or(0, |s| s.len());
+        let identity = self.user_identity.as_ref().map_or(0, |u| {
+            let session = u.session_context.as_ref().map_or(0, |c| {
+                let issuer = c
+                    .session_issuer
+                    .as_ref()
+                    .map_or(0, |i| len(&i.kind) + len(&i.arn) + len(&i.user_name));
+                issuer + len(&c.source_identity) + len(&c.ec2_role_delivery)
+            });
+            len(&u.kind)
+                + len(&u.principal_id)
+                + len(&u.arn)
+                + len(&u.account_id)
+                + len(&u.user_name)
+                + len(&u.invoked_by)
+                + session
+        });
+        len(&self.event_time)
+            + len(&self.event_source)
+            + len(&self.event_name)
+            + len(&self.event_type)
+            + len(&self.event_id)
+            + len(&self.aws_region)
+            + len(&self.source_ip)
+            + len(&self.user_agent)
+            + len(&self.error_code)
+            + len(&self.recipient_account_id)
+            + identity
+    }
+}
+
+/// Inflates a gzip file whole with libdeflate into `out`, sized from the trailer's length.
+fn inflate(decompressor: &mut libdeflater::Decompressor, bytes: &[u8], out: &mut Vec<u8>) -> bool {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        out.clear();
         out.extend_from_slice(bytes);
+        return true;
+    }
+    let claimed = bytes.len().checked_sub(4).map_or(0, |at| {
+        u32::from_le_bytes(bytes[at..].try_into().unwrap_or_default()) as usize
+    });
+    let mut room = claimed.max(1024);
+    loop {
+        out.resize(room, 0);
+        match decompressor.gzip_decompress(bytes, out) {
+            Ok(n) => {
+                out.truncate(n);
+                return true;
+            }
+            Err(libdeflater::DecompressionError::InsufficientSpace) if room < 1 << 30 => room *= 2,
+            Err(_) => return false,
+        }
     }
 }
 
@@ -60,23 +173,29 @@ fn inflate(gunzip: &mut Gunzip, bytes: &[u8], out: &mut Vec<u8>) {
 fn floor(files: &[InputFile], threads: usize) -> usize {
     let next = AtomicUsize::new(0);
     let total = AtomicUsize::new(0);
+    let checksum = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 let mut buf = Vec::new();
-                let mut gunzip = Gunzip::default();
-                let mut n = 0;
+                let mut decompressor = libdeflater::Decompressor::new();
+                let (mut n, mut sum) = (0, 0);
                 while let Some(file) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let bytes = std::fs::read(&file.path).expect("readable");
-                    inflate(&mut gunzip, &bytes, &mut buf);
-                    if let Ok(f) = serde_json::from_slice::<FloorFile>(&buf) {
+                    if !inflate(&mut decompressor, &bytes, &mut buf) {
+                        continue;
+                    }
+                    if let Ok(f) = sonic_rs::from_slice::<FloorFile>(&buf) {
                         n += f.records.len();
+                        sum += f.records.iter().map(FloorRecord::weight).sum::<usize>();
                     }
                 }
                 total.fetch_add(n, Ordering::Relaxed);
+                checksum.fetch_add(sum, Ordering::Relaxed);
             });
         }
     });
+    std::hint::black_box(checksum.into_inner());
     total.into_inner()
 }
 
@@ -96,23 +215,6 @@ fn process_cpu() -> Duration {
 fn median(mut runs: Vec<Duration>) -> Duration {
     runs.sort();
     runs[runs.len() / 2]
-}
-
-fn measure(label: &str, runs: usize, mut f: impl FnMut() -> usize) -> (f64, usize) {
-    let mut times = Vec::new();
-    let mut records = 0;
-    for _ in 0..runs {
-        let start = Instant::now();
-        records = f();
-        times.push(start.elapsed());
-    }
-    let m = median(times);
-    let rate = records as f64 / m.as_secs_f64();
-    println!(
-        "{label:<34} {rate:>12.0} records/s   (median {:.3}s of {runs}, {records} records)",
-        m.as_secs_f64()
-    );
-    (rate, records)
 }
 
 fn peak_rss_kib() -> u64 {
@@ -178,6 +280,135 @@ fn memory_per_principal(principals: usize) -> (f64, u64) {
     )
 }
 
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A realistic trail of about `records` records under `dir` (reused when already there).
+fn realistic_trail(dir: &Path, records: u64, rule_share: f64) -> PathBuf {
+    let out = dir.join(format!("realistic-{records}-{rule_share}-1h"));
+    if !out.join("labels.jsonl").exists() {
+        let defaults = RealisticOptions::default();
+        let options = RealisticOptions {
+            out: out.clone(),
+            events_per_day: records as f64 / f64::from(defaults.principals) / f64::from(defaults.days),
+            rule_share,
+            file_span: 3_600,
+            ..defaults
+        };
+        let started = Instant::now();
+        let report = generate_realistic(&options).expect("the trail is written");
+        eprintln!(
+            "generated a realistic trail (rule share {rule_share}): {} records in {} files in {:.1}s",
+            report.records,
+            report.files,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    out
+}
+
+fn classic_trail(dir: &Path, records: u32) -> PathBuf {
+    let out = dir.join(format!("classic-{records}"));
+    if !out.join("labels.jsonl").exists() {
+        // About 0.9 records per principal-day-event: see the generator's rhythms.
+        let options = GenerateOptions {
+            out: out.clone(),
+            principals: (records / (14 * 270)).max(8),
+            events_per_day: 270,
+            ..GenerateOptions::default()
+        };
+        let report = generate(&options).expect("the trail is written");
+        eprintln!(
+            "generated the classic trail: {} records in {} files",
+            report.records, report.files
+        );
+    }
+    out
+}
+
+/// A trail's log files, with a line about their size.
+fn trail_files(name: &str, dir: &Path) -> Vec<InputFile> {
+    let (files, _) = list_inputs(&[dir.join("AWSLogs")]).expect("the trail lists");
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(&f.path).map_or(0, |m| m.len()))
+        .sum();
+    println!(
+        "{name}: {} files, {:.1} MiB compressed",
+        files.len(),
+        bytes as f64 / 1048576.0
+    );
+    files
+}
+
+/// What one replay found: records read and anomalies emitted.
+fn replay_files(files: &[InputFile], settings: &Settings, rules: Option<Arc<RuleSet>>) -> (usize, u64) {
+    let mut sink = std::io::sink();
+    let summary = replay(files.to_vec(), settings, rules, &mut sink, &|_| {}).expect("replay runs");
+    (summary.records as usize, summary.anomalies.values().sum())
+}
+
+/// The Python peer, or why it cannot run.
+fn peer_command() -> Result<std::process::Command, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer.py");
+    match std::process::Command::new("python3")
+        .args(["-c", "import orjson"])
+        .output()
+    {
+        Err(e) => Err(format!("python3 cannot be started: {e}")),
+        Ok(out) if !out.status.success() => Err("python3 has no orjson module".into()),
+        Ok(_) => {
+            let mut command = std::process::Command::new("python3");
+            command.arg(script);
+            Ok(command)
+        }
+    }
+}
+
+/// Runs the peer over `dir` on `threads` processes; returns its records, anomalies and seconds.
+fn run_peer(dir: &Path, threads: usize) -> (usize, u64, f64) {
+    let mut command = peer_command().expect("the peer was found runnable");
+    let out = command
+        .args(["--workers", &threads.to_string()])
+        .arg(dir)
+        .output()
+        .expect("the peer runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the peer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| {
+        text.split_whitespace()
+            .skip_while(|w| *w != name)
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (
+        field("records").parse().expect("the peer's record count"),
+        field("anomalies").parse().expect("the peer's anomaly count"),
+        field("seconds").parse().expect("the peer's seconds"),
+    )
+}
+
+/// Median (of the two middle values for an even count), lowest and highest.
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n.is_multiple_of(2) {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    } else {
+        values[n / 2]
+    };
+    (median, values[0], values[n - 1])
+}
+
 fn main() {
     trailwatch::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
@@ -187,8 +418,10 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let records: u32 = arg("--records").map_or(1_000_000, |v| v.parse().expect("--records N"));
-    let runs: usize = arg("--runs").map_or(5, |v| v.parse().expect("--runs N"));
+    let runs: usize = arg("--runs").map_or_else(
+        || env_or("TRAILWATCH_BENCH_RUNS", 5),
+        |v| v.parse().expect("--runs N"),
+    );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     // Memory in a child process of its own, so that its peak RSS is the baselines' alone and the
@@ -203,7 +436,215 @@ fn main() {
         }
         return;
     }
+
+    let temp = tempfile::tempdir().expect("a temporary folder");
+    let dir = std::env::var_os("TRAILWATCH_BENCH_DIR").map_or_else(|| temp.path().to_owned(), PathBuf::from);
+    let records: u64 = env_or("TRAILWATCH_BENCH_RECORDS", 400_000);
+    let storm_records: u64 = env_or("TRAILWATCH_BENCH_STORM_RECORDS", 200_000);
+    let storm_share: f64 = env_or("TRAILWATCH_BENCH_STORM_SHARE", 0.136);
+    let classic_records: u32 = env_or("TRAILWATCH_BENCH_CLASSIC_RECORDS", 300_000);
+    let peer_runs: usize = env_or("TRAILWATCH_BENCH_PEER_RUNS", 2);
+
+    let realistic_dir = realistic_trail(&dir, records, RealisticOptions::default().rule_share);
+    let quiet_dir = realistic_trail(&dir, storm_records, 0.0);
+    let storm_dir = realistic_trail(&dir, storm_records, storm_share);
+    let classic_dir = classic_trail(&dir, classic_records);
+
+    println!("machine: {threads} cores; {runs} rounds");
+    let realistic = trail_files("realistic trail", &realistic_dir);
+    let quiet = trail_files("quiet trail (no rule matches)", &quiet_dir);
+    let storm = trail_files(
+        &format!("storm trail ({storm_share} of records match rules)"),
+        &storm_dir,
+    );
+    let classic = trail_files("classic trail", &classic_dir);
+
+    let peer = peer_command();
+    if let Err(why) = &peer {
+        println!("python peer skipped: {why}");
+    }
+
+    let rules = Arc::new(RuleSet::builtin().expect("the shipped rules load"));
+    let settings = Settings::default();
+    let n = floor(&realistic, threads);
+
+    // One round: floor, full, without rules, quiet, storm, and the peer in the first rounds.
+    let mut rounds: Vec<Round> = Vec::new();
+    let (mut quiet_anomalies, mut storm_anomalies, mut full_anomalies) = (0, 0, 0);
+    let mut peer_anomalies = 0;
+    for round in 0..runs {
+        let mut times = Vec::new();
+        let mut timed = |f: &mut dyn FnMut() -> usize, expect: Option<usize>| {
+            let (start, cpu) = (Instant::now(), process_cpu());
+            let got = f();
+            if let Some(expect) = expect {
+                assert_eq!(got, expect, "every measurement reads every record");
+            }
+            times.push((start.elapsed(), process_cpu().saturating_sub(cpu)));
+        };
+        timed(&mut || floor(&realistic, threads), Some(n));
+        timed(
+            &mut || {
+                let (r, a) = replay_files(&realistic, &settings, Some(Arc::clone(&rules)));
+                full_anomalies = a;
+                r
+            },
+            Some(n),
+        );
+        timed(&mut || replay_files(&realistic, &settings, None).0, Some(n));
+        timed(
+            &mut || {
+                let (r, a) = replay_files(&quiet, &settings, Some(Arc::clone(&rules)));
+                quiet_anomalies = a;
+                r
+            },
+            None,
+        );
+        timed(
+            &mut || {
+                let (r, a) = replay_files(&storm, &settings, Some(Arc::clone(&rules)));
+                storm_anomalies = a;
+                r
+            },
+            None,
+        );
+        let mut peer_seconds = None;
+        if peer.is_ok() && round < peer_runs {
+            let (r, a, seconds) = run_peer(&realistic_dir, threads);
+            assert_eq!(r, n, "the peer reads every record");
+            peer_anomalies = a;
+            peer_seconds = Some(seconds);
+        }
+        rounds.push(Round { times, peer_seconds });
+    }
+
+    let wall = |i: usize| median(rounds.iter().map(|r| r.times[i].0).collect());
+    let cpu = |i: usize| median(rounds.iter().map(|r| r.times[i].1).collect());
+    let labels = [
+        format!("floor, {threads} threads (libdeflate + sonic-rs)"),
+        "full replay, shipped rules".into(),
+        "replay without rules".into(),
+        "quiet trail, full replay".into(),
+        "storm trail, full replay".into(),
+    ];
+    let counts = [n, n, n, 0, 0];
+    println!();
+    println!("realistic trail, {n} records; medians of {runs} interleaved rounds:");
+    for (i, label) in labels.iter().enumerate() {
+        let rate = if counts[i] > 0 {
+            format!("{:>10.0} records/s", counts[i] as f64 / wall(i).as_secs_f64())
+        } else {
+            String::new()
+        };
+        println!(
+            "  {label:<44} {:>7.3}s  {rate}   CPU {:.2}s",
+            wall(i).as_secs_f64(),
+            cpu(i).as_secs_f64()
+        );
+    }
+    let ratio = |i: usize| {
+        spread(
+            rounds
+                .iter()
+                .map(|r| r.times[0].0.as_secs_f64() / r.times[i].0.as_secs_f64())
+                .collect(),
+        )
+    };
+    let cpu_ratio = |i: usize| {
+        spread(
+            rounds
+                .iter()
+                .map(|r| r.times[0].1.as_secs_f64() / r.times[i].1.as_secs_f64().max(1e-3))
+                .collect(),
+        )
+    };
+    for (i, name) in [(1, "full replay / floor"), (2, "without rules / floor")] {
+        let (m, lo, hi) = ratio(i);
+        let (cm, clo, chi) = cpu_ratio(i);
+        println!(
+            "  {name}: {m:.2} (per round {lo:.2} to {hi:.2}); by CPU time {cm:.2} ({clo:.2} to {chi:.2})"
+        );
+    }
+    println!("  anomalies: full replay {full_anomalies}; quiet {quiet_anomalies}; storm {storm_anomalies}");
+    let extra = storm_anomalies.saturating_sub(quiet_anomalies).max(1) as f64;
+    let per = |k: usize| {
+        spread(
+            rounds
+                .iter()
+                .map(|r| (r.times[4].k_secs(k) - r.times[3].k_secs(k)) / extra * 1e6)
+                .collect(),
+        )
+    };
+    let (m, lo, hi) = per(0);
+    let (cm, clo, chi) = per(1);
+    println!(
+        "  per emitted anomaly beyond the quiet run: {m:.1} µs wall (per round {lo:.1} to {hi:.1}); {cm:.1} µs CPU ({clo:.1} to {chi:.1})"
+    );
+    let peer_ratios: Vec<f64> = rounds
+        .iter()
+        .filter_map(|r| Some(r.peer_seconds? / r.times[1].0.as_secs_f64()))
+        .collect();
+    if !peer_ratios.is_empty() {
+        let seconds = rounds
+            .iter()
+            .filter_map(|r| r.peer_seconds)
+            .fold(f64::MAX, f64::min);
+        let (m, lo, hi) = spread(peer_ratios.clone());
+        println!(
+            "  python peer ({threads} processes, orjson): best {seconds:.2}s, {:.0} records/s, {peer_anomalies} anomalies",
+            n as f64 / seconds
+        );
+        println!(
+            "  full replay / python peer: {m:.1}× faster (per round {lo:.1} to {hi:.1}, {} rounds)",
+            peer_ratios.len()
+        );
+    }
+
+    // The classic trail: floor and the two replays, interleaved.
+    let c = floor(&classic, threads);
+    let mut classic_rounds = Vec::new();
+    for _ in 0..runs {
+        let mut times = Vec::new();
+        for job in 0..3 {
+            let (start, cpu) = (Instant::now(), process_cpu());
+            let got = match job {
+                0 => floor(&classic, threads),
+                1 => replay_files(&classic, &settings, Some(Arc::clone(&rules))).0,
+                _ => replay_files(&classic, &settings, None).0,
+            };
+            assert_eq!(got, c, "every measurement reads every record");
+            times.push((start.elapsed(), process_cpu().saturating_sub(cpu)));
+        }
+        classic_rounds.push(Round {
+            times,
+            peer_seconds: None,
+        });
+    }
+    println!();
+    println!("classic trail, {c} records; medians of {runs} interleaved rounds:");
+    for (i, label) in ["floor", "full replay, shipped rules", "replay without rules"]
+        .iter()
+        .enumerate()
+    {
+        let w = median(classic_rounds.iter().map(|r| r.times[i].0).collect());
+        println!(
+            "  {label:<44} {:>7.3}s  {:>10.0} records/s",
+            w.as_secs_f64(),
+            c as f64 / w.as_secs_f64()
+        );
+    }
+    for (i, name) in [(1, "full replay / floor"), (2, "without rules / floor")] {
+        let (m, lo, hi) = spread(
+            classic_rounds
+                .iter()
+                .map(|r| r.times[0].0.as_secs_f64() / r.times[i].0.as_secs_f64())
+                .collect(),
+        );
+        println!("  {name}: {m:.2} (per round {lo:.2} to {hi:.2})");
+    }
+
     if !args.iter().any(|a| a == "--skip-memory") {
+        println!();
         let exe = std::env::current_exe().expect("the benchmark's own path");
         let status = std::process::Command::new(exe)
             .arg("--memory-only")
@@ -211,256 +652,25 @@ fn main() {
             .expect("the memory measurement runs");
         assert!(status.success(), "the memory measurement failed");
     }
+}
 
-    let temp = tempfile::tempdir().expect("a temporary folder");
-    let trail = match arg("--trail") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let dir = temp.path().join("trail");
-            // About 0.9 records per principal-day-event: see the generator's rhythms.
-            let principals = (records / (14 * 270)).max(8);
-            let options = GenerateOptions {
-                out: dir.clone(),
-                principals,
-                events_per_day: 270,
-                ..GenerateOptions::default()
-            };
-            let started = Instant::now();
-            let report = generate(&options).expect("the trail is written");
-            eprintln!(
-                "generated {} records in {} files in {:.1}s",
-                report.records,
-                report.files,
-                started.elapsed().as_secs_f64()
-            );
-            dir
-        }
-    };
-    let (files, _) = list_inputs(&[trail.join("AWSLogs")]).expect("the trail lists");
-    let bytes: u64 = files
-        .iter()
-        .map(|f| std::fs::metadata(&f.path).map_or(0, |m| m.len()))
-        .sum();
-    println!(
-        "machine: {threads} cores; trail: {} files, {:.1} MiB compressed",
-        files.len(),
-        bytes as f64 / 1048576.0
-    );
+/// One round's (wall, CPU) time per measurement, and the peer's seconds where it ran.
+struct Round {
+    times: Vec<(Duration, Duration)>,
+    peer_seconds: Option<f64>,
+}
 
-    let n = floor(&files, 1);
+trait Seconds {
+    /// Wall (0) or CPU (1) seconds.
+    fn k_secs(&self, k: usize) -> f64;
+}
 
-    // Rule evaluation alone, on records already inflated and split.
-    let rules = Arc::new(RuleSet::builtin().expect("the shipped rules load"));
-    let mut texts = Vec::new();
-    let mut buf = Vec::new();
-    let mut gunzip = Gunzip::default();
-    for file in &files {
-        inflate(
-            &mut gunzip,
-            &std::fs::read(&file.path).expect("readable"),
-            &mut buf,
-        );
-        texts.push(String::from_utf8(buf.clone()).expect("UTF-8"));
-    }
-    let raws: Vec<&str> = texts
-        .iter()
-        .flat_map(|t| {
-            serde_json::from_str::<RawFile>(t)
-                .map(|f| f.records)
-                .unwrap_or_default()
-        })
-        .map(|r| r.get())
-        .collect();
-    let (rules_rate, _) = measure(
-        &format!("rule evaluation alone, 1 core ({} rules)", rules.len()),
-        runs,
-        || {
-            // With the gates' memory, as a decoding thread evaluates them.
-            let mut hits = Vec::new();
-            let mut memo = GateMemo::default();
-            for raw in &raws {
-                if let Some(view) = RecordView::new(raw) {
-                    rules.evaluate_with(&view, &mut memo, &mut hits);
-                    hits.clear();
-                }
-            }
-            raws.len()
-        },
-    );
-    drop(raws);
-    drop(texts);
-
-    // One core: the floor, the engine's decoding stage alone (read, inflate, index, build events,
-    // run the rules) and the whole replay with one worker, interleaved run by run.
-    let one_worker = Settings {
-        workers: std::num::NonZeroUsize::MIN,
-        ..Settings::default()
-    };
-    let one_core = interleaved(
-        runs,
-        n,
-        &mut [
-            &mut || floor(&files, 1),
-            &mut || {
-                let mut decoder = Decoder::with_rules(DecodeLimits::default(), Some(Arc::clone(&rules)));
-                let mut n = 0;
-                for file in &files {
-                    let bytes = std::fs::read(&file.path).expect("readable");
-                    let decoded = decoder.decode(&file.name, &bytes);
-                    n += decoded.events.len() + decoded.skipped.len();
-                }
-                n
-            },
-            &mut || {
-                let mut sink = std::io::sink();
-                let summary = replay(
-                    files.clone(),
-                    &one_worker,
-                    Some(Arc::clone(&rules)),
-                    &mut sink,
-                    &|_| {},
-                )
-                .expect("replay runs");
-                summary.records as usize
-            },
-        ],
-    );
-    let one_core_rates = one_core.report(
-        n,
-        &[
-            "floor, 1 core (inflate + parse)",
-            "decode + rules (engine's stage 1), 1 core",
-            "full replay, 1 core (workers = 1)",
-        ],
-    );
-    let floor_one = one_core_rates[0];
-
-    // The floor on every core and the two replays, interleaved run by run in the same way.
-    let settings = Settings::default();
-    let replay_files = |rules: Option<Arc<RuleSet>>| {
-        let mut sink = std::io::sink();
-        let summary = replay(files.clone(), &settings, rules, &mut sink, &|_| {}).expect("replay runs");
-        summary.records as usize
-    };
-    let all_cores = interleaved(
-        runs,
-        n,
-        &mut [
-            &mut || floor(&files, threads),
-            &mut || replay_files(Some(Arc::clone(&rules))),
-            &mut || replay_files(None),
-        ],
-    );
-    let floor_all = all_cores.report(
-        n,
-        &[
-            &format!("floor, {threads} cores"),
-            &format!("full replay, {threads} cores"),
-            &format!("replay without rules, {threads} cores"),
-        ],
-    )[0];
-
-    println!();
-    println!("records per run: {n}");
-    for (rounds, cores) in [(&one_core, 1), (&all_cores, threads)] {
-        let names: &[(usize, &str)] = if cores == 1 {
-            &[(1, "decode + rules"), (2, "full")]
+impl Seconds for (Duration, Duration) {
+    fn k_secs(&self, k: usize) -> f64 {
+        if k == 0 {
+            self.0.as_secs_f64()
         } else {
-            &[(1, "full"), (2, "replay without rules")]
-        };
-        for &(i, name) in names {
-            let (median, low, high) = rounds.ratio(i);
-            println!(
-                "{name} / floor ({cores} core{}): {median:.2} (median of per-run ratios, {low:.2} to {high:.2})",
-                if cores == 1 { "" } else { "s" }
-            );
+            self.1.as_secs_f64()
         }
-    }
-    let cpu = |i: usize| all_cores.cpu_per_million(i, n);
-    let (floor_cpu, full_cpu, no_rules_cpu) = (cpu(0), cpu(1), cpu(2));
-    println!(
-        "CPU-seconds per million records, {threads} cores: floor {floor_cpu:.2}, full {full_cpu:.2}, \
-         without rules {no_rules_cpu:.2}; floor / full {:.2}, floor / without rules {:.2}",
-        floor_cpu / full_cpu,
-        floor_cpu / no_rules_cpu
-    );
-    println!(
-        "CPU-seconds per million records, 1 core: floor {:.2}, full {:.2}",
-        one_core.cpu_per_million(0, n),
-        one_core.cpu_per_million(2, n)
-    );
-    println!(
-        "floor scaling, {threads} cores / 1 core: {:.2}",
-        floor_all / floor_one
-    );
-    println!(
-        "rule evaluation alone / floor (1 core): {:.2}",
-        rules_rate / floor_one
-    );
-}
-
-/// Wall and CPU times of measurements run in turn, round after round.
-struct Rounds {
-    /// Per round, each measurement's (wall, CPU) time.
-    times: Vec<Vec<(Duration, Duration)>>,
-}
-
-/// Runs every job once per round, for `runs` rounds, so that a slow stretch of a shared machine
-/// weighs on all of them alike. Every job must read all `n` records.
-fn interleaved(runs: usize, n: usize, jobs: &mut [&mut dyn FnMut() -> usize]) -> Rounds {
-    let times = (0..runs)
-        .map(|_| {
-            jobs.iter_mut()
-                .map(|job| {
-                    let (start, cpu_start) = (Instant::now(), process_cpu());
-                    assert_eq!(job(), n, "every measurement reads every record");
-                    // CPU time of every thread: unlike wall time, it does not count the moments
-                    // a busy neighbour holds a core.
-                    (start.elapsed(), process_cpu().saturating_sub(cpu_start))
-                })
-                .collect()
-        })
-        .collect();
-    Rounds { times }
-}
-
-impl Rounds {
-    fn wall(&self, i: usize) -> Vec<Duration> {
-        self.times.iter().map(|round| round[i].0).collect()
-    }
-
-    /// Prints each measurement's median rate under its label; returns the rates.
-    fn report(&self, n: usize, labels: &[&str]) -> Vec<f64> {
-        let runs = self.times.len();
-        labels
-            .iter()
-            .enumerate()
-            .map(|(i, label)| {
-                let m = median(self.wall(i));
-                let rate = n as f64 / m.as_secs_f64();
-                println!(
-                    "{label:<42} {rate:>10.0} records/s   (median {:.3}s of {runs}, interleaved)",
-                    m.as_secs_f64()
-                );
-                rate
-            })
-            .collect()
-    }
-
-    /// Median, lowest and highest of the per-round ratios of measurement 0's time to `i`'s.
-    fn ratio(&self, i: usize) -> (f64, f64, f64) {
-        let mut per_run: Vec<f64> = self
-            .times
-            .iter()
-            .map(|round| round[0].0.as_secs_f64() / round[i].0.as_secs_f64())
-            .collect();
-        per_run.sort_by(f64::total_cmp);
-        (per_run[per_run.len() / 2], per_run[0], per_run[per_run.len() - 1])
-    }
-
-    /// Median CPU-seconds per million records of measurement `i`.
-    fn cpu_per_million(&self, i: usize, n: usize) -> f64 {
-        let cpu = self.times.iter().map(|round| round[i].1).collect();
-        median(cpu).as_secs_f64() * 1e6 / n as f64
     }
 }

@@ -23,6 +23,8 @@ use serde_json::{json, Value};
 
 use crate::event::format_time;
 
+pub mod realistic;
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {

@@ -6,6 +6,13 @@
 //! stream is inflated by flate2's raw `Decompress` straight into the buffer's spare room (sized
 //! from the trailer's length), and its CRC-32 and length are checked against the trailer. Inflating
 //! a CloudTrail file this way takes about a sixth less time than through `GzDecoder`.
+//!
+//! Most files take a faster path first: libdeflate inflates a whole member at once, about twice
+//! zlib-rs's speed, into room sized from the trailer. It is taken only where its result is
+//! certainly the file's: the trailer's length is within the limit, libdeflate checks the member's
+//! CRC-32 and length, and the member ends where the file ends. Anything else (several members, a
+//! trailer that lies, a cut or corrupt stream, a file past the limit) is inflated by the streaming
+//! path below, whose guarantees it keeps.
 
 use flate2::{Crc, Decompress, FlushDecompress, Status};
 
@@ -35,13 +42,66 @@ pub enum GunzipError {
 /// A reusable inflater: its window and tables are allocated once, not per file.
 pub struct Gunzip {
     inflate: Decompress,
+    whole: WholeInflater,
 }
 
 impl Default for Gunzip {
     fn default() -> Self {
         Gunzip {
             inflate: Decompress::new(false),
+            whole: WholeInflater::new(),
         }
+    }
+}
+
+/// libdeflate's decompressor, through its C interface: the Rust bindings do not report how much
+/// input a member took, which is how a file of several members is told from one.
+struct WholeInflater(std::ptr::NonNull<libdeflate_sys::libdeflate_decompressor>);
+
+// SAFETY: a libdeflate decompressor holds no thread-local state; `&mut self` on every use keeps it
+// to one thread at a time.
+unsafe impl Send for WholeInflater {}
+
+impl WholeInflater {
+    fn new() -> WholeInflater {
+        // SAFETY: allocates a decompressor; null only when memory is exhausted.
+        let raw = unsafe { libdeflate_sys::libdeflate_alloc_decompressor() };
+        WholeInflater(
+            std::ptr::NonNull::new(raw)
+                .unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<[u8; 32768]>())),
+        )
+    }
+
+    /// Inflates the gzip member at the start of `input` into `out`, checking its CRC-32 and
+    /// length; returns the input bytes it took and the bytes written, or None where the member is
+    /// damaged, cut, or larger than `out`.
+    fn gzip_member(&mut self, input: &[u8], out: &mut [u8]) -> Option<(usize, usize)> {
+        let (mut taken, mut written) = (0usize, 0usize);
+        // SAFETY: the pointers and lengths are those of live slices, the input read-only and the
+        // output writable for its whole length; libdeflate writes within them and through the
+        // two out-parameters only, and keeps none of them after it returns.
+        let result = unsafe {
+            libdeflate_sys::libdeflate_gzip_decompress_ex(
+                self.0.as_ptr(),
+                input.as_ptr().cast(),
+                input.len(),
+                out.as_mut_ptr().cast(),
+                out.len(),
+                &mut taken,
+                &mut written,
+            )
+        };
+        (result == libdeflate_sys::libdeflate_result_LIBDEFLATE_SUCCESS
+            && taken <= input.len()
+            && written <= out.len())
+        .then_some((taken, written))
+    }
+}
+
+impl Drop for WholeInflater {
+    fn drop(&mut self) {
+        // SAFETY: the decompressor was allocated by `new` and is freed once, here.
+        unsafe { libdeflate_sys::libdeflate_free_decompressor(self.0.as_ptr()) }
     }
 }
 
@@ -59,6 +119,41 @@ impl Gunzip {
     /// Appends the inflated contents of every member of `bytes` to `out`; bytes after a member
     /// must start another. Fails once `out` would hold more than `limit` bytes.
     pub fn inflate(&mut self, bytes: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), GunzipError> {
+        if self.inflate_whole(bytes, out, limit) {
+            return Ok(());
+        }
+        self.inflate_streaming(bytes, out, limit)
+    }
+
+    /// The fast path: one member, inflated whole by libdeflate. Returns false, with `out` as it
+    /// was, where the file is not certainly a single sound member within the limit.
+    fn inflate_whole(&mut self, bytes: &[u8], out: &mut Vec<u8>, limit: usize) -> bool {
+        let Some(trailer) = bytes.len().checked_sub(4).and_then(|at| bytes.get(at..)) else {
+            return false;
+        };
+        let claimed = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as usize;
+        let start = out.len();
+        if claimed > limit.saturating_sub(start) || claimed > MAX_FIRST_RESERVE {
+            return false;
+        }
+        out.resize(start + claimed, 0);
+        match self.whole.gzip_member(bytes, &mut out[start..]) {
+            // libdeflate checked the member's CRC-32 and length against its trailer.
+            Some((taken, n)) if taken == bytes.len() && n == claimed => true,
+            _ => {
+                out.truncate(start);
+                false
+            }
+        }
+    }
+
+    /// Inflates member after member through flate2, into room that grows as needed.
+    fn inflate_streaming(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), GunzipError> {
         // The last member's trailer gives its length (mod 2^32): for the usual single member, the
         // whole output's size, so the buffer is sized once.
         if let Some(trailer) = bytes.len().checked_sub(4).and_then(|at| bytes.get(at..)) {
@@ -214,6 +309,47 @@ mod tests {
             let data = text(n);
             assert_eq!(gunzip(&gzip(&data)).unwrap(), data, "{n} bytes");
         }
+    }
+
+    #[test]
+    fn the_whole_file_path_gives_what_the_streaming_path_gives() {
+        let mut g = Gunzip::default();
+        for n in [0, 1, 1000, 100_000, 1_000_000] {
+            let data = text(n);
+            let file = gzip(&data);
+            let (mut whole, mut streamed) = (b"kept".to_vec(), b"kept".to_vec());
+            assert!(g.inflate_whole(&file, &mut whole, 1 << 30), "{n} bytes");
+            g.inflate_streaming(&file, &mut streamed, 1 << 30).unwrap();
+            assert_eq!(whole, streamed);
+            assert_eq!(&whole[4..], &data[..]);
+        }
+    }
+
+    #[test]
+    fn the_whole_file_path_declines_what_it_cannot_vouch_for() {
+        let mut g = Gunzip::default();
+        let (a, b) = (text(3000), text(40_000));
+        let mut two = gzip(&a);
+        two.extend(gzip(&b));
+        let whole = gzip(&b);
+        let cut = whole[..whole.len() / 2].to_vec();
+        let mut lying = gzip(&b);
+        let at = lying.len() - 4;
+        lying[at..].copy_from_slice(&100u32.to_le_bytes());
+        for (what, file, limit) in [
+            ("two members", &two, 1 << 30),
+            ("cut", &cut, 1 << 30),
+            ("lying length", &lying, 1 << 30),
+            ("past the limit", &gzip(&b), 1000),
+        ] {
+            let mut out = b"kept".to_vec();
+            assert!(!g.inflate_whole(file, &mut out, limit), "{what}");
+            assert_eq!(out, b"kept", "{what}: the buffer is as it was");
+        }
+        // And the whole inflate still gives every member.
+        let mut out = Vec::new();
+        g.inflate(&two, &mut out, 1 << 30).unwrap();
+        assert_eq!(out, [a, b].concat());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use trailwatch::config::Settings;
 use trailwatch::decode::FileSkip;
+use trailwatch::generate::realistic::{generate_realistic, RealisticOptions};
 use trailwatch::generate::{generate, GenerateOptions};
 use trailwatch::labels::Labels;
 use trailwatch::replay::{replay, scan_inputs, Escaped, Summary};
@@ -124,6 +125,15 @@ struct GenerateArgs {
     /// Folder to write the trail into.
     #[arg(long)]
     out: PathBuf,
+    /// Record shapes: "classic" (a few short shapes, with labelled incidents) or "realistic"
+    /// (production shapes: 200 calls over 40 services, nested and escaped documents, long-tailed
+    /// sizes; for benchmarks, e.g. `--principals 5000 --days 30 --events-per-day 7`).
+    #[arg(long, default_value = "classic")]
+    shape: String,
+    /// Realistic shape only: share of records (0 to 1) that a shipped rule matches; 0 gives a
+    /// trail no shipped rule matches, a tenth or more an alert storm.
+    #[arg(long, default_value_t = 0.001)]
+    rule_share: f64,
     #[command(flatten)]
     trail: TrailArgs,
 }
@@ -263,7 +273,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Generate(args) => {
             let options = args.trail.options(args.out)?;
-            let report = generate(&options)?;
+            let report = match args.shape.as_str() {
+                "classic" => generate(&options)?,
+                "realistic" => {
+                    anyhow::ensure!(
+                        (0.0..=1.0).contains(&args.rule_share),
+                        "--rule-share: between 0 and 1, got {}",
+                        args.rule_share
+                    );
+                    generate_realistic(&RealisticOptions {
+                        out: options.out.clone(),
+                        seed: options.seed,
+                        days: options.days,
+                        principals: options.principals,
+                        events_per_day: f64::from(options.events_per_day),
+                        start: options.start,
+                        rule_share: args.rule_share,
+                        file_span: 300,
+                    })?
+                }
+                other => anyhow::bail!("--shape: \"classic\" or \"realistic\", got {other:?}"),
+            };
             say(format_args!(
                 "wrote {} files, {} records, {} labelled events in {} incidents to {}\n",
                 report.files,
