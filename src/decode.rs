@@ -464,7 +464,16 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
         Event::with_principal(&record, view.raw(), ctx.object, principal, agents).map(|mut event| {
             if let Some(rules) = ctx.rules {
                 rules.evaluate_with(&view, &mut ctx.gates.borrow_mut(), &mut event.rule_hits);
-                if !event.rule_hits.is_empty() {
+                // Kept whole only for the correlation engine, and only when a rule it counts was
+                // hit: in an alert storm of other rules, every matching record was copied and
+                // indexed again for nothing.
+                let rules_info = rules.rules();
+                let feeds = |&hit: &crate::rules::RuleIndex| {
+                    rules_info
+                        .get(usize::from(hit))
+                        .is_some_and(|r| r.feeds_correlation)
+                };
+                if event.rule_hits.iter().any(feeds) {
                     event.raw = Some(view.raw().into());
                 }
             }

@@ -61,6 +61,9 @@ pub struct RuleInfo {
     pub file: String,
     /// A base rule that only feeds correlations: its own hits raise nothing.
     pub feeds_correlation_only: bool,
+    /// A base rule some correlation counts: only records that hit one are kept whole for the
+    /// correlation engine.
+    pub feeds_correlation: bool,
     pub is_correlation: bool,
     /// The rule says a failed call matters as much as a successful one (`trailwatch: {failures:
     /// keep}` in its file).
@@ -381,7 +384,9 @@ impl RuleSet {
             }
         }
         let mut feeds_only: HashSet<String> = HashSet::new();
+        let mut feeds_any: HashSet<String> = HashSet::new();
         for (c, _) in &kept_correlations {
+            feeds_any.extend(c.rules.iter().cloned());
             if !c.generate {
                 feeds_only.extend(c.rules.iter().cloned());
             }
@@ -395,6 +400,10 @@ impl RuleSet {
                 .into_iter()
                 .flatten()
                 .any(|k| feeds_only.contains(k));
+            let feeds_correlation = [rule.id.as_deref(), rule.name.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|k| feeds_any.contains(k));
             let index = rules.len();
             let keep_failures = keep_failures(&rule.custom_attributes)
                 .map_err(|e| RuleError::Invalid(vec![format!("{file}: rule {:?}: {e}", rule.title)]))?;
@@ -414,6 +423,7 @@ impl RuleSet {
                 level: severity(rule.level),
                 file: file.clone(),
                 feeds_correlation_only: feeds,
+                feeds_correlation,
                 is_correlation: false,
                 keep_failures,
             });
@@ -441,6 +451,7 @@ impl RuleSet {
                 level: severity(c.level),
                 file: file.clone(),
                 feeds_correlation_only: false,
+                feeds_correlation: false,
                 is_correlation: true,
                 keep_failures: false,
             });
