@@ -187,6 +187,34 @@ pub fn generate(options: &GenerateOptions) -> std::io::Result<GenerateReport> {
     write_trail(&mut rng, options, planned)
 }
 
+/// Where CloudTrail would deliver a log file of `account` and `region` at `delivered`: its
+/// delivery time, folder and name (with a random part, as CloudTrail's own).
+fn log_file(
+    out: &Path,
+    account: &str,
+    region: &str,
+    delivered: i64,
+    rng: &mut ChaCha8Rng,
+) -> (chrono::DateTime<chrono::Utc>, PathBuf, String) {
+    let stamp = chrono::DateTime::from_timestamp(delivered, 0).unwrap_or_default();
+    let dir = out.join(format!(
+        "AWSLogs/{account}/CloudTrail/{region}/{}",
+        stamp.format("%Y/%m/%d")
+    ));
+    let unique: String = (0..16)
+        .map(|_| {
+            char::from(
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..62)],
+            )
+        })
+        .collect();
+    let name = format!(
+        "{account}_CloudTrail_{region}_{}_{unique}.json.gz",
+        stamp.format("%Y%m%dT%H%MZ")
+    );
+    (stamp, dir, name)
+}
+
 fn uuid(rng: &mut ChaCha8Rng) -> String {
     let b: [u8; 16] = rng.gen();
     format!(
@@ -972,22 +1000,7 @@ fn write_trail(
     let mut digests = std::collections::BTreeSet::new();
     for ((s, account, region), indices) in files {
         let delivered = (s + 1) * slot + rng.gen_range(0..180);
-        let stamp = chrono::DateTime::from_timestamp(delivered, 0).unwrap_or_default();
-        let dir = options.out.join(format!(
-            "AWSLogs/{account}/CloudTrail/{region}/{}",
-            stamp.format("%Y/%m/%d")
-        ));
-        let unique: String = (0..16)
-            .map(|_| {
-                char::from(
-                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..62)],
-                )
-            })
-            .collect();
-        let name = format!(
-            "{account}_CloudTrail_{region}_{}_{unique}.json.gz",
-            stamp.format("%Y%m%dT%H%MZ")
-        );
+        let (stamp, dir, name) = log_file(&options.out, &account, &region, delivered, rng);
         let records: Vec<&Value> = indices.iter().map(|&i| &planned[i].record).collect();
         write_gz(&dir, &name, &json!({ "Records": records }))?;
         report.files += 1;

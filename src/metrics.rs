@@ -114,6 +114,14 @@ impl Metrics {
                 .expect("each metric registers once");
             h
         };
+        let plain_counter = |name: &str, help: &str| {
+            let c =
+                IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE)).expect("a valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("each metric registers once");
+            c
+        };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::with_opts(Opts::new(name, help).namespace(NAMESPACE)).expect("a valid gauge");
             registry
@@ -232,34 +240,10 @@ impl Metrics {
                 "Events not yet judged, by events-topic partition owned.",
                 &["partition"],
             ),
-            late_events: {
-                let c = IntCounter::with_opts(
-                    Opts::new("late_events_total", "Events judged out of order: more than engine.reorder_window late.")
-                        .namespace(NAMESPACE),
-                )
-                .expect("a valid counter");
-                registry.register(Box::new(c.clone())).expect("each metric registers once");
-                c
-            },
+            late_events: plain_counter("late_events_total", "Events judged out of order: more than engine.reorder_window late."),
             events_held: gauge("events_held", "Events waiting in the reorder buffers of owned partitions."),
-            events_produced: {
-                let c = IntCounter::with_opts(
-                    Opts::new("events_produced_total", "Decoded events produced to the events topic.")
-                        .namespace(NAMESPACE),
-                )
-                .expect("a valid counter");
-                registry.register(Box::new(c.clone())).expect("each metric registers once");
-                c
-            },
-            events_consumed: {
-                let c = IntCounter::with_opts(
-                    Opts::new("events_consumed_total", "Event records the detect stage read from the events topic.")
-                        .namespace(NAMESPACE),
-                )
-                .expect("a valid counter");
-                registry.register(Box::new(c.clone())).expect("each metric registers once");
-                c
-            },
+            events_produced: plain_counter("events_produced_total", "Decoded events produced to the events topic."),
+            events_consumed: plain_counter("events_consumed_total", "Event records the detect stage read from the events topic."),
             build_info: gauge_vec(
                 "build_info",
                 "Always 1; labels say which build runs.",

@@ -36,7 +36,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{key_id, uuid, GenerateReport};
+use super::{key_id, log_file, uuid, GenerateReport};
 use crate::event::format_time;
 
 /// What to generate.
@@ -1471,22 +1471,7 @@ pub fn generate_realistic(options: &RealisticOptions) -> std::io::Result<Generat
     let mut digests = std::collections::BTreeSet::new();
     for ((slot, account, region), indices) in files {
         let delivered = (slot + 1) * options.file_span.max(1) + rng.gen_range(0..180);
-        let stamp = chrono::DateTime::from_timestamp(delivered, 0).unwrap_or_default();
-        let dir = options.out.join(format!(
-            "AWSLogs/{account}/CloudTrail/{region}/{}",
-            stamp.format("%Y/%m/%d")
-        ));
-        let unique: String = (0..16)
-            .map(|_| {
-                char::from(
-                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..62)],
-                )
-            })
-            .collect();
-        let name = format!(
-            "{account}_CloudTrail_{region}_{}_{unique}.json.gz",
-            stamp.format("%Y%m%dT%H%MZ")
-        );
+        let (stamp, dir, name) = log_file(&options.out, &account, &region, delivered, &mut rng);
         let sorted = rng.gen_bool(0.25);
         named.push((dir, name, sorted, indices));
         digests.insert((
