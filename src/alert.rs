@@ -341,6 +341,24 @@ mod tests {
     }
 
     #[test]
+    fn open_folds_read_back_from_their_snapshot() {
+        // A rule match has no dimensions, which its JSON leaves out; the snapshot must still load.
+        let mut f = AlertFolder::new(policy(600));
+        let mut out = Vec::new();
+        f.admit(anomaly("a", 0, Some("r"), "e1"), 0, &mut out);
+        f.admit(anomaly("b", 100, Some("r"), "e2"), 100, &mut out);
+        let json = serde_json::to_string(&f.open_alerts()).unwrap();
+        let open: Vec<Open> = serde_json::from_str(&json).unwrap();
+        let mut g = AlertFolder::new(policy(600));
+        g.restore_open(open);
+        g.admit(anomaly("c", 200, Some("r"), "e3"), 200, &mut out);
+        g.flush(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].id.as_str(), out[0].count), ("a", 3));
+        assert_eq!(out[0].evidence.event_ids, ["e1", "e2", "e3"]);
+    }
+
+    #[test]
     fn different_rules_do_not_fold() {
         let mut f = AlertFolder::new(policy(600));
         let mut out = Vec::new();

@@ -118,7 +118,7 @@ pub struct Anomaly {
     /// For single-event rule matches: whether the call succeeded or failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dimensions: Vec<DimensionReport>,
     pub baseline: BaselineInfo,
     pub evidence: Evidence,

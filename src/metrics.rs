@@ -81,6 +81,9 @@ pub struct Metrics {
     pub events_produced: IntCounter,
     /// Detect stage: event records read from the events topic (marks not counted).
     pub events_consumed: IntCounter,
+    /// Detect stage: partition snapshots that could not be read and were passed over for an
+    /// older one.
+    pub snapshots_unreadable: IntCounter,
     pub build_info: IntGaugeVec,
     ready: AtomicBool,
 }
@@ -244,6 +247,7 @@ impl Metrics {
             events_held: gauge("events_held", "Events waiting in the reorder buffers of owned partitions."),
             events_produced: plain_counter("events_produced_total", "Decoded events produced to the events topic."),
             events_consumed: plain_counter("events_consumed_total", "Event records the detect stage read from the events topic."),
+            snapshots_unreadable: plain_counter("snapshots_unreadable_total", "Partition snapshots that could not be read; the partition was taken up from an older one."),
             build_info: gauge_vec(
                 "build_info",
                 "Always 1; labels say which build runs.",

@@ -101,30 +101,48 @@ impl SnapshotStore {
         Ok(self.list(partition).await?.last().map(|(o, _)| *o))
     }
 
-    /// The newest snapshot of `partition`, if any.
-    pub async fn load(&self, partition: u32) -> anyhow::Result<Option<Found>> {
-        let Some((next_offset, path)) = self.list(partition).await?.pop() else {
-            return Ok(None);
-        };
-        let bytes = self
-            .store
-            .get(&path)
-            .await
-            .with_context(|| format!("reading {path}"))?
-            .bytes()
-            .await
-            .with_context(|| format!("reading {path}"))?;
+    /// The newest readable snapshot of `partition`, if any. A snapshot that cannot be read (cut
+    /// short, or from a version that wrote another shape) is reported and passed over for the one
+    /// before it: a partition's state at an older offset is as correct, only further behind.
+    /// Returns it with the number of newer snapshots passed over.
+    pub async fn load(&self, partition: u32) -> anyhow::Result<(Option<Found>, usize)> {
+        let mut found = self.list(partition).await?;
+        let mut passed_over = 0;
+        while let Some((next_offset, path)) = found.pop() {
+            match self.read(&path).await {
+                Ok((snapshot, bytes)) => {
+                    let found = Found {
+                        next_offset,
+                        snapshot,
+                        bytes,
+                    };
+                    return Ok((Some(found), passed_over));
+                }
+                Err(e) => {
+                    tracing::warn!(partition, snapshot = %path, error = format!("{e:#}"),
+                        "partition snapshot unreadable: passing over it for an older one");
+                    passed_over += 1;
+                }
+            }
+        }
+        if passed_over > 0 {
+            tracing::warn!(
+                partition,
+                passed_over,
+                "no readable snapshot of the partition: starting it anew"
+            );
+        }
+        Ok((None, passed_over))
+    }
+
+    async fn read(&self, path: &ObjectPath) -> anyhow::Result<(PartitionSnapshot, usize)> {
+        let bytes = self.store.get(path).await?.bytes().await?;
         let size = bytes.len();
         let snapshot = tokio::task::spawn_blocking(move || -> anyhow::Result<PartitionSnapshot> {
             Ok(serde_json::from_reader(flate2::read::GzDecoder::new(&bytes[..]))?)
         })
-        .await?
-        .with_context(|| format!("decoding {path}"))?;
-        Ok(Some(Found {
-            next_offset,
-            snapshot,
-            bytes: size,
-        }))
+        .await??;
+        Ok((snapshot, size))
     }
 
     /// Writes a snapshot of `partition` taken before event `next_offset`, as `writer`; returns its
@@ -161,5 +179,46 @@ impl SnapshotStore {
             let _ = self.store.delete(old).await;
         }
         Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Detector;
+    use crate::engine::StatePartition;
+
+    fn snapshot() -> PartitionSnapshot {
+        let detector = Detector::new(crate::config::Settings::default().detector, 1);
+        StatePartition::sourced(detector, 0).snapshot(None)
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_newest_snapshot_is_passed_over_for_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(
+            dir.path().to_str().unwrap(),
+            &StoreSettings::Local(Default::default()),
+        )
+        .unwrap();
+        store.save(4, 100, "a", snapshot()).await.unwrap();
+        store.save(4, 200, "b", snapshot()).await.unwrap();
+        let newest = dir.path().join("partitions/00004/00000000000000000200-b.json.gz");
+        let whole = std::fs::read(&newest).unwrap();
+        std::fs::write(&newest, &whole[..whole.len() / 2]).unwrap();
+
+        let (found, passed_over) = store.load(4).await.unwrap();
+        assert_eq!(found.map(|f| f.next_offset), Some(100));
+        assert_eq!(passed_over, 1);
+
+        std::fs::write(
+            dir.path().join("partitions/00004/00000000000000000100-a.json.gz"),
+            b"{}",
+        )
+        .unwrap();
+        let (found, passed_over) = store.load(4).await.unwrap();
+        assert!(found.is_none());
+        assert_eq!(passed_over, 2);
+        assert_eq!(store.newest_offset(5).await.unwrap(), None);
     }
 }

@@ -75,13 +75,16 @@ struct State {
 }
 
 impl State {
-    fn fresh_partition(&self) -> StatePartition {
-        let detector = Detector::with_rules(
+    fn detector(&self) -> Detector {
+        Detector::with_rules(
             self.settings.detector.clone(),
             self.settings.engine.partitions as usize,
             self.rules.clone(),
-        );
-        StatePartition::sourced(detector, self.settings.engine.reorder_window)
+        )
+    }
+
+    fn fresh_partition(&self) -> StatePartition {
+        StatePartition::sourced(self.detector(), self.settings.engine.reorder_window)
     }
 
     /// Sends the anomalies held and waits until the sink has them.
@@ -108,24 +111,23 @@ impl State {
                 let newest = self.runtime.block_on(store.newest_offset(partition as u32))?;
                 match parked {
                     Some(p) if p.next_offset == newest => p,
-                    _ => match self.runtime.block_on(store.load(partition as u32))? {
-                        Some(found) => {
-                            self.metrics.partition_restore_bytes.observe(found.bytes as f64);
-                            let detector = Detector::with_rules(
-                                self.settings.detector.clone(),
-                                self.settings.engine.partitions as usize,
-                                self.rules.clone(),
-                            );
-                            let restored = StatePartition::restore(
-                                detector,
-                                self.settings.engine.reorder_window,
-                                found.snapshot,
-                                self.rules.as_deref(),
-                            );
-                            Owned::new(restored, Some(found.next_offset))
+                    _ => {
+                        let (found, passed_over) = self.runtime.block_on(store.load(partition as u32))?;
+                        self.metrics.snapshots_unreadable.inc_by(passed_over as u64);
+                        match found {
+                            Some(found) => {
+                                self.metrics.partition_restore_bytes.observe(found.bytes as f64);
+                                let restored = StatePartition::restore(
+                                    self.detector(),
+                                    self.settings.engine.reorder_window,
+                                    found.snapshot,
+                                    self.rules.as_deref(),
+                                );
+                                Owned::new(restored, Some(found.next_offset))
+                            }
+                            None => Owned::new(self.fresh_partition(), None),
                         }
-                        None => Owned::new(self.fresh_partition(), None),
-                    },
+                    }
                 }
             }
         };
