@@ -28,12 +28,12 @@ use trailwatch::decode::{DecodeLimits, Decoder};
 use trailwatch::detect::Detector;
 use trailwatch::engine::wire::{EventRecord, EventsMessage, SourceMark};
 use trailwatch::engine::{partition_of, StatePartition};
-use trailwatch::fetch::{FetchSettings, StoreSettings};
+use trailwatch::fetch::StoreSettings;
 use trailwatch::generate::{generate, GenerateOptions};
 use trailwatch::metrics::Metrics;
 use trailwatch::replay::list_inputs;
 use trailwatch::rules::RuleSet;
-use trailwatch::run::{run, KafkaSettings, Role, RunSettings, Sink, Source};
+use trailwatch::run::{run, Role};
 use trailwatch::state::SnapshotStore;
 
 /// The allocator the `trailwatch` binary runs with, so figures match it.
@@ -69,7 +69,7 @@ fn records(principals: u32, days: u32, events_per_day: u32, rules: &Arc<RuleSet>
     let mut by_partition: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); PARTITIONS as usize];
     let (mut events, mut newest) = (0, i64::MIN);
     for file in files {
-        let bytes = std::fs::read(&file.path).unwrap();
+        let bytes = std::fs::read(file.path().unwrap()).unwrap();
         for event in decoder.decode(&file.name, &bytes).events {
             let key = event.principal.key.to_string();
             newest = newest.max(event.time);
@@ -185,39 +185,17 @@ async fn through_kafka(settings: &Settings, rules: &Arc<RuleSet>, records: &Reco
         assert_eq!(low, 0, "the mock cluster kept partition {partition} whole");
     }
 
-    let run_settings = RunSettings {
-        source: Source::Kafka,
-        sink: Sink::Kafka,
-        dead_letter_file: None,
-        kafka: KafkaSettings {
-            brokers,
-            group_id: "detect-bench".into(),
-            notifications_topic: "n".into(),
-            anomalies_topic: "a".into(),
-            events_topic: "e".into(),
-            dead_letter_topic: "d".into(),
-            options: Default::default(),
-        },
-        fetch: FetchSettings {
-            store: StoreSettings::Local(std::env::temp_dir()),
-            concurrency: 1,
-            retries: 0,
-            max_backoff: Duration::from_millis(10),
-            max_object_bytes: 1 << 20,
-        },
-        checkpoint_url: None,
-        checkpoint_interval: Duration::from_secs(3600),
-        batch_max_messages: 256,
-        batch_max_wait: Duration::from_millis(20),
-        retry_pause: Duration::from_millis(10),
-        metrics_listen: None,
-        role: Role::Detect,
-        s3: StoreSettings::S3 {
-            region: None,
-            endpoint: None,
-            allow_http: false,
-        },
-    };
+    let mut run_settings = Settings::from_toml(
+        &format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"detect-bench\"\n\
+             notifications_topic = \"n\"\nanomalies_topic = \"a\"\nevents_topic = \"e\"\n\
+             dead_letter_topic = \"d\"\n[batch]\nmax_wait = \"20ms\"\n[metrics]\nlisten = \"\"\n"
+        ),
+        "detect bench",
+    )
+    .expect("valid settings")
+    .run;
+    run_settings.role = Role::Detect;
     let metrics = Arc::new(Metrics::new());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(run(
@@ -282,7 +260,7 @@ async fn restore(
     for round in 0..3 {
         for i in 0..PARTITIONS {
             let started = Instant::now();
-            let found = store.load(i).await.unwrap().expect("a snapshot");
+            let found = store.load(i).await.unwrap().0.expect("a snapshot");
             let size = found.bytes;
             let detector = Detector::with_rules(
                 settings.detector.clone(),

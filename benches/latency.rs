@@ -17,10 +17,10 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use trailwatch::config::Settings;
-use trailwatch::fetch::{FetchSettings, StoreSettings};
+use trailwatch::fetch::StoreSettings;
 use trailwatch::metrics::Metrics;
 use trailwatch::rules::RuleSet;
-use trailwatch::run::{run, KafkaSettings, RunSettings, Sink, Source};
+use trailwatch::run::run;
 
 /// The allocator the `trailwatch` binary runs with, so figures match it.
 #[global_allocator]
@@ -73,42 +73,21 @@ async fn main() {
     )
     .unwrap();
     settings.detector.learning_events = u64::MAX; // rules only: no baseline anomalies
-    let run_settings = RunSettings {
-        source: Source::Kafka,
-        sink: Sink::Kafka,
-        dead_letter_file: None,
-        kafka: KafkaSettings {
-            brokers: brokers.clone(),
-            group_id: "latency".into(),
-            notifications_topic: "n".into(),
-            anomalies_topic: "a".into(),
-            events_topic: "e".into(),
-            dead_letter_topic: "d".into(),
-            // librdkafka waits up to 500 ms for a fetch to fill by default; a latency-minded
-            // deployment lowers it through the passthrough, as here.
-            options: [("fetch.wait.max.ms".to_owned(), "10".to_owned())].into(),
-        },
-        fetch: FetchSettings {
-            store: StoreSettings::Local(dir.path().to_owned()),
-            concurrency: 16,
-            retries: 0,
-            max_backoff: Duration::from_millis(10),
-            max_object_bytes: 1 << 20,
-        },
-        checkpoint_url: None,
-        checkpoint_interval: Duration::from_secs(3600),
-        batch_max_messages: 256,
-        batch_max_wait: max_wait,
-        retry_pause: Duration::from_millis(10),
-        metrics_listen: None,
-        role: Default::default(),
-        s3: StoreSettings::S3 {
-            region: None,
-            endpoint: None,
-            allow_http: false,
-            credentials: None,
-        },
-    };
+                                                  // librdkafka waits up to 500 ms for a fetch to fill by default; a latency-minded deployment
+                                                  // lowers it through the passthrough, as here.
+    let mut run_settings = Settings::from_toml(
+        &format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"latency\"\n\
+             notifications_topic = \"n\"\nanomalies_topic = \"a\"\nevents_topic = \"e\"\n\
+             dead_letter_topic = \"d\"\n[kafka.librdkafka]\n\"fetch.wait.max.ms\" = \"10\"\n\
+             [fetch]\nretries = 0\n[metrics]\nlisten = \"\"\n"
+        ),
+        "latency bench",
+    )
+    .expect("valid settings")
+    .run;
+    run_settings.fetch.store = StoreSettings::Local(dir.path().to_owned());
+    run_settings.batch_max_wait = max_wait;
     let metrics = Arc::new(Metrics::new());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let rules = Arc::new(RuleSet::builtin().unwrap());

@@ -181,7 +181,7 @@ fn floor(files: &[InputFile], threads: usize) -> usize {
                 let mut decompressor = libdeflater::Decompressor::new();
                 let (mut n, mut sum) = (0, 0);
                 while let Some(file) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let bytes = std::fs::read(&file.path).expect("readable");
+                    let bytes = std::fs::read(file.path().unwrap()).expect("readable");
                     if !inflate(&mut decompressor, &bytes, &mut buf) {
                         continue;
                     }
@@ -335,7 +335,7 @@ fn trail_files(name: &str, dir: &Path) -> Vec<InputFile> {
     let (files, _) = list_inputs(&[dir.join("AWSLogs")]).expect("the trail lists");
     let bytes: u64 = files
         .iter()
-        .map(|f| std::fs::metadata(&f.path).map_or(0, |m| m.len()))
+        .map(|f| std::fs::metadata(f.path().unwrap()).map_or(0, |m| m.len()))
         .sum();
     println!(
         "{name}: {} files, {:.1} MiB compressed",

@@ -725,6 +725,14 @@ pub enum ConfigError {
 }
 
 impl Settings {
+    /// How a replay fetches `s3://` inputs: the `[s3]` store, with the `[fetch]` limits.
+    pub fn replay_fetch(&self) -> crate::fetch::FetchSettings {
+        crate::fetch::FetchSettings {
+            store: self.run.s3.clone(),
+            ..self.run.fetch.clone()
+        }
+    }
+
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let name = path.display().to_string();

@@ -34,6 +34,8 @@ pub enum FileSkip {
     Insight,
     /// Not a log file by its name (folder replay only considers `.json`, `.jsonl` and `.gz`).
     NotALogFile,
+    /// Delivered outside a replay's `--since`/`--until`.
+    OutsideTimeRange,
 }
 
 impl FileSkip {
@@ -42,6 +44,7 @@ impl FileSkip {
             FileSkip::Digest => "digest",
             FileSkip::Insight => "insight",
             FileSkip::NotALogFile => "not_a_log_file",
+            FileSkip::OutsideTimeRange => "outside_time_range",
         }
     }
 }
@@ -68,6 +71,9 @@ pub enum FileError {
     NoRecords,
     #[error("not UTF-8 at byte {offset}")]
     NotUtf8 { offset: usize },
+    /// An object of an `s3://` replay input that could not be fetched.
+    #[error("{0}")]
+    Fetch(#[from] crate::fetch::FetchError),
 }
 
 impl FileError {
@@ -81,6 +87,7 @@ impl FileError {
             FileError::Json { .. } => "invalid_json",
             FileError::NoRecords => "not_cloudtrail",
             FileError::NotUtf8 { .. } => "not_utf8",
+            FileError::Fetch(e) => e.reason(),
         }
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::decode::FileError;
 use crate::notification::ObjectRef;
+use crate::timerange::TimeRange;
 
 /// Where objects come from.
 #[derive(Debug, Clone)]
@@ -275,23 +276,7 @@ impl Fetcher {
             message: e.to_string(),
         })?;
         let store = self.store(&object.bucket)?;
-        let classify = |e: object_store::Error| match e {
-            object_store::Error::NotFound { .. } => FetchError::NotFound {
-                bucket: bucket.clone(),
-                key: key.clone(),
-            },
-            object_store::Error::PermissionDenied { source, .. }
-            | object_store::Error::Unauthenticated { source, .. } => FetchError::Denied {
-                bucket: bucket.clone(),
-                key: key.clone(),
-                message: source.to_string(),
-            },
-            other => FetchError::Transient {
-                bucket: bucket.clone(),
-                key: key.clone(),
-                message: other.to_string(),
-            },
-        };
+        let classify = |e| classify(&bucket, &key, e);
         let result = store.get(&path).await.map_err(classify)?;
         let size = result.meta.size as usize;
         if size > self.settings.max_object_bytes {
@@ -303,6 +288,123 @@ impl Fetcher {
             });
         }
         result.bytes().await.map_err(classify)
+    }
+}
+
+/// An object store error as a [`FetchError`] for `key` of `bucket`.
+fn classify(bucket: &str, key: &str, error: object_store::Error) -> FetchError {
+    let (bucket, key) = (bucket.to_owned(), key.to_owned());
+    match error {
+        object_store::Error::NotFound { .. } => FetchError::NotFound { bucket, key },
+        object_store::Error::PermissionDenied { source, .. }
+        | object_store::Error::Unauthenticated { source, .. } => FetchError::Denied {
+            bucket,
+            key,
+            message: source.to_string(),
+        },
+        other => FetchError::Transient {
+            bucket,
+            key,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// A log file found under a prefix by [`Fetcher::list`].
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub object: ObjectRef,
+    /// When CloudTrail delivered it: the time in its name, else its last-modified time.
+    pub delivered: i64,
+}
+
+/// What [`Fetcher::list`] found under a prefix.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Log files (`.json`, `.jsonl`, `.gz`) delivered within the range.
+    pub files: Vec<Listed>,
+    /// Log files delivered outside the range (date folders left out unread are not counted).
+    pub outside_range: usize,
+    /// Objects that are not log files by their name.
+    pub not_log_files: usize,
+}
+
+impl Fetcher {
+    /// The log files under `prefix` of `bucket` delivered within `range`. CloudTrail files its
+    /// logs under `.../<year>/<month>/<day>/`: folders of that layout outside the range are not
+    /// listed, so a day of a years-long trail is found in a few requests. Folders are listed
+    /// level by level, `fetch.concurrency` at a time.
+    pub async fn list(&self, bucket: &str, prefix: &str, range: TimeRange) -> Result<Listing, FetchError> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let store = self.store(bucket)?;
+        let prefix = prefix.trim_matches('/');
+        let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
+        let mut listing = Listing::default();
+        let mut level = vec![root];
+        while !level.is_empty() {
+            let found: Vec<object_store::ListResult> = futures::stream::iter(level.drain(..))
+                .map(|folder| {
+                    let store = Arc::clone(&store);
+                    async move {
+                        let key = folder.as_ref().map_or_else(String::new, ToString::to_string);
+                        store
+                            .list_with_delimiter(folder.as_ref())
+                            .await
+                            .map_err(|e| classify(bucket, &key, e))
+                    }
+                })
+                .buffer_unordered(self.settings.concurrency.max(1))
+                .try_collect()
+                .await?;
+            for result in found {
+                for folder in result.common_prefixes {
+                    if range.may_hold(&date_parts(&folder)) {
+                        level.push(Some(folder));
+                    }
+                }
+                for meta in result.objects {
+                    let Some(name) = meta.location.filename() else {
+                        continue;
+                    };
+                    if ![".json", ".jsonl", ".gz"].iter().any(|ext| name.ends_with(ext)) {
+                        listing.not_log_files += 1;
+                        continue;
+                    }
+                    let delivered = crate::timerange::delivery_time(name)
+                        .unwrap_or_else(|| meta.last_modified.timestamp());
+                    if !range.contains(delivered) {
+                        listing.outside_range += 1;
+                        continue;
+                    }
+                    listing.files.push(Listed {
+                        object: ObjectRef {
+                            bucket: bucket.to_owned(),
+                            key: meta.location.to_string(),
+                        },
+                        delivered,
+                    });
+                }
+            }
+        }
+        Ok(listing)
+    }
+}
+
+/// The date a folder of CloudTrail's layout stands for: its trailing run of numeric parts, if it
+/// reads as `<year>`, `<year>/<month>` or `<year>/<month>/<day>`; else nothing.
+fn date_parts(folder: &ObjectPath) -> Vec<u32> {
+    let parts: Vec<String> = folder.parts().map(|p| p.as_ref().to_owned()).collect();
+    let numeric = parts
+        .iter()
+        .rev()
+        .take_while(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .count()
+        .min(3);
+    let tail = &parts[parts.len() - numeric..];
+    let widths: Vec<usize> = tail.iter().map(|p| p.len()).collect();
+    match widths.as_slice() {
+        [4] | [4, 2] | [4, 2, 2] => tail.iter().filter_map(|p| p.parse().ok()).collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -347,6 +449,26 @@ fn read_local(root: &Path, key: &str, limit: usize) -> Result<bytes::Bytes, Fetc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_folders_of_cloudtrails_layout_are_recognised() {
+        let parts = |p: &str| date_parts(&ObjectPath::from(p));
+        assert_eq!(parts("AWSLogs/111122223333/CloudTrail/us-east-1/2024"), [2024]);
+        assert_eq!(
+            parts("AWSLogs/111122223333/CloudTrail/us-east-1/2024/05"),
+            [2024, 5]
+        );
+        assert_eq!(
+            parts("AWSLogs/111122223333/CloudTrail/us-east-1/2024/05/01"),
+            [2024, 5, 1]
+        );
+        assert!(
+            parts("AWSLogs/111122223333").is_empty(),
+            "an account is not a year"
+        );
+        assert!(parts("AWSLogs/o-abc/111122223333/CloudTrail").is_empty());
+        assert!(parts("logs/2024/5").is_empty(), "months are two digits");
+    }
 
     fn local(root: PathBuf) -> Fetcher {
         Fetcher::new(FetchSettings {

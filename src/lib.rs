@@ -27,7 +27,8 @@
 //! - [`service`]: `trailwatch run`: the decode and detect stages over Kafka, and the folder
 //!   service; [`run`] holds its settings and picks the mode.
 //! - [`state`]: the checkpoint store of partition snapshots, fenced by offset.
-//! - [`replay`]: the batch pipeline over files on disk, on every core.
+//! - [`replay`]: the batch pipeline over files on disk or under an S3 prefix, on every core;
+//!   [`timerange`] picks the files of a time range by their delivery time.
 //! - [`generate`]: synthetic trails with labelled incidents, for demos, tests and benchmarks.
 //! - [`labels`]: scoring anomalies against a generated trail's labels.
 //! - [`metrics`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`, latency percentiles.
@@ -58,4 +59,5 @@ pub mod run;
 pub mod service;
 pub mod sink;
 pub mod state;
+pub mod timerange;
 pub mod useragent;

@@ -14,8 +14,9 @@ use trailwatch::decode::FileSkip;
 use trailwatch::generate::realistic::{generate_realistic, RealisticOptions};
 use trailwatch::generate::{generate, GenerateOptions};
 use trailwatch::labels::Labels;
-use trailwatch::replay::{replay, scan_inputs, Escaped, Summary};
+use trailwatch::replay::{replay, scan_inputs, sort_inputs, Escaped, InputFile, Summary};
 use trailwatch::rules::RuleSet;
+use trailwatch::timerange::TimeRange;
 
 /// Events are built on decode threads and freed on shard threads; mimalloc's per-thread heaps
 /// take those cross-thread frees without the lock contention of the system allocator. Tuned at
@@ -50,7 +51,16 @@ enum Command {
         /// Also write the end-of-run summary as JSON to this file.
         #[arg(long)]
         summary: Option<PathBuf>,
-        /// Log files (.json, .json.gz, .jsonl) or folders holding them.
+        /// Only files delivered at or after this time: RFC 3339 (2024-05-01T10:00:00Z) or a UTC
+        /// date (2024-05-01). Read from the delivery time in CloudTrail's file names, else the
+        /// file's modification time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only files delivered before this time (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        /// Log files (.json, .json.gz, .jsonl), folders holding them, or S3 prefixes
+        /// (s3://bucket/AWSLogs/...), fetched with the configuration's [s3] and [fetch] settings.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -259,11 +269,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rules,
             output,
             summary: summary_path,
+            since,
+            until,
             paths,
         } => {
             let settings = load_settings(config.as_ref())?;
+            let range = TimeRange::parse(since.as_deref(), until.as_deref())?;
             let rules = load_rules(rules.as_ref().or(settings.rules_dir.as_ref()))?;
-            let summary = replay_paths(&paths, &settings, rules, output.as_ref())?;
+            let summary = replay_paths(&paths, range, &settings, rules, output.as_ref())?;
             say(format_args!("{}", summary.render()));
             if let Some(path) = summary_path {
                 std::fs::write(&path, serde_json::to_vec_pretty(&summary.to_json())?)
@@ -460,14 +473,49 @@ fn rules_coverage(dir: Option<PathBuf>, catalogue: Option<PathBuf>, strict: bool
     Ok(())
 }
 
+/// Replays `paths` (files, folders, `s3://` prefixes), the files delivered within `range`.
 fn replay_paths(
     paths: &[PathBuf],
+    range: TimeRange,
     settings: &Settings,
     rules: Arc<RuleSet>,
     output: Option<&PathBuf>,
 ) -> anyhow::Result<Summary> {
-    let listing = scan_inputs(paths)?;
-    let (files, not_log_files) = (listing.files, listing.not_log_files);
+    let (prefixes, local): (Vec<&PathBuf>, Vec<&PathBuf>) = paths
+        .iter()
+        .partition(|p| p.to_str().is_some_and(|p| p.starts_with("s3://")));
+    let local: Vec<PathBuf> = local.into_iter().cloned().collect();
+    let listing = scan_inputs(&local)?;
+    let (mut files, mut not_log_files) = (listing.files, listing.not_log_files);
+    let mut outside_range = 0;
+    if !range.is_open() {
+        let before = files.len();
+        files.retain(|f| {
+            f.path()
+                .is_some_and(|path| range.contains(local_delivery_time(path)))
+        });
+        outside_range += before - files.len();
+    }
+    if !prefixes.is_empty() {
+        let fetcher = trailwatch::fetch::Fetcher::new(settings.replay_fetch());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        for prefix in prefixes {
+            let url = prefix.to_str().expect("an s3:// input is UTF-8");
+            let (bucket, key) = url["s3://".len()..]
+                .split_once('/')
+                .unwrap_or((&url["s3://".len()..], ""));
+            anyhow::ensure!(!bucket.is_empty(), "{url}: no bucket named");
+            let found = runtime
+                .block_on(fetcher.list(bucket, key, range))
+                .with_context(|| format!("listing {url}"))?;
+            files.extend(found.files.into_iter().map(|f| InputFile::object(f.object)));
+            not_log_files += found.not_log_files;
+            outside_range += found.outside_range;
+        }
+        sort_inputs(&mut files);
+    }
     let bar = ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr());
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -493,7 +541,24 @@ fn replay_paths(
             .files_skipped
             .insert(FileSkip::NotALogFile.as_str(), not_log_files as u64);
     }
+    if outside_range > 0 {
+        summary
+            .files_skipped
+            .insert(FileSkip::OutsideTimeRange.as_str(), outside_range as u64);
+    }
     Ok(summary)
+}
+
+/// When a file on disk was delivered: the time in its CloudTrail name, else its modification time.
+fn local_delivery_time(path: &std::path::Path) -> i64 {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    trailwatch::timerange::delivery_time(name).unwrap_or_else(|| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64)
+    })
 }
 
 fn demo(out: Option<PathBuf>, output: Option<PathBuf>, trail: TrailArgs) -> anyhow::Result<()> {
@@ -510,6 +575,7 @@ fn demo(out: Option<PathBuf>, output: Option<PathBuf>, trail: TrailArgs) -> anyh
     let anomalies_path = output.unwrap_or_else(|| temp.path().join("anomalies.jsonl"));
     let summary = replay_paths(
         &[dir.join("AWSLogs")],
+        TimeRange::default(),
         &Settings::default(),
         load_rules(None)?,
         Some(&anomalies_path),

@@ -1,4 +1,4 @@
-//! Batch replay: log files on disk in, anomalies and a summary out.
+//! Batch replay: log files on disk or under an S3 prefix in, anomalies and a summary out.
 //!
 //! ```text
 //!  files (sorted by delivery time) ─► workers (one per core): read, inflate, decode, rules
@@ -12,16 +12,21 @@
 //! both cores stay on useful work. Each shard still sees its principals' events in the same order
 //! on every run, so the anomalies raised do not depend on thread timing. Workers stay within a
 //! window of files ahead of the slowest shard, which bounds the events held in the queues.
+//!
+//! Objects (`s3://` inputs) are fetched ahead of the workers, in file order, by one thread running
+//! `fetch.concurrency` requests at a time; at most twice that many fetched objects wait for a
+//! worker, which bounds the memory they hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::alert::AlertStats;
 use crate::anomaly::{Anomaly, Kind};
@@ -30,14 +35,68 @@ use crate::decode::{DecodeLimits, DecodedFile, Decoder, FileError};
 use crate::detect::Detector;
 use crate::engine::{partition_of, StatePartition};
 use crate::event::{Event, RecordSkip};
+use crate::fetch::{FetchError, FetchSettings, Fetcher};
 use crate::metrics::Latencies;
+use crate::notification::ObjectRef;
 use crate::rules::RuleSet;
 
 /// A file to replay and the name it goes by in reports.
 #[derive(Debug, Clone)]
 pub struct InputFile {
-    pub path: PathBuf,
+    pub location: Location,
     pub name: Arc<str>,
+}
+
+/// Where a file to replay is.
+#[derive(Debug, Clone)]
+pub enum Location {
+    Path(PathBuf),
+    Object(ObjectRef),
+}
+
+impl InputFile {
+    /// A file on disk, named by its path.
+    pub fn local(path: PathBuf) -> InputFile {
+        InputFile {
+            name: Arc::from(path.display().to_string()),
+            location: Location::Path(path),
+        }
+    }
+
+    /// An object, named by its `s3://` URL.
+    pub fn object(object: ObjectRef) -> InputFile {
+        InputFile {
+            name: Arc::from(format!("s3://{}/{}", object.bucket, object.key)),
+            location: Location::Object(object),
+        }
+    }
+
+    /// The file's path, if it is on disk.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.location {
+            Location::Path(path) => Some(path),
+            Location::Object(_) => None,
+        }
+    }
+
+    /// The name's `YYYYMMDDTHHMMZ` delivery time (see [`delivery_time`]), to sort by.
+    fn delivery_stamp(&self) -> &str {
+        delivery_time(&self.name)
+    }
+}
+
+/// Sorts `files` by the delivery time in their names, then by name, and drops repeats: replay
+/// follows event time as closely as the names allow.
+pub fn sort_inputs(files: &mut Vec<InputFile>) {
+    // Each file's delivery time is read once, not once per comparison: for tens of thousands of
+    // files, sorting was a noticeable share of a replay, spent before any worker starts.
+    let mut keyed: Vec<(String, InputFile)> = std::mem::take(files)
+        .into_iter()
+        .map(|f| (f.delivery_stamp().to_owned(), f))
+        .collect();
+    keyed.sort_unstable_by(|a, b| (a.0.as_str(), &*a.1.name).cmp(&(b.0.as_str(), &*b.1.name)));
+    keyed.dedup_by(|a, b| a.1.name == b.1.name);
+    *files = keyed.into_iter().map(|(_, f)| f).collect();
 }
 
 fn percentiles_json(p: crate::metrics::Percentiles) -> serde_json::Value {
@@ -149,21 +208,8 @@ pub fn scan_inputs(inputs: &[PathBuf]) -> Result<Listing, std::io::Error> {
             }
         }
     }
-    // Each file's delivery time is read once, not once per comparison: for tens of thousands of
-    // files, sorting was a noticeable share of a replay, spent before any worker starts.
-    let mut files: Vec<(String, PathBuf)> = files
-        .into_iter()
-        .map(|path| (delivery_time(&path).to_owned(), path))
-        .collect();
-    files.sort_unstable();
-    files.dedup();
-    let files = files
-        .into_iter()
-        .map(|(_, path)| InputFile {
-            name: Arc::from(path.display().to_string()),
-            path,
-        })
-        .collect();
+    let mut files = files.into_iter().map(InputFile::local).collect();
+    sort_inputs(&mut files);
     problems.sort_by(|a, b| a.path.cmp(&b.path));
     problems.dedup_by(|a, b| a.path == b.path);
     Ok(Listing {
@@ -200,8 +246,8 @@ fn list_problem(input: &Path, error: &walkdir::Error) -> ListProblem {
 }
 
 /// The `YYYYMMDDTHHMMZ` in `<account>_CloudTrail_<region>_<time>_<id>.json.gz`, if present.
-fn delivery_time(path: &Path) -> &str {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+fn delivery_time(path: &str) -> &str {
+    let name = path.rsplit('/').next().unwrap_or("");
     name.split('_')
         .nth(3)
         .filter(|t| t.len() == 14 && t.ends_with('Z'))
@@ -470,6 +516,7 @@ pub fn replay(
         shards: &shards,
         latencies: Arc::new(Latencies::default()),
         spare: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+        fetched: Prefetched::default(),
     };
     let (anomaly_tx, anomaly_rx) = bounded::<Vec<Anomaly>>(64);
 
@@ -491,6 +538,10 @@ pub fn replay(
     };
 
     let mut summary = std::thread::scope(|scope| {
+        if files.iter().any(|f| matches!(f.location, Location::Object(_))) {
+            let fetch = settings.replay_fetch();
+            scope.spawn(|| plan.fetched.fetch_all(&files, fetch));
+        }
         let handles: Vec<_> = (0..workers)
             .map(|worker| {
                 let (plan, rules, anomalies) = (&plan, rules.clone(), anomaly_tx.clone());
@@ -550,6 +601,8 @@ struct Plan<'a> {
     latencies: Arc<Latencies>,
     /// Per worker, event vectors every shard is done with, for the worker to decode into again.
     spare: Vec<Mutex<Vec<Vec<Event>>>>,
+    /// Objects fetched ahead, by file number.
+    fetched: Prefetched,
 }
 
 impl Plan<'_> {
@@ -710,11 +763,18 @@ fn work(
             }
         }
         bytes.clear();
-        let decoded = match read_bounded(&file.path, limits.max_inflated_bytes, &mut bytes) {
-            Ok(()) => decoder.decode_into(&file.name, &bytes, plan.spare_events(worker)),
-            Err(error) => DecodedFile {
-                error: Some(error),
-                ..DecodedFile::default()
+        let failed = |error| DecodedFile {
+            error: Some(error),
+            ..DecodedFile::default()
+        };
+        let decoded = match &file.location {
+            Location::Path(path) => match read_bounded(path, limits.max_inflated_bytes, &mut bytes) {
+                Ok(()) => decoder.decode_into(&file.name, &bytes, plan.spare_events(worker)),
+                Err(error) => failed(error),
+            },
+            Location::Object(_) => match plan.fetched.take(seq) {
+                Ok(object) => decoder.decode_into(&file.name, &object, plan.spare_events(worker)),
+                Err(error) => failed(FileError::Fetch(error)),
             },
         };
         if bytes.capacity() > KEEP_READ_BUFFER {
@@ -743,6 +803,70 @@ fn work(
             if i % workers == worker || shard.next.load(Ordering::Acquire) + plan.window / 2 <= seq {
                 shard.advance(plan, anomalies);
             }
+        }
+    }
+}
+
+/// A fetched object, and its room among those held ahead (freed when a worker takes it).
+type Slot = (Result<bytes::Bytes, FetchError>, OwnedSemaphorePermit);
+
+/// Objects fetched ahead of the workers, by file number, each waiting for the worker that took
+/// its number.
+#[derive(Default)]
+struct Prefetched {
+    slots: Mutex<HashMap<usize, Slot>>,
+    arrived: Condvar,
+}
+
+impl Prefetched {
+    /// Fetches the objects among `files`, in file order, `concurrency` at a time, holding at most
+    /// twice that many for the workers. Runs on a thread of its own until every object is fetched
+    /// or has failed.
+    fn fetch_all(&self, files: &[InputFile], settings: FetchSettings) {
+        use futures::StreamExt as _;
+        let ahead = Arc::new(Semaphore::new(2 * settings.concurrency.max(1)));
+        let concurrency = settings.concurrency.max(1);
+        let fetcher = Fetcher::new(settings);
+        let objects = files.iter().enumerate().filter_map(|(seq, f)| match &f.location {
+            Location::Object(object) => Some((seq, object)),
+            Location::Path(_) => None,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for fetching starts");
+        runtime.block_on(
+            futures::stream::iter(objects)
+                .map(|(seq, object)| {
+                    let (fetcher, ahead) = (&fetcher, Arc::clone(&ahead));
+                    async move {
+                        let room = ahead
+                            .acquire_owned()
+                            .await
+                            .expect("the semaphore is never closed");
+                        (seq, fetcher.fetch(object).await, room)
+                    }
+                })
+                .buffered(concurrency)
+                .for_each(|(seq, fetched, room)| {
+                    self.slots
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(seq, (fetched, room));
+                    self.arrived.notify_all();
+                    std::future::ready(())
+                }),
+        );
+    }
+
+    /// Waits for object number `seq` and takes it, making room for another.
+    fn take(&self, seq: usize) -> Result<bytes::Bytes, FetchError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some((fetched, _room)) = slots.remove(&seq) {
+                return fetched;
+            }
+            slots = self.arrived.wait(slots).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
@@ -802,7 +926,15 @@ mod tests {
 
         let relative: Vec<_> = files
             .iter()
-            .map(|f| f.path.strip_prefix(&root).unwrap().to_str().unwrap().to_owned())
+            .map(|f| {
+                f.path()
+                    .unwrap()
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
         assert_eq!(
             relative,

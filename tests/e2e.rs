@@ -260,7 +260,8 @@ fn fixture(partitions: i32) -> Fixture {
     let keys: Vec<String> = files
         .iter()
         .map(|f| {
-            f.path
+            f.path()
+                .unwrap()
                 .strip_prefix(&trail)
                 .unwrap()
                 .to_string_lossy()
@@ -663,4 +664,157 @@ fn replicas_of_one_configuration_form_one_cluster_and_never_split_a_principal() 
         assert!(status.success(), "{status}: {}", logs(&f, &names));
     }
     assert_eq!(counts(&all), f.expected, "{}", logs(&f, &names));
+}
+
+/// `trailwatch replay` over an S3 prefix, with and without a time range, with its settings in
+/// `config`; returns the anomalies (without the fields that name where they were read, or when)
+/// and the summary.
+fn replay_cli(config: &Path, input: &str, range: &[&str], dir: &Path) -> (Vec<Value>, Value) {
+    let (output, summary) = (dir.join("out.jsonl"), dir.join("summary.json"));
+    let out = Command::new(BIN)
+        .args([
+            "replay",
+            "--config",
+            &path_str(config),
+            "--output",
+            &path_str(&output),
+        ])
+        .args(["--summary", &path_str(&summary)])
+        .args(range)
+        .arg(input)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay {input} {range:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut anomalies: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for a in &mut anomalies {
+        a["evidence"]["object"] = Value::Null;
+        a["detected_at"] = Value::Null;
+    }
+    anomalies.sort_by_key(|a| a.to_string());
+    let summary = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    (anomalies, summary)
+}
+
+#[test]
+fn replay_reads_an_s3_prefix_as_it_reads_the_same_files_on_disk_within_a_time_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let trail = dir.path().join("bucket");
+    generate(&GenerateOptions {
+        out: trail.clone(),
+        seed: 5,
+        days: 10,
+        principals: 10,
+        events_per_day: 40,
+        ..GenerateOptions::default()
+    })
+    .unwrap();
+    std::fs::remove_file(trail.join("labels.jsonl")).unwrap();
+    let logs = trail.join("AWSLogs");
+    std::fs::write(
+        logs.join("corrupt.json.gz"),
+        [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 0x07],
+    )
+    .unwrap();
+    std::fs::write(logs.join("README.txt"), b"not a log file").unwrap();
+    let (s3, endpoint) = start_moto();
+    upload(&endpoint, "trail", &trail);
+    let config = dir.path().join("replay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[replay]\nworkers = 2\n[baseline]\nlearning_period = \"2d\"\n\
+             [s3]\nendpoint = \"{endpoint}\"\nallow_http = true\nregion = \"us-east-1\"\n\
+             [fetch]\nconcurrency = 3\nretries = 1\nmax_backoff = \"100ms\"\n"
+        ),
+    )
+    .unwrap();
+    let (local_dir, s3_dir) = (dir.path().join("local"), dir.path().join("s3"));
+    std::fs::create_dir_all(&local_dir).unwrap();
+    std::fs::create_dir_all(&s3_dir).unwrap();
+
+    // The whole prefix: the same anomalies as the folder, every file read, the bad one reported.
+    let (on_disk, disk_summary) = replay_cli(&config, &path_str(&logs), &[], &local_dir);
+    let (from_s3, s3_summary) = replay_cli(&config, "s3://trail/AWSLogs", &[], &s3_dir);
+    assert!(
+        on_disk.len() >= 5,
+        "the trail raises anomalies: {}",
+        on_disk.len()
+    );
+    assert_eq!(from_s3, on_disk);
+    assert_eq!(s3_summary["files"]["read"], disk_summary["files"]["read"]);
+    assert_eq!(s3_summary["files"]["failed"]["corrupt_gzip"], 1);
+    assert_eq!(s3_summary["files"]["skipped"]["not_a_log_file"], 1);
+    assert_eq!(s3_summary["records"]["events"], disk_summary["records"]["events"]);
+
+    // Seven of the ten days, by delivery time (the trail's incidents are on its last two).
+    let (files, _) = list_inputs(std::slice::from_ref(&logs)).unwrap();
+    let mut days: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.name.rsplit('_').nth(1).map(|t| t[..8].to_owned()))
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    days.dedup();
+    assert!(days.len() >= 10, "{days:?}");
+    let date = |d: &str| format!("{}-{}-{}", &d[..4], &d[4..6], &d[6..8]);
+    let (since, until) = (date(&days[2]), date(&days[9]));
+    let in_range = files
+        .iter()
+        .filter(|f| {
+            f.name
+                .rsplit('_')
+                .nth(1)
+                .is_some_and(|t| t[..8] >= *days[2] && t[..8] < *days[9])
+        })
+        .count() as u64;
+    let range = ["--since", since.as_str(), "--until", until.as_str()];
+    let (on_disk, disk_summary) = replay_cli(&config, &path_str(&logs), &range, &local_dir);
+    let (from_s3, s3_summary) = replay_cli(&config, "s3://trail/AWSLogs/", &range, &s3_dir);
+    assert!(!on_disk.is_empty(), "the range raises anomalies");
+    assert_eq!(from_s3, on_disk);
+    assert_eq!(disk_summary["files"]["read"], in_range);
+    assert_eq!(s3_summary["files"]["read"], in_range);
+    assert!(
+        disk_summary["files"]["skipped"]["outside_time_range"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let times: Vec<&str> = from_s3
+        .iter()
+        .map(|a| a["event_time"].as_str().unwrap())
+        .collect();
+    assert!(
+        times.iter().all(|t| *t >= &*since && t[..10] <= *until),
+        "events come from the range's files: {times:?}"
+    );
+
+    // A bucket that does not exist is an error that names it.
+    let out = Command::new(BIN)
+        .args([
+            "replay",
+            "--config",
+            &path_str(&config),
+            "s3://no-such-bucket/AWSLogs",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("s3://no-such-bucket/AWSLogs") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    drop(s3);
 }

@@ -14,12 +14,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 use trailwatch::config::Settings;
-use trailwatch::fetch::{FetchSettings, StoreSettings};
+use trailwatch::fetch::StoreSettings;
 use trailwatch::generate::{generate, GenerateOptions};
 use trailwatch::metrics::Metrics;
 use trailwatch::replay::{list_inputs, replay};
 use trailwatch::rules::RuleSet;
-use trailwatch::run::{run, DeadLetter, KafkaSettings, RunSettings, Sink, Source};
+use trailwatch::run::{run, DeadLetter};
 
 const NOTIFICATIONS: &str = "notifications";
 const ANOMALIES: &str = "anomalies";
@@ -37,7 +37,14 @@ fn keys(root: &Path) -> Vec<String> {
     let (files, _) = list_inputs(&[root.join("AWSLogs")]).unwrap();
     files
         .iter()
-        .map(|f| f.path.strip_prefix(root).unwrap().to_string_lossy().into_owned())
+        .map(|f| {
+            f.path()
+                .unwrap()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect()
 }
 
@@ -168,40 +175,22 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 2],
     );
 
-    let run_settings = RunSettings {
-        source: Source::Kafka,
-        sink: Sink::Kafka,
-        dead_letter_file: None,
-        kafka: KafkaSettings {
-            brokers: brokers.clone(),
-            group_id: "trailwatch-test".into(),
-            notifications_topic: NOTIFICATIONS.into(),
-            anomalies_topic: ANOMALIES.into(),
-            events_topic: "trailwatch-events".into(),
-            dead_letter_topic: DEAD.into(),
-            options: Default::default(),
-        },
-        fetch: FetchSettings {
-            store: StoreSettings::Local(trail.clone()),
-            concurrency: 8,
-            retries: 0,
-            max_backoff: Duration::from_millis(50),
-            max_object_bytes: 1 << 30,
-        },
-        checkpoint_url: Some(dir.path().join("checkpoint").display().to_string()),
-        checkpoint_interval: Duration::from_millis(500),
-        batch_max_messages: 200,
-        batch_max_wait: Duration::from_millis(200),
-        retry_pause: Duration::from_millis(100),
-        metrics_listen: None,
-        role: Default::default(),
-        s3: StoreSettings::S3 {
-            region: None,
-            endpoint: None,
-            allow_http: false,
-            credentials: None,
-        },
-    };
+    let mut run_settings = Settings::from_toml(
+        &format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"trailwatch-test\"\n\
+             notifications_topic = \"{NOTIFICATIONS}\"\nanomalies_topic = \"{ANOMALIES}\"\n\
+             dead_letter_topic = \"{DEAD}\"\n\
+             [fetch]\nconcurrency = 8\nretries = 0\nmax_backoff = \"50ms\"\nretry_pause = \"100ms\"\n\
+             [checkpoint]\nurl = \"{}\"\ninterval = \"500ms\"\n\
+             [batch]\nmax_messages = 200\nmax_wait = \"200ms\"\n[metrics]\nlisten = \"\"\n",
+            dir.path().join("checkpoint").display()
+        ),
+        "mock cluster test",
+    )
+    .expect("valid settings")
+    .run;
+    // The folder stands in for the bucket the notifications name.
+    run_settings.fetch.store = StoreSettings::Local(trail.clone());
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(run(

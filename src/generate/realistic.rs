@@ -1471,7 +1471,7 @@ pub fn generate_realistic(options: &RealisticOptions) -> std::io::Result<Generat
     let mut digests = std::collections::BTreeSet::new();
     for ((slot, account, region), indices) in files {
         let delivered = (slot + 1) * options.file_span.max(1) + rng.gen_range(0..180);
-        let (stamp, dir, name) = log_file(&options.out, &account, &region, delivered, &mut rng);
+        let (stamp, dir, name) = log_file(&options.out, account, region, delivered, &mut rng);
         let sorted = rng.gen_bool(0.25);
         named.push((dir, name, sorted, indices));
         digests.insert((

@@ -540,9 +540,8 @@ fn list_folder(
     let mut files = Vec::new();
     for file in listing.files {
         let Some(key) = file
-            .path
-            .strip_prefix(dir)
-            .ok()
+            .path()
+            .and_then(|p| p.strip_prefix(dir).ok())
             .map(|p| p.to_string_lossy().into_owned())
         else {
             continue;
