@@ -23,17 +23,18 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use trailwatch::config::Role;
 use trailwatch::config::Settings;
+use trailwatch::config::StoreSettings;
 use trailwatch::decode::{DecodeLimits, Decoder};
 use trailwatch::detect::Detector;
 use trailwatch::engine::wire::{EventRecord, EventsMessage, SourceMark};
 use trailwatch::engine::{partition_of, StatePartition};
-use trailwatch::fetch::StoreSettings;
 use trailwatch::generate::{generate, GenerateOptions};
 use trailwatch::metrics::Metrics;
 use trailwatch::replay::list_inputs;
 use trailwatch::rules::RuleSet;
-use trailwatch::run::{run, Role};
+use trailwatch::run::run;
 use trailwatch::state::SnapshotStore;
 
 /// The allocator the `trailwatch` binary runs with, so figures match it.

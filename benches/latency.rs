@@ -17,7 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use trailwatch::config::Settings;
-use trailwatch::fetch::StoreSettings;
+use trailwatch::config::StoreSettings;
 use trailwatch::metrics::Metrics;
 use trailwatch::rules::RuleSet;
 use trailwatch::run::run;

@@ -9,31 +9,17 @@
 //! emitted when its window has passed in event time, or at [`AlertFolder::flush`]. With a zero
 //! window every anomaly is emitted at once.
 
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use ipnet::IpNet;
 use rustc_hash::FxHashMap;
 
-use crate::anomaly::{Anomaly, Kind, Severity};
+use crate::anomaly::Anomaly;
+use crate::config::{AlertPolicy, Suppression};
 use crate::event::parse_event_time;
 use crate::net::parse_source_ip;
 
 /// eventIDs an anomaly carries at most; `count` still counts them all.
 pub const MAX_EVENT_IDS: usize = 20;
-
-/// One suppression: an anomaly matching every condition given is dropped. Within a condition,
-/// any listed value matches.
-#[derive(Debug, Clone, Default)]
-pub struct Suppression {
-    pub rules: HashSet<String>,
-    pub kinds: HashSet<String>,
-    pub principals: HashSet<String>,
-    pub accounts: HashSet<String>,
-    pub cidrs: Vec<IpNet>,
-    /// Substrings of the user agent.
-    pub user_agents: Vec<String>,
-}
 
 impl Suppression {
     fn matches(&self, a: &Anomaly) -> bool {
@@ -51,18 +37,6 @@ impl Suppression {
             && (self.cidrs.is_empty() || ip.is_some_and(|ip| self.cidrs.iter().any(|net| net.contains(&ip))))
             && (self.user_agents.is_empty() || self.user_agents.iter().any(|ua| agent.contains(ua.as_str())))
     }
-}
-
-/// The lifecycle's settings.
-#[derive(Debug, Clone, Default)]
-pub struct AlertPolicy {
-    /// Seconds of event time within which repeats fold into one anomaly; 0 emits each.
-    pub dedup_window: i64,
-    /// Rules (by id or title) evaluated and counted but not emitted.
-    pub shadow_rules: HashSet<String>,
-    /// Severity per rule (by id or title).
-    pub severity: HashMap<String, Severity>,
-    pub suppressions: Vec<Suppression>,
 }
 
 /// What the lifecycle did, for the summary and metrics.
@@ -239,27 +213,10 @@ fn fold(open: &mut Anomaly, repeat: Anomaly) {
     }
 }
 
-/// Severity names as the configuration writes them.
-pub fn parse_severity(text: &str) -> Option<Severity> {
-    Some(match text {
-        "info" | "informational" => Severity::Info,
-        "low" => Severity::Low,
-        "medium" => Severity::Medium,
-        "high" => Severity::High,
-        "critical" => Severity::Critical,
-        _ => return None,
-    })
-}
-
-/// The kinds a suppression may name.
-pub fn is_kind(text: &str) -> bool {
-    Kind::ALL.iter().any(|k| k.as_str() == text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::anomaly::{BaselineInfo, Evidence, PrincipalInfo, RuleInfo, SCHEMA};
+    use crate::anomaly::{BaselineInfo, Evidence, Kind, PrincipalInfo, RuleInfo, Severity, SCHEMA};
     use crate::event::format_time;
 
     fn anomaly(id: &str, time: i64, rule: Option<&str>, event: &str) -> Anomaly {

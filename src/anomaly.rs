@@ -225,6 +225,23 @@ pub fn now_rfc3339() -> String {
     format_time(chrono::Utc::now().timestamp())
 }
 
+/// Severity names as the configuration writes them.
+pub fn parse_severity(text: &str) -> Option<Severity> {
+    Some(match text {
+        "info" | "informational" => Severity::Info,
+        "low" => Severity::Low,
+        "medium" => Severity::Medium,
+        "high" => Severity::High,
+        "critical" => Severity::Critical,
+        _ => return None,
+    })
+}
+
+/// The kinds a suppression may name.
+pub fn is_kind(text: &str) -> bool {
+    Kind::ALL.iter().any(|k| k.as_str() == text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

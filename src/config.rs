@@ -3,16 +3,23 @@
 //! In: TOML text. Out: [`Settings`], validated typed values. Parsing rejects unknown keys (serde's
 //! `deny_unknown_fields`, whose message names the key); validation reports every bad value at
 //! once, each with its dotted key name. Nothing here does I/O beyond reading the file.
+//!
+//! The typed settings every stage takes are defined here too ([`RunSettings`], [`FetchSettings`],
+//! [`AlertPolicy`], [`Role`], ...), so that this module depends on no stage: only on the names
+//! of the output schema's kinds and severities ([`crate::anomaly`]) and on the number of baseline
+//! dimensions. What the stages do with their settings (an S3 client from [`StoreSettings`], a
+//! suppression matching an anomaly) is implemented beside the stage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::alert::{is_kind, parse_severity, AlertPolicy, Suppression};
-use crate::fetch::{S3Credentials, Secret};
+use ipnet::IpNet;
+
+use crate::anomaly::{is_kind, parse_severity, Severity};
 
 /// The file as written. Each field's doc line is its reference entry in the README.
 #[derive(Debug, Default, Deserialize)]
@@ -636,7 +643,7 @@ fn check_value<'a>(
 /// Validated settings. Shown (`{:?}`) with the librdkafka option values withheld.
 #[derive(Clone)]
 pub struct Settings {
-    pub run: crate::run::RunSettings,
+    pub run: RunSettings,
     pub engine: EngineSettings,
     pub workers: NonZeroUsize,
     pub rules_dir: Option<PathBuf>,
@@ -724,10 +731,231 @@ pub enum ConfigError {
     Invalid { path: String, problems: Vec<String> },
 }
 
+// Typed settings: what the configuration is validated into, and what the stages take.
+
+/// Which stages a `run` process takes part in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    Decode,
+    Detect,
+    /// Both, in one process (still through the events topic, so replicas form a cluster).
+    #[default]
+    All,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "decode" => Ok(Role::Decode),
+            "detect" => Ok(Role::Detect),
+            "all" => Ok(Role::All),
+            other => Err(format!("\"decode\", \"detect\" or \"all\", got {other:?}")),
+        }
+    }
+}
+
+/// Where notifications come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A Kafka topic, consumed as a consumer group.
+    Kafka,
+    /// A folder watched for new log files (S3 key layout or not); no Kafka needed. A file that
+    /// cannot be read is tried `max_attempts` times, then dead-lettered.
+    Folder {
+        path: PathBuf,
+        poll: Duration,
+        max_attempts: u32,
+    },
+}
+
+/// Where anomalies go.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    Kafka,
+    File(PathBuf),
+    Stdout,
+}
+
+/// Kafka settings; `options` pass through to librdkafka unchanged (TLS, SASL, ...). Shown
+/// (`{:?}`) with the options' values withheld: SASL and TLS passwords are among them.
+#[derive(Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub notifications_topic: String,
+    pub anomalies_topic: String,
+    pub events_topic: String,
+    pub dead_letter_topic: String,
+    pub options: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: BTreeMap<&str, &str> = self.options.keys().map(|k| (k.as_str(), "<withheld>")).collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("notifications_topic", &self.notifications_topic)
+            .field("anomalies_topic", &self.anomalies_topic)
+            .field("events_topic", &self.events_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("options", &options)
+            .finish()
+    }
+}
+
+/// Everything `trailwatch run` needs.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub source: Source,
+    pub sink: Sink,
+    /// Dead letters for non-Kafka sinks: a JSON-lines file (default: beside the sink, or stderr).
+    pub dead_letter_file: Option<PathBuf>,
+    pub kafka: KafkaSettings,
+    pub fetch: FetchSettings,
+    /// `file:///path`, a plain path, or `s3://bucket/prefix`; `None`: no checkpoints.
+    pub checkpoint_url: Option<String>,
+    pub checkpoint_interval: Duration,
+    pub batch_max_messages: usize,
+    pub batch_max_wait: Duration,
+    /// Pause before retrying a notification whose object failed transiently.
+    pub retry_pause: Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Which stages this process runs (Kafka source only).
+    pub role: Role,
+    /// The `[s3]` settings, for an `s3://` checkpoint URL.
+    pub s3: StoreSettings,
+}
+
+/// Where objects come from.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// S3 or an S3-compatible store.
+    S3 {
+        /// Region; `None`: from the environment (`AWS_REGION`), else `us-east-1`.
+        region: Option<String>,
+        /// Endpoint URL for S3-compatible stores; `None`: AWS.
+        endpoint: Option<String>,
+        /// Allow plain HTTP (for a local S3-compatible store).
+        allow_http: bool,
+        /// Keys from the configuration; `None`: the standard AWS credential sources.
+        credentials: Option<S3Credentials>,
+    },
+    /// A folder holding objects by key; the bucket name is ignored.
+    Local(PathBuf),
+}
+
+/// S3 keys given in the configuration (each perhaps read from the environment or a file, see
+/// [`crate::config::resolve_secret`]). Shown (`{:?}`) with the secret and the token withheld.
+#[derive(Clone)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key)
+            .field("session_token", &self.session_token)
+            .finish()
+    }
+}
+
+/// A password, key or token: its value is never shown, in `{:?}` or `{}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The value, for the client that sends it; never for a log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<withheld>")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<withheld>")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    pub store: StoreSettings,
+    /// Requests in flight at most.
+    pub concurrency: usize,
+    /// Retries of a transient failure before giving up on this attempt.
+    pub retries: usize,
+    /// Longest wait between retries.
+    pub max_backoff: Duration,
+    /// Largest object fetched, in bytes.
+    pub max_object_bytes: usize,
+}
+
+/// One suppression: an anomaly matching every condition given is dropped. Within a condition,
+/// any listed value matches.
+#[derive(Debug, Clone, Default)]
+pub struct Suppression {
+    pub rules: HashSet<String>,
+    pub kinds: HashSet<String>,
+    pub principals: HashSet<String>,
+    pub accounts: HashSet<String>,
+    pub cidrs: Vec<IpNet>,
+    /// Substrings of the user agent.
+    pub user_agents: Vec<String>,
+}
+
+/// The lifecycle's settings.
+#[derive(Debug, Clone, Default)]
+pub struct AlertPolicy {
+    /// Seconds of event time within which repeats fold into one anomaly; 0 emits each.
+    pub dedup_window: i64,
+    /// Rules (by id or title) evaluated and counted but not emitted.
+    pub shadow_rules: HashSet<String>,
+    /// Severity per rule (by id or title).
+    pub severity: HashMap<String, Severity>,
+    pub suppressions: Vec<Suppression>,
+}
+
+/// Passthrough properties refused because they would weaken delivery: offsets are committed by
+/// trailwatch only after the work behind them is done, and every record is acknowledged by all
+/// in-sync replicas, idempotently.
+pub fn weakening_option(key: &str, value: &str) -> Option<&'static str> {
+    match (key, value.trim()) {
+        ("enable.auto.commit", v) if v != "false" => {
+            Some("offsets are committed by trailwatch once the work behind them is done")
+        }
+        ("enable.auto.offset.store", v) if v != "false" => {
+            Some("offsets are stored by trailwatch once the work behind them is done")
+        }
+        ("enable.idempotence", v) if v != "true" => {
+            Some("records must not be duplicated or reordered by producer retries")
+        }
+        ("acks" | "request.required.acks", v) if v != "all" && v != "-1" => {
+            Some("records must be acknowledged by every in-sync replica")
+        }
+        _ => None,
+    }
+}
+
 impl Settings {
     /// How a replay fetches `s3://` inputs: the `[s3]` store, with the `[fetch]` limits.
-    pub fn replay_fetch(&self) -> crate::fetch::FetchSettings {
-        crate::fetch::FetchSettings {
+    pub fn replay_fetch(&self) -> FetchSettings {
+        FetchSettings {
             store: self.run.s3.clone(),
             ..self.run.fetch.clone()
         }
@@ -1085,9 +1313,7 @@ impl RawConfig {
         })
     }
 
-    fn run_settings(&self, problems: &mut Vec<String>) -> crate::run::RunSettings {
-        use crate::fetch::{FetchSettings, StoreSettings};
-        use crate::run::{KafkaSettings, RunSettings, Sink, Source};
+    fn run_settings(&self, problems: &mut Vec<String>) -> RunSettings {
         let mut duration = |key: &str, text: &str| match humantime::parse_duration(text) {
             Ok(d) if d > MAX_SERVICE_WAIT => {
                 problems.push(format!("{key}: at most {}, got {text:?}", MAX_SERVICE_WAIT_TEXT));
@@ -1179,7 +1405,7 @@ impl RawConfig {
             }
         }
         for (key, value) in &k.librdkafka {
-            if let Some(why) = crate::sink::weakening_option(key, value) {
+            if let Some(why) = weakening_option(key, value) {
                 problems.push(format!("kafka.librdkafka.{key}: {value:?} is refused: {why}"));
             }
         }
@@ -1218,7 +1444,7 @@ impl RawConfig {
             batch_max_messages: self.batch.max_messages.max(1),
             batch_max_wait,
             retry_pause,
-            role: crate::service::Role::default(),
+            role: Role::default(),
             s3,
             metrics_listen: match self.metrics.listen.trim() {
                 "" => None,
@@ -1471,7 +1697,7 @@ mod tests {
             file.display()
         );
         let s = Settings::from_toml(&text, "t").unwrap();
-        let crate::fetch::StoreSettings::S3 {
+        let StoreSettings::S3 {
             credentials: Some(credentials),
             ..
         } = &s.run.s3

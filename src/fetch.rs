@@ -12,36 +12,18 @@
 //! bounded by a semaphore, so a burst of notifications cannot open unbounded requests.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 use tokio::sync::Semaphore;
 
+use crate::config::{FetchSettings, S3Credentials, StoreSettings};
 use crate::decode::FileError;
 use crate::notification::ObjectRef;
 use crate::timerange::TimeRange;
-
-/// Where objects come from.
-#[derive(Debug, Clone)]
-pub enum StoreSettings {
-    /// S3 or an S3-compatible store.
-    S3 {
-        /// Region; `None`: from the environment (`AWS_REGION`), else `us-east-1`.
-        region: Option<String>,
-        /// Endpoint URL for S3-compatible stores; `None`: AWS.
-        endpoint: Option<String>,
-        /// Allow plain HTTP (for a local S3-compatible store).
-        allow_http: bool,
-        /// Keys from the configuration; `None`: the standard AWS credential sources.
-        credentials: Option<S3Credentials>,
-    },
-    /// A folder holding objects by key; the bucket name is ignored.
-    Local(PathBuf),
-}
 
 impl StoreSettings {
     /// A client builder for `bucket`: the standard AWS environment, then these settings.
@@ -71,15 +53,6 @@ impl StoreSettings {
     }
 }
 
-/// S3 keys given in the configuration (each perhaps read from the environment or a file, see
-/// [`crate::config::resolve_secret`]). Shown (`{:?}`) with the secret and the token withheld.
-#[derive(Clone)]
-pub struct S3Credentials {
-    pub access_key_id: String,
-    pub secret_access_key: Secret,
-    pub session_token: Option<Secret>,
-}
-
 impl S3Credentials {
     fn apply(&self, builder: AmazonS3Builder) -> AmazonS3Builder {
         let builder = builder
@@ -90,56 +63,6 @@ impl S3Credentials {
             None => builder,
         }
     }
-}
-
-impl std::fmt::Debug for S3Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Credentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key)
-            .field("session_token", &self.session_token)
-            .finish()
-    }
-}
-
-/// A password, key or token: its value is never shown, in `{:?}` or `{}`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Secret {
-        Secret(value)
-    }
-
-    /// The value, for the client that sends it; never for a log.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<withheld>")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<withheld>")
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct FetchSettings {
-    pub store: StoreSettings,
-    /// Requests in flight at most.
-    pub concurrency: usize,
-    /// Retries of a transient failure before giving up on this attempt.
-    pub retries: usize,
-    /// Longest wait between retries.
-    pub max_backoff: Duration,
-    /// Largest object fetched, in bytes.
-    pub max_object_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -449,6 +372,8 @@ fn read_local(root: &Path, key: &str, limit: usize) -> Result<bytes::Bytes, Fetc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
 
     #[test]
     fn date_folders_of_cloudtrails_layout_are_recognised() {

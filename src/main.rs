@@ -75,7 +75,7 @@ enum Command {
         /// Stages this process runs with a Kafka source: `decode` (notifications to the events
         /// topic), `detect` (the events topic's partitions to anomalies) or `all` (both).
         #[arg(long, default_value = "all")]
-        role: trailwatch::run::Role,
+        role: trailwatch::config::Role,
         /// Address for /metrics and the health probes, in place of `metrics.listen`: for
         /// several processes of one configuration on one host.
         #[arg(long)]

@@ -30,12 +30,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::alert::AlertStats;
 use crate::anomaly::{Anomaly, Kind};
+use crate::config::FetchSettings;
 use crate::config::Settings;
 use crate::decode::{DecodeLimits, DecodedFile, Decoder, FileError};
 use crate::detect::Detector;
 use crate::engine::{partition_of, StatePartition};
 use crate::event::{Event, RecordSkip};
-use crate::fetch::{FetchError, FetchSettings, Fetcher};
+use crate::fetch::{FetchError, Fetcher};
 use crate::metrics::Latencies;
 use crate::notification::ObjectRef;
 use crate::rules::RuleSet;

@@ -1,4 +1,4 @@
-//! `trailwatch run`: the settings it takes and where it goes.
+//! `trailwatch run`: where it goes, given its [`RunSettings`].
 //!
 //! With a Kafka source, the service runs its stages ([`crate::service`]): decode, detect, or both,
 //! through the events topic, so that any number of processes form one cluster. With a watched
@@ -8,91 +8,14 @@
 //! crash replays from there, and anomalies raised again carry the same ids.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::config::Settings;
+use crate::config::{RunSettings, Settings, Source};
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
-pub use crate::service::Role;
 pub use crate::sink::{DeadLetter, DeadLetterSource};
-
-/// Where notifications come from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// A Kafka topic, consumed as a consumer group.
-    Kafka,
-    /// A folder watched for new log files (S3 key layout or not); no Kafka needed. A file that
-    /// cannot be read is tried `max_attempts` times, then dead-lettered.
-    Folder {
-        path: PathBuf,
-        poll: Duration,
-        max_attempts: u32,
-    },
-}
-
-/// Where anomalies go.
-#[derive(Debug, Clone)]
-pub enum Sink {
-    Kafka,
-    File(PathBuf),
-    Stdout,
-}
-
-/// Kafka settings; `options` pass through to librdkafka unchanged (TLS, SASL, ...). Shown
-/// (`{:?}`) with the options' values withheld: SASL and TLS passwords are among them.
-#[derive(Clone)]
-pub struct KafkaSettings {
-    pub brokers: String,
-    pub group_id: String,
-    pub notifications_topic: String,
-    pub anomalies_topic: String,
-    pub events_topic: String,
-    pub dead_letter_topic: String,
-    pub options: BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for KafkaSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let options: BTreeMap<&str, &str> = self.options.keys().map(|k| (k.as_str(), "<withheld>")).collect();
-        f.debug_struct("KafkaSettings")
-            .field("brokers", &self.brokers)
-            .field("group_id", &self.group_id)
-            .field("notifications_topic", &self.notifications_topic)
-            .field("anomalies_topic", &self.anomalies_topic)
-            .field("events_topic", &self.events_topic)
-            .field("dead_letter_topic", &self.dead_letter_topic)
-            .field("options", &options)
-            .finish()
-    }
-}
-
-/// Everything `trailwatch run` needs.
-#[derive(Debug, Clone)]
-pub struct RunSettings {
-    pub source: Source,
-    pub sink: Sink,
-    /// Dead letters for non-Kafka sinks: a JSON-lines file (default: beside the sink, or stderr).
-    pub dead_letter_file: Option<PathBuf>,
-    pub kafka: KafkaSettings,
-    pub fetch: crate::fetch::FetchSettings,
-    /// `file:///path`, a plain path, or `s3://bucket/prefix`; `None`: no checkpoints.
-    pub checkpoint_url: Option<String>,
-    pub checkpoint_interval: Duration,
-    pub batch_max_messages: usize,
-    pub batch_max_wait: Duration,
-    /// Pause before retrying a notification whose object failed transiently.
-    pub retry_pause: Duration,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not served.
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Which stages this process runs (Kafka source only).
-    pub role: Role,
-    /// The `[s3]` settings, for an `s3://` checkpoint URL.
-    pub s3: crate::fetch::StoreSettings,
-}
 
 /// What a run did.
 #[derive(Debug, Default, Clone)]

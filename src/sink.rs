@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::anomaly::Anomaly;
-use crate::run::{KafkaSettings, RunSettings, Sink};
+use crate::config::{KafkaSettings, RunSettings, Sink};
 
 /// What every producer of trailwatch is set to: idempotent, acknowledged by all in-sync
 /// replicas, keyed records routed by Kafka's own key hash (as the Java client does), so that the
@@ -239,27 +239,6 @@ const PRODUCER_ONLY: &[&str] = &[
     "partitioner",
     "sticky.partitioning.linger.ms",
 ];
-
-/// Passthrough properties refused because they would weaken delivery: offsets are committed by
-/// trailwatch only after the work behind them is done, and every record is acknowledged by all
-/// in-sync replicas, idempotently.
-pub fn weakening_option(key: &str, value: &str) -> Option<&'static str> {
-    match (key, value.trim()) {
-        ("enable.auto.commit", v) if v != "false" => {
-            Some("offsets are committed by trailwatch once the work behind them is done")
-        }
-        ("enable.auto.offset.store", v) if v != "false" => {
-            Some("offsets are stored by trailwatch once the work behind them is done")
-        }
-        ("enable.idempotence", v) if v != "true" => {
-            Some("records must not be duplicated or reordered by producer retries")
-        }
-        ("acks" | "request.required.acks", v) if v != "all" && v != "-1" => {
-            Some("records must be acknowledged by every in-sync replica")
-        }
-        _ => None,
-    }
-}
 
 /// Why librdkafka refuses `key` = `value` (an unknown property, a value it cannot take, one this
 /// build does not support), in words that do not hold the value: options hold passwords, and

@@ -19,8 +19,8 @@ use anyhow::Context as _;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
 
+use crate::config::StoreSettings;
 use crate::engine::PartitionSnapshot;
-use crate::fetch::StoreSettings;
 
 /// Snapshots kept per partition (older ones are deleted after a write).
 const KEPT: usize = 3;

@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 use trailwatch::config::Settings;
-use trailwatch::fetch::StoreSettings;
+use trailwatch::config::StoreSettings;
 use trailwatch::generate::{generate, GenerateOptions};
 use trailwatch::metrics::Metrics;
 use trailwatch::replay::{list_inputs, replay};

@@ -28,13 +28,13 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use crate::config::Settings;
+use crate::config::{RunSettings, Settings};
 use crate::decode::DecodeLimits;
 use crate::engine::wire::{EventRecord, EventsMessage, SourceMark};
 use crate::fetch::Fetcher;
 use crate::metrics::{Latencies, Metrics};
 use crate::rules::RuleSet;
-use crate::run::{RunReport, RunSettings};
+use crate::run::RunReport;
 use crate::service::batch::{decode_batch, DecoderPool, Notification};
 use crate::sink::{client_config, ClientKind, PRODUCER_DEFAULTS};
 

@@ -26,13 +26,12 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::anomaly::Anomaly;
-use crate::config::Settings;
+use crate::config::{RunSettings, Settings};
 use crate::detect::Detector;
 use crate::engine::wire::EventsMessage;
 use crate::engine::StatePartition;
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
-use crate::run::RunSettings;
 use crate::sink::{client_config, ClientKind, Output};
 use crate::state::SnapshotStore;
 

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::anomaly::Anomaly;
 use crate::baseline::PrincipalBaseline;
-use crate::config::Settings;
+use crate::config::{RunSettings, Settings};
 use crate::decode::{DecodeLimits, DecodedFile};
 use crate::detect::{Detector, SeenIds};
 use crate::engine::{partition_of, PartitionSnapshot, StatePartition};
@@ -40,7 +40,7 @@ use crate::metrics::{Latencies, Metrics};
 use crate::notification::ObjectRef;
 use crate::replay::{scan_inputs, Escaped, ListProblem, Listing};
 use crate::rules::RuleSet;
-use crate::run::{RunReport, RunSettings};
+use crate::run::RunReport;
 use crate::service::batch::{decode_batch, DecoderPool, KeyedDeadLetter, Notification};
 use crate::sink::{DeadLetter, DeadLetterSource, Output};
 
@@ -225,7 +225,7 @@ struct CheckpointStore {
 }
 
 impl CheckpointStore {
-    fn open(url: &str, s3: &crate::fetch::StoreSettings) -> anyhow::Result<CheckpointStore> {
+    fn open(url: &str, s3: &crate::config::StoreSettings) -> anyhow::Result<CheckpointStore> {
         let (store, prefix) = crate::state::open_store(url, s3)?;
         let path = if prefix.is_empty() {
             ObjectPath::from(CHECKPOINT_NAME)

@@ -27,33 +27,11 @@ use anyhow::Context as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 
-use crate::config::Settings;
+use crate::config::{Role, RunSettings, Settings};
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
-use crate::run::{RunReport, RunSettings};
+use crate::run::RunReport;
 use crate::sink::{check_options, client_config, create_client, ClientKind};
-
-/// Which stages a `run` process takes part in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Role {
-    Decode,
-    Detect,
-    /// Both, in one process (still through the events topic, so replicas form a cluster).
-    #[default]
-    All,
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Role, String> {
-        match s {
-            "decode" => Ok(Role::Decode),
-            "detect" => Ok(Role::Detect),
-            "all" => Ok(Role::All),
-            other => Err(format!("\"decode\", \"detect\" or \"all\", got {other:?}")),
-        }
-    }
-}
 
 /// The partition count of `topic`.
 pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> anyhow::Result<u32> {
