@@ -11,7 +11,8 @@ use trailwatch::gunzip::Gunzip;
 use trailwatch::notification::decode_notification;
 use trailwatch::principal;
 use trailwatch::record::RawRecord;
-use trailwatch::rules::{GateMemo, RecordView, RuleSet};
+use trailwatch::rules::{GateMemo, RuleSet};
+use trailwatch::view::RecordView;
 
 /// The allocator the `trailwatch` binary runs with, so figures match it.
 #[global_allocator]

@@ -21,9 +21,10 @@ use crate::event::{Event, RecordSkip};
 use crate::gunzip::{Gunzip, GunzipError};
 use crate::principal::{self, PrincipalCache};
 use crate::record::RawRecord;
-use crate::rules::view::{object_text, Element};
-use crate::rules::{GateMemo, RecordView, RuleSet};
+use crate::rules::{GateMemo, RuleSet};
 use crate::useragent::AgentFamilies;
+use crate::view::RecordView;
+use crate::view::{object_text, Element};
 
 /// Why an object is not decoded at all. A bounded set: these are metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -32,8 +32,9 @@ use crate::baseline::{Dimension, PrincipalBaseline, Seen, DIMENSIONS};
 use crate::config::DetectorSettings;
 use crate::event::{format_time, Event};
 use crate::net::write_network_prefix;
-use crate::rules::{RecordView, RuleSet};
+use crate::rules::RuleSet;
 use crate::useragent::AgentFamilies;
+use crate::view::RecordView;
 
 /// The shard that owns a principal, out of `shards`.
 pub fn shard_of(principal_key: &str, shards: usize) -> usize {

@@ -11,7 +11,9 @@
 //! - [`fetch`]: objects from S3 (or a local folder) through `object_store`, bounded and retried.
 //! - [`decode`]: one object's bytes (gzip or not) → events, with skipped records and file
 //!   failures reported by file, index and reason; [`gunzip`] inflates them.
-//! - [`record`]: the borrowed, lenient view of one CloudTrail record the decoder parses into.
+//! - [`record`]: the borrowed, lenient view of one CloudTrail record the decoder parses into;
+//!   [`view`] indexes its JSON text once, for the fields the engine reads and the paths rules ask
+//!   for (it is the event Sigma rules are evaluated on).
 //! - [`event`]: a record validated into the owned [`event::Event`] detectors see.
 //! - [`principal`]: `userIdentity` → the stable principal key baselines are kept under.
 //! - [`net`], [`useragent`]: the derived dimensions (network prefix, user-agent family).
@@ -61,3 +63,4 @@ pub mod sink;
 pub mod state;
 pub mod timerange;
 pub mod useragent;
+pub mod view;

@@ -16,7 +16,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::rules::view::{Known, RecordView};
+use crate::view::{Known, RecordView};
 
 /// A JSON scalar read as text: strings as they are (borrowed when unescaped), numbers and booleans
 /// rendered, `null` as absent. Objects and arrays are skipped and read as absent, because no field
@@ -165,7 +165,7 @@ pub struct RawRecord<'a> {
 }
 
 impl<'a> RawRecord<'a> {
-    /// Reads the fields from a record's view (see [`crate::rules::RecordView`]), parsing only the
+    /// Reads the fields from a record's view (see [`crate::view::RecordView`]), parsing only the
     /// values the engine uses: the rest of the record is not scanned again, and `userIdentity` is
     /// read from the entries the view shares with the rules.
     pub fn from_view(view: &RecordView<'a>) -> RawRecord<'a> {
@@ -354,7 +354,7 @@ mod tests {
             "sessionContext":{"sessionIssuer":{"arn":"arn:aws:iam::1:role/R"}}},"responseElements":null,
             "additionalEventData":{"MFAUsed":"No"},"userAgent":"a\"b"}"#;
         let full: RawRecord = serde_json::from_str(json).unwrap();
-        let view = crate::rules::RecordView::new(json).unwrap();
+        let view = crate::view::RecordView::new(json).unwrap();
         let fast = RawRecord::from_view(&view);
         assert_eq!(format!("{full:?}"), format!("{fast:?}"));
     }
@@ -365,7 +365,7 @@ mod tests {
         // A record cannot show the rules one call and the baselines another.
         let json = r#"{"eventName":"StopLogging","eventSource":"cloudtrail.amazonaws.com",
             "eventName":"DescribeTrails","eventTime":"2024-01-01T00:00:00Z"}"#;
-        let view = crate::rules::RecordView::new(json).unwrap();
+        let view = crate::view::RecordView::new(json).unwrap();
         let record = RawRecord::top_level(&view);
         assert_eq!(record.event_name.get(), Some("StopLogging"));
         assert!(matches!(view.get_field("eventName"), Some(EventValue::Str(s)) if s == "StopLogging"));
@@ -375,9 +375,9 @@ mod tests {
     #[test]
     fn a_dotted_top_level_key_is_found_whole() {
         let json = r#"{"userIdentity.type":"Root","userIdentity":{"type":"IAMUser"}}"#;
-        let view = crate::rules::RecordView::new(json).unwrap();
+        let view = crate::view::RecordView::new(json).unwrap();
         assert_eq!(view.top_level_text("userIdentity.type"), Some(r#""Root""#));
-        let plain = crate::rules::RecordView::new(r#"{"userIdentity":{"type":"IAMUser"}}"#).unwrap();
+        let plain = crate::view::RecordView::new(r#"{"userIdentity":{"type":"IAMUser"}}"#).unwrap();
         assert_eq!(plain.top_level_text("userIdentity.type"), None);
     }
 

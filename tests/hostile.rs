@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use trailwatch::rules::{RecordView, RuleSet};
+use trailwatch::rules::RuleSet;
+use trailwatch::view::RecordView;
 
 const GOOD: &str = "tests/fixtures/odd/AWSLogs/111122223333/CloudTrail/us-east-1/2025/06/02/111122223333_CloudTrail_us-east-1_20250602T1005Z_FixtureOddShapes1.json.gz";
 

@@ -338,7 +338,8 @@ detection:
 
 #[test]
 fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
-    use trailwatch::rules::{GateMemo, RecordView, RuleSet};
+    use trailwatch::rules::{GateMemo, RuleSet};
+    use trailwatch::view::RecordView;
     let tmp = tempfile::tempdir().unwrap();
     let trail = tmp.path().join("trail");
     generate(&trail, 5, 10, 10, 60);

@@ -33,7 +33,7 @@ use rustc_hash::FxHashMap;
 
 use rsigma_eval::{Event, EventValue};
 
-use super::RecordView;
+use crate::view::RecordView;
 use rsigma_parser::{
     ConditionExpr, Detection, DetectionItem, Detections, Modifier, Quantifier, SelectorPattern, SigmaRule,
     SigmaValue,

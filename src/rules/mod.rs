@@ -16,7 +16,6 @@
 
 pub mod coverage;
 mod gate;
-pub mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -27,8 +26,8 @@ use serde_json::Value;
 
 use crate::anomaly::{Outcome, Severity};
 use crate::event::parse_event_time;
+use crate::view::RecordView;
 pub use gate::{GateIndex, GateMemo};
-pub use view::RecordView;
 
 /// A detection rule's index in [`RuleSet::rules`], as events carry it. 32 bits: a rule set of
 /// any size a process can load is indexed without wrapping (two bytes more per match than 16

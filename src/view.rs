@@ -1,4 +1,5 @@
-//! A CloudTrail record as Sigma rules see it, read straight from its JSON text.
+//! A CloudTrail record read straight from its JSON text: the fields the engine reads, and the
+//! record as Sigma rules see it.
 //!
 //! In: one record's JSON text, borrowed from the inflated file. Out: field lookups by dotted path
 //! (`userIdentity.type`, `requestParameters.ipPermissions.items.ipRanges.items.cidrIp`) for the
