@@ -39,6 +39,8 @@ use crate::state::SnapshotStore;
 /// (the setting that trades latency for batching in the decode stage does so here too).
 const DELIVER_EVERY: Duration = Duration::from_millis(100);
 const DELIVER_AT: usize = 1024;
+/// Messages taken from the consumer's queue at most before they are judged under one lock.
+const BATCH: usize = 512;
 
 /// One owned partition.
 struct Owned {
@@ -183,14 +185,16 @@ impl State {
         Ok(())
     }
 
-    /// Judges one message of an owned partition; `false` when the consumer was moved instead.
+    /// Judges one message of an owned partition; `false` when the consumer was sent back to the
+    /// partition's snapshot offset instead, so that the partition's later messages already taken
+    /// from the queue are not judged either.
     fn judge<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         partition: i32,
         offset: i64,
         payload: &[u8],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let State {
             owned,
             pending,
@@ -200,11 +204,11 @@ impl State {
             ..
         } = self;
         let Some(owned) = owned.get_mut(&partition) else {
-            return Ok(()); // a message fetched before the partition was let go
+            return Ok(true); // a message fetched before the partition was let go
         };
         if let Some(next) = owned.next_offset {
             if offset < next {
-                return Ok(()); // already in the snapshot
+                return Ok(true); // already in the snapshot
             }
             if offset > next && !owned.positioned {
                 // The group's offset ran ahead of the snapshot: go back to it.
@@ -218,7 +222,7 @@ impl State {
                 consumer
                     .seek(topic, partition, Offset::Offset(next), Duration::from_secs(10))
                     .with_context(|| format!("seeking partition {partition} to {next}"))?;
-                return Ok(());
+                return Ok(false);
             }
         }
         owned.positioned = true;
@@ -238,7 +242,7 @@ impl State {
         metrics.late_events.inc_by(owned.partition.stats.late - late);
         owned.next_offset = Some(offset + 1);
         owned.dirty = true;
-        Ok(())
+        Ok(true)
     }
 
     fn update_gauges(&self) {
@@ -423,19 +427,34 @@ pub fn run(
     let mut last_checkpoint = Instant::now();
     let deliver_every = DELIVER_EVERY.min(run.batch_max_wait);
     let result = (|| -> anyhow::Result<()> {
+        let mut batch = Vec::with_capacity(BATCH);
         while !stop.load(Ordering::Relaxed) {
-            let message = consumer.poll(deliver_every);
+            // What the queue holds, up to a batch, taken without the state's lock: a poll may run
+            // a rebalance, whose callback takes it. A message of a partition let go meanwhile is
+            // not judged (see `judge`).
+            let mut next = consumer.poll(deliver_every);
+            while let Some(message) = next {
+                match message {
+                    Ok(m) => batch.push(m),
+                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                }
+                next = (batch.len() < BATCH)
+                    .then(|| consumer.poll(Duration::ZERO))
+                    .flatten();
+            }
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(e) = state.failure.take() {
                 return Err(e);
             }
-            match message {
-                Some(Ok(m)) => {
-                    let payload = m.payload().unwrap_or_default();
-                    state.judge(&consumer, m.partition(), m.offset(), payload)?;
+            let mut moved: Vec<i32> = Vec::new();
+            for m in batch.drain(..) {
+                if moved.contains(&m.partition()) {
+                    continue;
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
-                None => {}
+                let payload = m.payload().unwrap_or_default();
+                if !state.judge(&consumer, m.partition(), m.offset(), payload)? {
+                    moved.push(m.partition());
+                }
             }
             if state.pending.len() >= DELIVER_AT || state.last_delivery.elapsed() >= deliver_every {
                 state.deliver()?;
