@@ -760,13 +760,8 @@ impl std::str::FromStr for Role {
 pub enum Source {
     /// A Kafka topic, consumed as a consumer group.
     Kafka,
-    /// A folder watched for new log files (S3 key layout or not); no Kafka needed. A file that
-    /// cannot be read is tried `max_attempts` times, then dead-lettered.
-    Folder {
-        path: PathBuf,
-        poll: Duration,
-        max_attempts: u32,
-    },
+    /// A folder watched for new log files (S3 key layout or not); no Kafka needed.
+    Folder { path: PathBuf, poll: Duration },
 }
 
 /// Where anomalies go.
@@ -821,6 +816,10 @@ pub struct RunSettings {
     pub batch_max_wait: Duration,
     /// Pause before retrying a notification whose object failed transiently.
     pub retry_pause: Duration,
+    /// Tries of an object that keeps failing before it is dead-lettered: a folder's file at once,
+    /// an object named by a notification only while other objects are fetched meanwhile (when
+    /// nothing can be fetched, the store is down, and notifications wait for it).
+    pub max_attempts: u32,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Which stages this process runs (Kafka source only).
@@ -1335,7 +1334,6 @@ impl RawConfig {
             ("folder", Some(path)) => Source::Folder {
                 path: path.clone(),
                 poll,
-                max_attempts: self.source.max_attempts,
             },
             ("folder", None) => {
                 problems.push("source.folder: required when source.kind = \"folder\"".into());
@@ -1444,6 +1442,7 @@ impl RawConfig {
             batch_max_messages: self.batch.max_messages.max(1),
             batch_max_wait,
             retry_pause,
+            max_attempts: self.source.max_attempts,
             role: Role::default(),
             s3,
             metrics_listen: match self.metrics.listen.trim() {

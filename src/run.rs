@@ -58,15 +58,11 @@ pub async fn run(
         Source::Kafka => {
             crate::service::run_kafka(settings, run.clone(), rules, Arc::clone(&metrics), shutdown).await
         }
-        Source::Folder {
-            path,
-            poll,
-            max_attempts,
-        } => {
+        Source::Folder { path, poll } => {
             let folder = crate::service::folder::FolderSource {
                 path: path.clone(),
                 poll: *poll,
-                max_attempts: *max_attempts,
+                max_attempts: run.max_attempts,
             };
             crate::service::folder::run(&settings, &run, &folder, rules, &metrics, shutdown).await
         }

@@ -107,6 +107,10 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
     )
     .unwrap();
     std::fs::write(trail.join("not-cloudtrail.json"), br#"{"hello":"world"}"#).unwrap();
+    // An object that fails as if only for now, every time, while the others are fetched: read
+    // `source.max_attempts` times, then given up on. (Reading /proc/self/mem from its start
+    // fails for everyone, root included.)
+    std::os::unix::fs::symlink("/proc/self/mem", trail.join("unreadable.json")).unwrap();
 
     let rules = Arc::new(RuleSet::builtin().unwrap());
     // What replay raises over the same files, in the same order, is what run must deliver.
@@ -153,6 +157,7 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
         r#"{"s3Bucket":"trail","s3ObjectKey":["AWSLogs/missing.json.gz"]}"#.to_owned(),
         r#"{"s3Bucket":"trail","s3ObjectKey":["corrupt.json.gz"]}"#.to_owned(),
         r#"{"s3Bucket":"trail","s3ObjectKey":["not-cloudtrail.json"]}"#.to_owned(),
+        r#"{"s3Bucket":"trail","s3ObjectKey":["unreadable.json"]}"#.to_owned(),
     ];
     // Bad input in the middle of the stream: the pipeline must go on past it.
     let middle = payloads.len() / 2;
@@ -182,7 +187,8 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
              dead_letter_topic = \"{DEAD}\"\n\
              [fetch]\nconcurrency = 8\nretries = 0\nmax_backoff = \"50ms\"\nretry_pause = \"100ms\"\n\
              [checkpoint]\nurl = \"{}\"\ninterval = \"500ms\"\n\
-             [batch]\nmax_messages = 200\nmax_wait = \"200ms\"\n[metrics]\nlisten = \"\"\n",
+             [batch]\nmax_messages = 200\nmax_wait = \"200ms\"\n[metrics]\nlisten = \"\"\n\
+             [source]\nmax_attempts = 3\n",
             dir.path().join("checkpoint").display()
         ),
         "mock cluster test",
@@ -240,15 +246,24 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
             "malformed_notification",
             "missing_object",
             "not_cloudtrail",
-            "unknown_shape"
+            "unknown_shape",
+            "unreadable"
         ]
         .into_iter()
         .collect()
     );
+    let unreadable = dead.iter().find(|d| d.reason == "unreadable").unwrap();
+    assert!(
+        unreadable.detail.contains("gave up after 3 attempts")
+            && unreadable.object.as_deref() == Some("s3://trail/unreadable.json"),
+        "{unreadable:?}"
+    );
     assert!(dead
         .iter()
         .all(|d| d.source.topic == NOTIFICATIONS && d.source.offset >= 0));
-    assert_eq!(report.notifications as usize, payloads.len());
+    // The notifications after the unreadable one were read again with it, each time.
+    assert!(report.notifications as usize >= payloads.len());
+    assert!(report.retries >= 2, "{report:?}");
 
     // Every notification was finished, so every offset is committed.
     let consumer: StreamConsumer = ClientConfig::new()
@@ -270,6 +285,7 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
         "missing_object",
         "not_cloudtrail",
         "unknown_shape",
+        "unreadable",
     ] {
         assert!(
             text.contains(&format!("trailwatch_dead_letters_total{{reason=\"{reason}\"}} 1")),

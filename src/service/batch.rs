@@ -60,8 +60,9 @@ pub struct Decoded {
     pub dead: Vec<KeyedDeadLetter>,
     /// Notifications to retry (transient failures), by topic, partition and offset.
     pub retry: BTreeSet<(String, i32, i64)>,
-    /// Why each notification to retry failed, for the dead letter of one tried too often.
-    pub retry_errors: Vec<(usize, FetchError)>,
+    /// Why each notification to retry failed (by its index in the batch, with the object that
+    /// failed), for the dead letter of one tried too often.
+    pub retry_errors: Vec<(usize, ObjectRef, FetchError)>,
 }
 
 /// Decoders for every core, kept from batch to batch (each holds caches worth keeping).
@@ -165,11 +166,7 @@ pub async fn decode_batch(
     let mut owners: Vec<usize> = Vec::new();
     for ((i, object), result) in wanted.iter().zip(fetched) {
         let n = &batch[*i];
-        let url = if object.bucket.is_empty() {
-            object.key.clone()
-        } else {
-            format!("s3://{}/{}", object.bucket, object.key)
-        };
+        let url = object_url(object);
         match result {
             Ok(bytes) => {
                 files.push((Arc::from(url.as_str()), bytes));
@@ -183,7 +180,7 @@ pub async fn decode_batch(
                 tracing::warn!(error = %Escaped(&e.to_string()), "transient fetch failure; the notification will be retried");
                 metrics.notifications.with_label_values(&["retried"]).inc();
                 retry.insert(n.position());
-                retry_errors.push((*i, e));
+                retry_errors.push((*i, object.clone(), e));
             }
         }
     }
@@ -250,6 +247,23 @@ pub async fn decode_batch(
         dead,
         retry,
         retry_errors,
+    }
+}
+
+/// The dead letter of notification `n`, given up on after `attempts` tries of `object`, which
+/// kept failing with `error`.
+pub fn given_up(n: &Notification, object: &ObjectRef, error: &FetchError, attempts: u32) -> KeyedDeadLetter {
+    let mut dead = fetch_dead_letter(error, n.source(), object_url(object), n.payload_text());
+    dead.detail = format!("{} (gave up after {attempts} attempts)", dead.detail);
+    (n.key.clone(), dead)
+}
+
+/// `s3://bucket/key`, or the key alone for a local folder.
+fn object_url(object: &ObjectRef) -> String {
+    if object.bucket.is_empty() {
+        object.key.clone()
+    } else {
+        format!("s3://{}/{}", object.bucket, object.key)
     }
 }
 

@@ -35,7 +35,7 @@ use crate::fetch::Fetcher;
 use crate::metrics::{Latencies, Metrics};
 use crate::rules::RuleSet;
 use crate::run::RunReport;
-use crate::service::batch::{decode_batch, DecoderPool, Notification};
+use crate::service::batch::{decode_batch, given_up, Decoded, DecoderPool, Notification};
 use crate::sink::{client_config, ClientKind, PRODUCER_DEFAULTS};
 
 /// Queues a record, waiting while the producer's queue is full; returns its delivery.
@@ -119,6 +119,7 @@ pub async fn run(
     let mut last_idle_marks = Instant::now();
     let mut stopping = false;
     let mut reached: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut failing = Failing::default();
 
     while !stopping {
         let mut batch: Vec<Notification> = Vec::new();
@@ -149,7 +150,8 @@ pub async fn run(
         let mut first_retry: BTreeMap<i32, i64> = BTreeMap::new();
         let mut newest: BTreeMap<i32, i64> = BTreeMap::new();
         if !batch.is_empty() {
-            let decoded = decode_batch(&mut pool, &fetcher, &batch, report, metrics, &latencies).await;
+            let mut decoded = decode_batch(&mut pool, &fetcher, &batch, report, metrics, &latencies).await;
+            failing.give_up(&batch, &mut decoded, run.max_attempts);
             for (_, partition, offset) in &decoded.retry {
                 let e = first_retry.entry(*partition).or_insert(*offset);
                 *e = (*e).min(*offset);
@@ -278,6 +280,59 @@ pub async fn run(
     .context("flushing the events producer")?;
     tracing::info!(file = %latencies.file(), event_lag = %latencies.lag(), "decode stage stopped");
     Ok(())
+}
+
+/// Notifications whose objects keep failing, by partition and offset.
+#[derive(Default)]
+struct Failing {
+    tries: BTreeMap<(i32, i64), Tries>,
+}
+
+#[derive(Default)]
+struct Tries {
+    failed: u32,
+    /// Whether another object was fetched in a batch where this one failed: the store is up,
+    /// and this object is the trouble.
+    others_fetched: bool,
+}
+
+impl Failing {
+    /// Counts the batch's failed notifications; one that failed `max_attempts` times while the
+    /// store served other objects is given up on: dead-lettered, no longer retried. While nothing
+    /// can be fetched (the store or the network is down) notifications are retried for as long
+    /// as that lasts.
+    fn give_up(&mut self, batch: &[Notification], decoded: &mut Decoded, max_attempts: u32) {
+        let others_fetched = !decoded.files.is_empty();
+        let mut counted = Vec::new();
+        for (i, object, error) in &decoded.retry_errors {
+            let n = &batch[*i];
+            let position = (n.partition, n.offset);
+            if counted.contains(&position) {
+                continue; // one attempt, whatever the number of its objects that failed
+            }
+            counted.push(position);
+            let tries = self.tries.entry(position).or_default();
+            tries.failed += 1;
+            tries.others_fetched |= others_fetched;
+            if tries.failed >= max_attempts && tries.others_fetched {
+                tracing::warn!(
+                    partition = n.partition,
+                    offset = n.offset,
+                    reason = error.reason(),
+                    attempts = tries.failed,
+                    "giving up on a notification whose object keeps failing while others are fetched"
+                );
+                decoded.retry.remove(&n.position());
+                decoded.dead.push(given_up(n, object, error, tries.failed));
+            }
+        }
+        // Forget the batch's notifications that went through or were given up on.
+        for n in batch {
+            if !decoded.retry.contains(&n.position()) {
+                self.tries.remove(&(n.partition, n.offset));
+            }
+        }
+    }
 }
 
 /// Whether every notification `partition` holds now has been read. A partition that is merely

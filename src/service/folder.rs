@@ -41,7 +41,7 @@ use crate::notification::ObjectRef;
 use crate::replay::{scan_inputs, Escaped, ListProblem, Listing};
 use crate::rules::RuleSet;
 use crate::run::RunReport;
-use crate::service::batch::{decode_batch, DecoderPool, KeyedDeadLetter, Notification};
+use crate::service::batch::{decode_batch, given_up, DecoderPool, KeyedDeadLetter, Notification};
 use crate::sink::{DeadLetter, DeadLetterSource, Output};
 
 /// The checkpoint: every partition's state and the files it reflects.
@@ -413,7 +413,7 @@ pub async fn run(
                 }
                 report.retries += retry.len() as u64;
                 let now = Instant::now();
-                for (i, error) in retry_errors {
+                for (i, object, error) in retry_errors {
                     let Some(obj) = &batch[i].direct else { continue };
                     let attempts = retrying.entry(obj.key.clone()).or_insert(Attempts {
                         failures: 0,
@@ -423,20 +423,7 @@ pub async fn run(
                     if attempts.failures >= folder.max_attempts {
                         // Tried enough: a file that cannot be read is input that cannot be used.
                         tracing::warn!(file = %Escaped(&obj.key), reason = error.reason(), attempts = attempts.failures, "giving up on a file: {}", Escaped(&error.to_string()));
-                        dead.push((
-                            None,
-                            DeadLetter {
-                                reason: error.reason().to_owned(),
-                                detail: format!("{error} (gave up after {} attempts)", attempts.failures),
-                                source: DeadLetterSource {
-                                    topic: String::new(),
-                                    partition: 0,
-                                    offset: i as i64,
-                                },
-                                object: Some(obj.key.clone()),
-                                payload: String::new(),
-                            },
-                        ));
+                        dead.push(given_up(&batch[i], &object, &error, attempts.failures));
                         retrying.remove(&obj.key);
                         files_done.insert(obj.key.clone());
                     } else {
