@@ -262,6 +262,9 @@ impl Default for RawBatch {
 pub struct RawRules {
     /// Folder of Sigma rules replacing the shipped ones (`--rules` on the command line wins).
     pub dir: Option<PathBuf>,
+    /// Folders of Sigma rules loaded beside them (SigmaHQ's CloudTrail rules, say); a rule there
+    /// that cannot be used is left out with its reason (`--extra-rules` adds to the list).
+    pub extra_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -647,6 +650,8 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub workers: NonZeroUsize,
     pub rules_dir: Option<PathBuf>,
+    /// Folders of rules loaded beside `rules_dir`'s (or the shipped ones).
+    pub rules_extra: Vec<PathBuf>,
     pub max_file_bytes: usize,
     /// Seconds a record's eventTime may be from its file's delivery time; 0: unchecked.
     pub max_event_time_skew: i64,
@@ -660,6 +665,7 @@ impl std::fmt::Debug for Settings {
             .field("run", &self.run)
             .field("workers", &self.workers)
             .field("rules_dir", &self.rules_dir)
+            .field("rules_extra", &self.rules_extra)
             .field("max_file_bytes", &self.max_file_bytes)
             .field("max_event_time_skew", &self.max_event_time_skew)
             .field("detector", &self.detector)
@@ -1198,6 +1204,7 @@ impl RawConfig {
             engine,
             workers,
             rules_dir: self.rules.dir.clone(),
+            rules_extra: self.rules.extra_dirs.clone(),
             max_file_bytes: self.replay.max_file_bytes,
             max_event_time_skew,
             detector: DetectorSettings {

@@ -45,6 +45,10 @@ enum Command {
         /// Folder of Sigma rules replacing the shipped ones.
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Folder of Sigma rules loaded beside them (repeatable); a rule there that cannot be
+        /// used is left out with its reason, and the others load.
+        #[arg(long = "extra-rules")]
+        extra_rules: Vec<PathBuf>,
         /// Where to write anomalies (default: standard output).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -72,6 +76,10 @@ enum Command {
         /// Folder of Sigma rules replacing the shipped ones.
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Folder of Sigma rules loaded beside them (repeatable); a rule there that cannot be
+        /// used is left out with its reason, and the others load.
+        #[arg(long = "extra-rules")]
+        extra_rules: Vec<PathBuf>,
         /// Stages this process runs with a Kafka source: `decode` (notifications to the events
         /// topic), `detect` (the events topic's partitions to anomalies) or `all` (both).
         #[arg(long, default_value = "all")]
@@ -107,6 +115,10 @@ enum RulesAction {
     Check {
         /// Folder of rules (default: the shipped rules).
         dir: Option<PathBuf>,
+        /// Folder of rules loaded beside them (repeatable): each of its rules is listed as
+        /// loaded or left out with the reason; what is left out there does not fail the check.
+        #[arg(long)]
+        extra: Vec<PathBuf>,
     },
     /// Run every rule's embedded test events; fail on a wrong verdict.
     Test {
@@ -267,6 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay {
             config,
             rules,
+            extra_rules,
             output,
             summary: summary_path,
             since,
@@ -275,7 +288,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let settings = load_settings(config.as_ref())?;
             let range = TimeRange::parse(since.as_deref(), until.as_deref())?;
-            let rules = load_rules(rules.as_ref().or(settings.rules_dir.as_ref()))?;
+            let rules = load_rules(
+                rules.as_ref().or(settings.rules_dir.as_ref()),
+                &extra(&settings, extra_rules),
+            )?;
             let summary = replay_paths(&paths, range, &settings, rules, output.as_ref())?;
             say(format_args!("{}", summary.render()));
             if let Some(path) = summary_path {
@@ -322,6 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             config,
             rules,
+            extra_rules,
             role,
             metrics_listen,
         } => {
@@ -334,7 +351,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 StopSignals::install().context("installing the SIGTERM and SIGINT handlers")?
             };
             let settings = Settings::load(&config)?;
-            let rules = load_rules(rules.as_ref().or(settings.rules_dir.as_ref()))?;
+            let rules = load_rules(
+                rules.as_ref().or(settings.rules_dir.as_ref()),
+                &extra(&settings, extra_rules),
+            )?;
             let report = runtime.block_on(async {
                 let mut run = settings.run.clone();
                 run.role = role;
@@ -390,13 +410,22 @@ fn load_settings(path: Option<&PathBuf>) -> anyhow::Result<Settings> {
     })
 }
 
-/// The rules in `dir`, or the shipped ones; reports what was left out on standard error.
-fn load_rules(dir: Option<&PathBuf>) -> anyhow::Result<Arc<RuleSet>> {
-    let rules = match dir {
-        Some(dir) => RuleSet::from_dir(dir).with_context(|| format!("rules in {}", dir.display()))?,
-        None => RuleSet::builtin()?,
+/// The configuration's extra rule folders, then the command line's.
+fn extra(settings: &Settings, mut from_cli: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut all = settings.rules_extra.clone();
+    all.append(&mut from_cli);
+    all
+}
+
+/// The rules in `dir`, or the shipped ones, and those of the `extra` folders beside them;
+/// reports what was left out on standard error.
+fn load_rules(dir: Option<&PathBuf>, extra: &[PathBuf]) -> anyhow::Result<Arc<RuleSet>> {
+    let rules = match (dir, extra.is_empty()) {
+        (Some(dir), true) => RuleSet::from_dir(dir).with_context(|| format!("rules in {}", dir.display()))?,
+        (None, true) => RuleSet::builtin()?,
+        (dir, false) => RuleSet::with_extra(dir.map(PathBuf::as_path), extra).context("loading the rules")?,
     };
-    for problem in &rules.unsupported {
+    for problem in rules.unsupported.iter().chain(&rules.extra_left_out) {
         say(format_args!(
             "warning: rule left out: {}\n",
             Escaped(&problem.to_string())
@@ -413,7 +442,7 @@ fn load_rules(dir: Option<&PathBuf>) -> anyhow::Result<Arc<RuleSet>> {
 
 fn rules_command(action: RulesAction) -> anyhow::Result<()> {
     let (dir, strict, test) = match action {
-        RulesAction::Check { dir } => (dir, false, false),
+        RulesAction::Check { dir, extra } => return rules_check(dir, &extra),
         RulesAction::Test { dir, strict } => (dir, strict, true),
         RulesAction::Coverage {
             dir,
@@ -421,7 +450,7 @@ fn rules_command(action: RulesAction) -> anyhow::Result<()> {
             strict,
         } => return rules_coverage(dir, catalogue, strict),
     };
-    let rules = load_rules(dir.as_ref())?;
+    let rules = load_rules(dir.as_ref(), &[])?;
     // Written like any other output: a reader that stops early ends the listing, not the process.
     let mut out = Stdout(std::io::stdout().lock());
     writeln!(
@@ -452,9 +481,45 @@ fn rules_command(action: RulesAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `rules check`: the rules of `dir` (or the shipped ones) must all load; those of the `extra`
+/// folders are listed, each loaded or left out with its reason.
+fn rules_check(dir: Option<PathBuf>, extra: &[PathBuf]) -> anyhow::Result<()> {
+    let rules = load_rules(dir.as_ref(), extra)?;
+    let mut out = Stdout(std::io::stdout().lock());
+    writeln!(
+        out,
+        "{} rules loaded ({} thresholds), {} left out, {} for other log sources",
+        rules.len(),
+        rules.correlations(),
+        rules.unsupported.len(),
+        rules.other_logsource
+    )?;
+    if !extra.is_empty() {
+        let from_extra = rules
+            .rules()
+            .iter()
+            .filter(|r| {
+                extra
+                    .iter()
+                    .any(|dir| std::path::Path::new(&r.file).starts_with(dir))
+            })
+            .count();
+        writeln!(
+            out,
+            "extra folders: {from_extra} rules loaded, {} left out",
+            rules.extra_left_out.len()
+        )?;
+        for problem in &rules.extra_left_out {
+            writeln!(out, "left out: {}", Escaped(problem))?;
+        }
+    }
+    anyhow::ensure!(rules.unsupported.is_empty(), "rules did not pass");
+    Ok(())
+}
+
 fn rules_coverage(dir: Option<PathBuf>, catalogue: Option<PathBuf>, strict: bool) -> anyhow::Result<()> {
     use trailwatch::rules::coverage::{Catalogue, Coverage};
-    let rules = load_rules(dir.as_ref())?;
+    let rules = load_rules(dir.as_ref(), &[])?;
     let catalogue = match catalogue {
         Some(path) => {
             let text =
@@ -577,7 +642,7 @@ fn demo(out: Option<PathBuf>, output: Option<PathBuf>, trail: TrailArgs) -> anyh
         &[dir.join("AWSLogs")],
         TimeRange::default(),
         &Settings::default(),
-        load_rules(None)?,
+        load_rules(None, &[])?,
         Some(&anomalies_path),
     )?;
     say(format_args!("{}", summary.render()));

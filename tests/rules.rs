@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::*;
@@ -652,4 +653,59 @@ fn a_bad_failures_setting_is_refused_with_the_rule_named() {
             && stderr.contains("sometimes"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_rule_collection_loads_beside_the_shipped_rules_each_rule_loaded_or_refused_by_name() {
+    let collection = rule_fixtures().join("collection");
+    let out = run_ok(&["rules", "check", "--extra", &path_str(&collection)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("extra folders: 2 rules loaded, 3 left out"),
+        "{stdout}"
+    );
+    for (file, reason) in [
+        ("aws_broken_yaml.yml:9", "YAML parse error"),
+        (
+            "aws_cloudtrail_stop_logging_copy.yml",
+            "already taken by rules/aws_cloudtrail_logging_stopped.yml",
+        ),
+        ("aws_bad_regex.yml", "invalid regex"),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("left out:") && l.contains(file) && l.contains(reason)),
+            "{file}: {reason}\n{stdout}"
+        );
+    }
+
+    // Replayed with the collection beside them, the shipped rules and the collection's both match.
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    write_log(
+        &logs,
+        &[
+            record("e-1", "cloudtrail.amazonaws.com", "StopLogging", "aws-cli/2.15.0"),
+            record("e-2", "iam.amazonaws.com", "ListUsers", "aws-cli/2.15.0"),
+        ],
+    );
+    let (anomalies, _) = replay_with(&[&logs], tmp.path(), &["--extra-rules", &path_str(&collection)]);
+    let matched: BTreeSet<&str> = anomalies
+        .iter()
+        .filter(|a| a["kind"] == "rule_match")
+        .map(|a| a["rule"]["id"].as_str().unwrap())
+        .collect();
+    for id in [
+        "2e7abed5-658e-430d-8569-80bb0977e471", // shipped: logging stopped
+        "4db60cc0-36fb-4c7f-a1a4-5b0c7d1e9f21", // the collection's
+        "5e2a1f3c-8d4b-4e7a-9b1c-2d3e4f5a6b7c",
+    ] {
+        assert!(matched.contains(id), "{id} among {matched:?}");
+    }
+
+    // A rule folder of one's own cannot be half-loaded: the same files replacing the shipped
+    // rules are refused whole.
+    let out = run(&["rules", "check", &path_str(&collection)]);
+    assert!(!out.status.success());
 }

@@ -18,7 +18,7 @@ pub mod coverage;
 mod gate;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rsigma_eval::{CompiledRule, CorrelationConfig, CorrelationEngine, Engine};
 use rsigma_parser::{CorrelationRule, Level, SigmaCollection, SigmaRule};
@@ -140,6 +140,9 @@ pub struct RuleSet {
     collection: SigmaCollection,
     /// Rules and correlations left out, with their file, title and reason.
     pub unsupported: Vec<String>,
+    /// Rules and files of the extra folders left out, with their file and reason (see
+    /// [`RuleSet::with_extra`]).
+    pub extra_left_out: Vec<String>,
     /// Rules skipped because their log source is not AWS CloudTrail.
     pub other_logsource: usize,
     /// `(file, rule index, tests)` for every rule that carries tests.
@@ -268,68 +271,131 @@ fn check_rule_shape(text: &str) -> Result<(), String> {
 impl RuleSet {
     /// The rules built into the binary.
     pub fn builtin() -> Result<RuleSet, RuleError> {
-        RuleSet::from_sources(
-            BUILTIN
-                .iter()
-                .map(|(name, text)| (format!("rules/{name}"), (*text).to_owned()))
-                .collect(),
-        )
+        RuleSet::from_sources(builtin_sources())
     }
 
     /// Every `.yml` and `.yaml` file under `dir`, recursively.
     pub fn from_dir(dir: &Path) -> Result<RuleSet, RuleError> {
-        let mut sources = Vec::new();
-        for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
-            let entry = entry.map_err(|e| RuleError::Read {
-                path: dir.display().to_string(),
-                source: e.into(),
-            })?;
-            let name = entry.file_name().to_string_lossy();
-            if entry.file_type().is_file() && (name.ends_with(".yml") || name.ends_with(".yaml")) {
-                let path = entry.path().display().to_string();
-                let text = std::fs::read_to_string(entry.path()).map_err(|source| RuleError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                sources.push((path, text));
-            }
+        RuleSet::from_sources(read_dir(dir)?)
+    }
+
+    /// The rules of `base` (a folder, else the shipped ones) and, beside them, those of the
+    /// `extra` folders (a collection such as SigmaHQ's, unmodified). A bad rule in `base` fails
+    /// the load, as it does alone; one in an extra folder (it does not parse, it uses what the
+    /// evaluator does not support, its id is already taken) is left out, named with its reason
+    /// in [`RuleSet::unsupported`], and the others load.
+    pub fn with_extra(base: Option<&Path>, extra: &[PathBuf]) -> Result<RuleSet, RuleError> {
+        let base = match base {
+            Some(dir) => read_dir(dir)?,
+            None => builtin_sources(),
+        };
+        let mut added = Vec::new();
+        for dir in extra {
+            added.extend(read_dir(dir)?);
         }
-        RuleSet::from_sources(sources)
+        RuleSet::from_parts(base, added)
     }
 
     /// Parses and compiles rule files given as `(name, text)`.
     pub fn from_sources(sources: Vec<(String, String)>) -> Result<RuleSet, RuleError> {
+        RuleSet::from_parts(sources, Vec::new())
+    }
+}
+
+fn builtin_sources() -> Vec<(String, String)> {
+    BUILTIN
+        .iter()
+        .map(|(name, text)| (format!("rules/{name}"), (*text).to_owned()))
+        .collect()
+}
+
+/// Every `.yml` and `.yaml` file under `dir`, recursively, as `(path, text)`.
+fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, RuleError> {
+    let mut sources = Vec::new();
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry.map_err(|e| RuleError::Read {
+            path: dir.display().to_string(),
+            source: e.into(),
+        })?;
+        let name = entry.file_name().to_string_lossy();
+        if entry.file_type().is_file() && (name.ends_with(".yml") || name.ends_with(".yaml")) {
+            let path = entry.path().display().to_string();
+            let text = std::fs::read_to_string(entry.path()).map_err(|source| RuleError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            sources.push((path, text));
+        }
+    }
+    Ok(sources)
+}
+
+impl RuleSet {
+    /// Parses and compiles `sources`, then `extra` beside them: a problem in `sources` fails the
+    /// load, one in `extra` leaves its file or rule out (see [`RuleSet::with_extra`]).
+    fn from_parts(
+        sources: Vec<(String, String)>,
+        extra: Vec<(String, String)>,
+    ) -> Result<RuleSet, RuleError> {
         let mut errors = Vec::new();
+        let mut left_out = Vec::new();
         let mut collection = SigmaCollection::new();
         let mut rule_files = Vec::new();
         let mut correlation_files = Vec::new();
         let mut other_logsource = 0;
-        for (file, text) in sources {
+        // Rule ids and names taken, with the file that took them.
+        let mut taken: HashMap<String, String> = HashMap::new();
+        // `sources` come first; the rest are extra.
+        let shipped = sources.len();
+        let extra_files: Vec<String> = extra.iter().map(|(file, _)| file.clone()).collect();
+        for (n, (file, text)) in sources.into_iter().chain(extra).enumerate() {
+            let problems = if n < shipped { &mut errors } else { &mut left_out };
             // The YAML parser's time grows faster than the nesting of what it reads: a rule is
             // checked for size and depth first, so that a hostile file cannot stall start-up.
             if let Err(problem) = check_rule_shape(&text) {
-                errors.push(format!("{file}: {problem}"));
+                problems.push(format!("{file}: {problem}"));
                 continue;
             }
             let parsed = match rsigma_parser::parse_sigma_yaml(&text) {
                 Ok(parsed) => parsed,
                 Err(e) => {
                     let msg = e.to_string();
-                    errors.push(format!("{file}:{}: {msg}", line_of(&msg).unwrap_or(1)));
+                    problems.push(format!("{file}:{}: {msg}", line_of(&msg).unwrap_or(1)));
                     continue;
                 }
             };
+            if n >= shipped && !parsed.errors.is_empty() {
+                // Part of an extra file cannot be read: none of it is used.
+                for e in &parsed.errors {
+                    let line = line_of_condition(&text, e).or_else(|| line_of(e)).unwrap_or(1);
+                    left_out.push(format!("{file}:{line}: {e}"));
+                }
+                continue;
+            }
             for e in &parsed.errors {
                 let line = line_of_condition(&text, e).or_else(|| line_of(e)).unwrap_or(1);
                 errors.push(format!("{file}:{line}: {e}"));
             }
             for rule in parsed.rules {
-                if is_cloudtrail(&rule) {
-                    rule_files.push(file.clone());
-                    collection.rules.push(rule);
-                } else {
+                if !is_cloudtrail(&rule) {
                     other_logsource += 1;
+                    continue;
                 }
+                let keys = [rule.id.as_deref(), rule.name.as_deref()];
+                if n >= shipped {
+                    if let Some(owner) = keys.into_iter().flatten().find_map(|k| taken.get(k)) {
+                        left_out.push(format!(
+                            "{file}: rule {:?}: its id or name is already taken by {owner}",
+                            rule.title
+                        ));
+                        continue;
+                    }
+                }
+                for key in keys.into_iter().flatten() {
+                    taken.entry(key.to_owned()).or_insert_with(|| file.clone());
+                }
+                rule_files.push(file.clone());
+                collection.rules.push(rule);
             }
             for correlation in parsed.correlations {
                 correlation_files.push(file.clone());
@@ -343,7 +409,7 @@ impl RuleSet {
             return Err(RuleError::Invalid(errors));
         }
 
-        let mut unsupported = Vec::new();
+        let mut unsupported = left_out;
         let mut engine = Engine::new();
         let mut kept = SigmaCollection::new();
         let mut kept_files = Vec::new();
@@ -476,6 +542,15 @@ impl RuleSet {
             index.insert(r.id.clone(), i);
             index.entry(r.title.clone()).or_insert(i);
         }
+        // What was left out of the extra folders is theirs to report; the rest is this set's.
+        let (extra_left_out, unsupported): (Vec<String>, Vec<String>) =
+            unsupported.into_iter().partition(|problem| {
+                extra_files.iter().any(|f| {
+                    problem
+                        .strip_prefix(f.as_str())
+                        .is_some_and(|rest| rest.starts_with(':'))
+                })
+            });
         Ok(RuleSet {
             rules,
             index,
@@ -484,6 +559,7 @@ impl RuleSet {
             engine,
             collection: kept,
             unsupported,
+            extra_left_out,
             other_logsource,
             tests,
             untested,
