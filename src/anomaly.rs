@@ -7,10 +7,13 @@
 //! CloudTrail `eventID`s behind the anomaly.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{format_time, Event};
+use crate::event::{format_time_compact, Event};
+use crate::principal::Principal;
 
 pub const SCHEMA: &str = "trailwatch.anomaly/v1";
 
@@ -100,6 +103,10 @@ impl Severity {
 
 /// Anomalies are read back only from the detect stage's own state snapshots (open alert folds),
 /// never from outside input.
+///
+/// An alert storm raises an anomaly for each of thousands of events, so what an anomaly holds is
+/// cheap to build: times are inline strings, the principal, the rule, the agent and the object
+/// are shared with the event and the rule set rather than copied.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Anomaly {
     pub schema: Cow<'static, str>,
@@ -107,14 +114,14 @@ pub struct Anomaly {
     pub kind: Kind,
     pub severity: Severity,
     pub score: f64,
-    pub detected_at: String,
-    pub event_time: String,
+    pub detected_at: CompactString,
+    pub event_time: CompactString,
     /// Event time of the first and last events folded into this anomaly.
-    pub first_seen: String,
-    pub last_seen: String,
+    pub first_seen: CompactString,
+    pub last_seen: CompactString,
     pub principal: PrincipalInfo,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<RuleInfo>,
+    pub rule: Option<Arc<RuleInfo>>,
     /// For single-event rule matches: whether the call succeeded or failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
@@ -127,15 +134,56 @@ pub struct Anomaly {
     pub count: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PrincipalInfo {
-    pub key: String,
+/// Who an anomaly is about: the event's principal, shared with the event. Written as
+/// `{"key", "type", "account_id", "arn", "session"}`, the session left out when there is none.
+#[derive(Debug, Clone)]
+pub struct PrincipalInfo(pub Arc<Principal>);
+
+impl std::ops::Deref for PrincipalInfo {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.0
+    }
+}
+
+/// [`PrincipalInfo`] as the schema writes it.
+#[derive(Serialize, Deserialize)]
+struct PrincipalFields<P> {
+    key: P,
     #[serde(rename = "type")]
-    pub kind: String,
-    pub account_id: Option<String>,
-    pub arn: Option<String>,
+    kind: P,
+    account_id: Option<P>,
+    arn: Option<P>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub session: Option<String>,
+    session: Option<P>,
+}
+
+impl Serialize for PrincipalInfo {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let p = &*self.0;
+        PrincipalFields {
+            key: p.key.as_str(),
+            kind: p.kind.as_str(),
+            account_id: p.account_id.as_deref(),
+            arn: p.arn.as_deref(),
+            session: p.session.as_deref(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PrincipalInfo {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let p = PrincipalFields::<CompactString>::deserialize(deserializer)?;
+        Ok(PrincipalInfo(Arc::new(Principal {
+            key: p.key,
+            kind: p.kind,
+            account_id: p.account_id,
+            arn: p.arn,
+            session: p.session,
+        })))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,47 +214,42 @@ pub struct DimensionBaseline {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaselineInfo {
     pub events: u64,
-    pub since: String,
+    pub since: CompactString,
     pub mature: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Evidence {
     pub event_ids: Vec<String>,
-    pub event_name: String,
-    pub event_source: String,
-    pub source_ip: Option<String>,
-    pub user_agent: Option<String>,
-    pub aws_region: Option<String>,
-    pub error_code: Option<String>,
-    pub object: String,
+    pub event_name: CompactString,
+    pub event_source: CompactString,
+    pub source_ip: Option<CompactString>,
+    pub user_agent: Option<Arc<str>>,
+    pub aws_region: Option<CompactString>,
+    pub error_code: Option<CompactString>,
+    pub object: Arc<str>,
 }
 
 impl Evidence {
+    /// The evidence of one event: its fields as the event holds them (short ones inline, the
+    /// agent and the object shared).
     pub fn of(event: &Event) -> Evidence {
         Evidence {
             event_ids: vec![event.event_id.to_string()],
-            event_name: event.event_name.to_string(),
-            event_source: event.event_source.to_string(),
-            source_ip: event.source.as_deref().map(Into::into),
-            user_agent: event.user_agent.as_deref().map(Into::into),
-            aws_region: event.aws_region.as_deref().map(Into::into),
-            error_code: event.error_code.as_deref().map(Into::into),
-            object: event.object.to_string(),
+            event_name: event.event_name.clone(),
+            event_source: event.event_source.clone(),
+            source_ip: event.source.clone(),
+            user_agent: event.user_agent.clone(),
+            aws_region: event.aws_region.clone(),
+            error_code: event.error_code.clone(),
+            object: Arc::clone(&event.object),
         }
     }
 }
 
 impl PrincipalInfo {
     pub fn of(event: &Event) -> PrincipalInfo {
-        let p = &event.principal;
-        PrincipalInfo {
-            key: p.key.to_string(),
-            kind: p.kind.to_string(),
-            account_id: p.account_id.as_deref().map(Into::into),
-            arn: p.arn.as_deref().map(Into::into),
-            session: p.session.as_deref().map(Into::into),
-        }
+        PrincipalInfo(Arc::clone(&event.principal))
     }
 }
 
@@ -221,8 +264,8 @@ pub fn anomaly_id(parts: &[&str]) -> String {
 }
 
 /// The current wall-clock time, for `detected_at`.
-pub fn now_rfc3339() -> String {
-    format_time(chrono::Utc::now().timestamp())
+pub fn now_rfc3339() -> CompactString {
+    format_time_compact(chrono::Utc::now().timestamp())
 }
 
 #[cfg(test)]

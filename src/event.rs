@@ -211,13 +211,18 @@ fn fast_utc_seconds(text: &str) -> Option<i64> {
 /// directly, without chrono's format-string interpreter (which cost about 3 µs per anomaly);
 /// other years, which chrono writes with a sign, and seconds beyond chrono's range go to chrono.
 pub fn format_time(secs: i64) -> String {
+    format_time_compact(secs).into()
+}
+
+/// [`format_time`] as an inline string: the 20 bytes of a time of the years 0 to 9999 need no
+/// allocation.
+pub fn format_time_compact(secs: i64) -> CompactString {
     match rfc3339_utc(secs) {
-        Some(bytes) => std::str::from_utf8(&bytes)
-            .expect("digits and separators")
-            .to_owned(),
+        Some(bytes) => std::str::from_utf8(&bytes).expect("digits and separators").into(),
         None => chrono::DateTime::from_timestamp(secs, 0)
             .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-            .unwrap_or_else(|| secs.to_string()),
+            .unwrap_or_else(|| secs.to_string())
+            .into(),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use rsigma_eval::{CompiledRule, CorrelationConfig, CorrelationEngine, Engine};
 use rsigma_parser::{CorrelationRule, Level, SigmaCollection, SigmaRule};
@@ -57,6 +58,11 @@ pub struct RuleInfo {
     pub id: String,
     pub title: String,
     pub tags: Vec<String>,
+    /// Id, title and tags as each of the rule's anomalies carries them, shared rather than copied
+    /// into every one.
+    pub shown: Arc<crate::anomaly::RuleInfo>,
+    /// The explanation of a single-event match, written once.
+    pub match_reason: String,
     pub level: Severity,
     pub file: String,
     /// A base rule that only feeds correlations: its own hits raise nothing.
@@ -71,6 +77,28 @@ pub struct RuleInfo {
 }
 
 impl RuleInfo {
+    /// A rule of `id`, `title` and `tags` with what its anomalies show of it; the rest is a
+    /// single-event rule at `info` level, to be filled in.
+    fn shown(id: String, title: String, tags: Vec<String>) -> RuleInfo {
+        RuleInfo {
+            shown: Arc::new(crate::anomaly::RuleInfo {
+                id: id.clone(),
+                title: title.clone(),
+                tags: tags.clone(),
+            }),
+            match_reason: format!("matched rule {title:?}"),
+            id,
+            title,
+            tags,
+            level: Severity::Info,
+            file: String::new(),
+            feeds_correlation_only: false,
+            feeds_correlation: false,
+            is_correlation: false,
+            keep_failures: false,
+        }
+    }
+
     /// The severity and outcome of a match on a record with `error_code`. A single-event match
     /// on a call that failed is a failed attempt: it carries [`Outcome::Failed`] and a lower
     /// severity ([`Severity::of_failed_attempt`]) unless the rule keeps failures. Threshold
@@ -417,15 +445,17 @@ impl RuleSet {
                 untested.push(format!("{file}: {}", rule.title));
             }
             rules.push(RuleInfo {
-                id: rule.id.clone().unwrap_or_else(|| rule.title.clone()),
-                title: rule.title.clone(),
-                tags: rule.tags.clone(),
                 level: severity(rule.level),
                 file: file.clone(),
                 feeds_correlation_only: feeds,
                 feeds_correlation,
                 is_correlation: false,
                 keep_failures,
+                ..RuleInfo::shown(
+                    rule.id.clone().unwrap_or_else(|| rule.title.clone()),
+                    rule.title.clone(),
+                    rule.tags.clone(),
+                )
             });
         }
         for (c, file) in &kept_correlations {
@@ -445,15 +475,17 @@ impl RuleSet {
                 None => untested.push(format!("{file}: {}", c.title)),
             }
             rules.push(RuleInfo {
-                id: c.id.clone().unwrap_or_else(|| c.title.clone()),
-                title: c.title.clone(),
-                tags: c.tags.clone(),
                 level: severity(c.level),
                 file: file.clone(),
                 feeds_correlation_only: false,
                 feeds_correlation: false,
                 is_correlation: true,
                 keep_failures: false,
+                ..RuleInfo::shown(
+                    c.id.clone().unwrap_or_else(|| c.title.clone()),
+                    c.title.clone(),
+                    c.tags.clone(),
+                )
             });
         }
         kept.correlations = kept_correlations.into_iter().map(|(c, _)| c).collect();
