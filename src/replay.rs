@@ -476,7 +476,7 @@ pub fn replay(
     let mut anomalies = BTreeMap::new();
     let mut rule_matches: BTreeMap<String, u64> = BTreeMap::new();
     let mut write_result = Ok(());
-    // Each anomaly is serialised into this buffer, then handed to the sink in one write: written
+    // Each anomaly is written into this buffer, then handed to the sink in one write: serialised
     // straight to the sink, every key and value was a call through `dyn Write` of its own.
     let mut line = Vec::new();
     let mut write = |batch: Vec<Anomaly>| {
@@ -492,12 +492,9 @@ pub fn replay(
             }
             if write_result.is_ok() {
                 line.clear();
-                write_result = serde_json::to_writer(&mut line, &anomaly)
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| {
-                        line.push(b'\n');
-                        sink.write_all(&line)
-                    });
+                anomaly.write_json(&mut line);
+                line.push(b'\n');
+                write_result = sink.write_all(&line);
             }
         }
     };

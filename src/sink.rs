@@ -152,7 +152,7 @@ impl Output {
             } => {
                 let mut buf = Vec::new();
                 for a in anomalies {
-                    serde_json::to_writer(&mut buf, a)?;
+                    a.write_json(&mut buf);
                     buf.push(b'\n');
                 }
                 out.write_all(&buf).await?;
