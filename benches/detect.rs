@@ -291,7 +291,7 @@ async fn restore(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    trailwatch::allocator::keep_freed_memory();
+    trailwatch::allocator::configure();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)

@@ -37,7 +37,7 @@ fn record(id: &str) -> serde_json::Value {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    trailwatch::allocator::keep_freed_memory();
+    trailwatch::allocator::configure();
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
         args.iter()

@@ -410,7 +410,7 @@ fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
-    trailwatch::allocator::keep_freed_memory();
+    trailwatch::allocator::configure();
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
         args.iter()

@@ -28,11 +28,11 @@ impl Suppression {
         let agent = a.evidence.user_agent.as_deref().unwrap_or("");
         (self.rules.is_empty() || rule_id.is_some_and(|id| self.rules.contains(id)))
             && (self.kinds.is_empty() || self.kinds.contains(a.kind.as_str()))
-            && (self.principals.is_empty() || self.principals.contains(&a.principal.key))
+            && (self.principals.is_empty() || self.principals.contains(a.principal.key.as_str()))
             && (self.accounts.is_empty()
                 || a.principal
                     .account_id
-                    .as_ref()
+                    .as_deref()
                     .is_some_and(|acct| self.accounts.contains(acct)))
             && (self.cidrs.is_empty() || ip.is_some_and(|ip| self.cidrs.iter().any(|net| net.contains(&ip))))
             && (self.user_agents.is_empty() || self.user_agents.iter().any(|ua| agent.contains(ua.as_str())))
@@ -230,27 +230,29 @@ mod tests {
             },
             severity: Severity::Medium,
             score: 0.5,
-            detected_at: String::new(),
-            event_time: format_time(time),
-            first_seen: format_time(time),
-            last_seen: format_time(time),
-            principal: PrincipalInfo {
+            detected_at: Default::default(),
+            event_time: format_time(time).into(),
+            first_seen: format_time(time).into(),
+            last_seen: format_time(time).into(),
+            principal: PrincipalInfo(std::sync::Arc::new(crate::principal::Principal {
                 key: "p".into(),
                 kind: "IAMUser".into(),
                 account_id: Some("111".into()),
                 arn: None,
                 session: None,
-            },
-            rule: rule.map(|r| RuleInfo {
-                id: r.into(),
-                title: format!("{r} title"),
-                tags: vec![],
+            })),
+            rule: rule.map(|r| {
+                std::sync::Arc::new(RuleInfo {
+                    id: r.into(),
+                    title: format!("{r} title"),
+                    tags: vec![],
+                })
             }),
             outcome: None,
             dimensions: vec![],
             baseline: BaselineInfo {
                 events: 0,
-                since: String::new(),
+                since: Default::default(),
                 mature: false,
             },
             evidence: Evidence {

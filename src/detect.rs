@@ -30,7 +30,7 @@ use crate::anomaly::{
 };
 use crate::baseline::{Dimension, PrincipalBaseline, Seen, DIMENSIONS};
 use crate::config::DetectorSettings;
-use crate::event::{format_time, Event};
+use crate::event::{format_time, format_time_compact, Event};
 use crate::net::write_network_prefix;
 use crate::rules::RuleSet;
 use crate::useragent::AgentFamilies;
@@ -232,7 +232,7 @@ impl Detector {
             baseline.map_or(
                 BaselineInfo {
                     events: 0,
-                    since: format_time(event.time),
+                    since: format_time_compact(event.time),
                     mature,
                 },
                 |b| baseline_info(b, mature),
@@ -246,7 +246,7 @@ impl Detector {
                 continue;
             }
             let id = anomaly_id(&[Kind::RuleMatch.as_str(), &rule.id, &event.event_id]);
-            let reason = format!("matched rule {:?}", rule.title);
+            let reason = rule.match_reason.clone();
             out.push(rule_anomaly(event, rule, id, info(mature), reason));
         }
         let (Some(engine), Some(raw)) = (&mut self.correlations, &event.raw) else {
@@ -530,18 +530,14 @@ fn rule_anomaly(
     if let (Some(crate::anomaly::Outcome::Failed), Some(code)) = (outcome, &event.error_code) {
         a.reason = format!("{} on a call that failed ({code})", a.reason);
     }
-    a.rule = Some(crate::anomaly::RuleInfo {
-        id: rule.id.clone(),
-        title: rule.title.clone(),
-        tags: rule.tags.clone(),
-    });
+    a.rule = Some(Arc::clone(&rule.shown));
     a
 }
 
 fn baseline_info(baseline: &PrincipalBaseline, mature: bool) -> BaselineInfo {
     BaselineInfo {
         events: baseline.events,
-        since: format_time(baseline.first_seen),
+        since: format_time_compact(baseline.first_seen),
         mature,
     }
 }
@@ -554,6 +550,7 @@ fn anomaly(
     baseline: BaselineInfo,
     reason: String,
 ) -> Anomaly {
+    let time = format_time_compact(event.time);
     Anomaly {
         schema: SCHEMA.into(),
         id,
@@ -561,9 +558,9 @@ fn anomaly(
         severity: Severity::from_score(score),
         score: (score * 1000.0).round() / 1000.0,
         detected_at: now_rfc3339(),
-        event_time: format_time(event.time),
-        first_seen: format_time(event.time),
-        last_seen: format_time(event.time),
+        event_time: time.clone(),
+        first_seen: time.clone(),
+        last_seen: time,
         principal: PrincipalInfo::of(event),
         rule: None,
         outcome: None,

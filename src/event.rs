@@ -206,11 +206,71 @@ fn fast_utc_seconds(text: &str) -> Option<i64> {
     Some(time.and_utc().timestamp())
 }
 
-/// Formats Unix seconds as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
+/// Formats Unix seconds as RFC 3339 UTC (`2024-01-02T03:04:05Z`), as chrono's
+/// `%Y-%m-%dT%H:%M:%SZ` does. Every anomaly carries several times: years 0 to 9999 are written
+/// directly, without chrono's format-string interpreter (which cost about 3 µs per anomaly);
+/// other years, which chrono writes with a sign, and seconds beyond chrono's range go to chrono.
 pub fn format_time(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|| secs.to_string())
+    format_time_compact(secs).into()
+}
+
+/// [`format_time`] as an inline string: the 20 bytes of a time of the years 0 to 9999 need no
+/// allocation.
+pub fn format_time_compact(secs: i64) -> CompactString {
+    match rfc3339_utc(secs) {
+        Some(bytes) => std::str::from_utf8(&bytes).expect("digits and separators").into(),
+        None => chrono::DateTime::from_timestamp(secs, 0)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(|| secs.to_string())
+            .into(),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for `secs`, if its year is 0 to 9999.
+fn rfc3339_utc(secs: i64) -> Option<[u8; 20]> {
+    /// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+    const FIRST: i64 = -62_167_219_200;
+    const LAST: i64 = 253_402_300_799;
+    if !(FIRST..=LAST).contains(&secs) {
+        return None;
+    }
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let second = secs.rem_euclid(86_400) as u32;
+    let mut out = *b"0000-00-00T00:00:00Z";
+    let year = year as u32;
+    for (at, value) in [
+        (0, year / 100),
+        (2, year % 100),
+        (5, month),
+        (8, day),
+        (11, second / 3600),
+        (14, second / 60 % 60),
+        (17, second % 60),
+    ] {
+        out[at] = b'0' + (value / 10) as u8;
+        out[at + 1] = b'0' + (value % 10) as u8;
+    }
+    Some(out)
+}
+
+/// The proleptic Gregorian (year, month, day) of a day counted from 1970-01-01: Howard Hinnant's
+/// `civil_from_days`, over 400-year eras that begin on a 1 March.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    // Months from March: 0 is March, 11 is February.
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -257,6 +317,63 @@ mod tests {
             event(r#"{"eventType":"AwsCloudTrailInsight","eventTime":"2024-01-01T00:00:00Z"}"#).unwrap_err(),
             RecordSkip::InsightRecord
         );
+    }
+
+    #[test]
+    fn times_are_formatted_as_chrono_formats_them() {
+        let chrono = |secs: i64| {
+            chrono::DateTime::from_timestamp(secs, 0)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_else(|| secs.to_string())
+        };
+        const DAY: i64 = 86_400;
+        // The ends of the directly written years and of chrono's range, the epoch, leap days
+        // (2000 is a leap year, 1900 and 2100 are not), ends of months and years.
+        let mut times = vec![
+            0,
+            -1,
+            1,
+            -62_167_219_200,
+            -62_167_219_201,
+            253_402_300_799,
+            253_402_300_800,
+            i64::MIN,
+            i64::MAX,
+        ];
+        for end in [
+            chrono::DateTime::<chrono::Utc>::MIN_UTC,
+            chrono::DateTime::<chrono::Utc>::MAX_UTC,
+        ] {
+            times.extend([end.timestamp() - 1, end.timestamp(), end.timestamp() + 1]);
+        }
+        for date in [
+            "2000-02-29T00:00:00Z",
+            "1900-03-01T00:00:00Z",
+            "2100-03-01T00:00:00Z",
+            "2024-12-31T23:59:59Z",
+            "1969-12-31T23:59:59Z",
+            "1600-03-01T00:00:00Z",
+        ] {
+            let t = parse_event_time(date).unwrap();
+            times.extend([t - DAY - 1, t - 1, t, t + 1, t + DAY]);
+        }
+        // Every day from 1599 to 2401 at a second that moves through the day, then pseudo-random
+        // seconds over and beyond the years 0 to 9999.
+        let first = parse_event_time("1599-01-01T00:00:00Z").unwrap();
+        times.extend((0..293_000).map(|d| first + d * DAY + (d * 7_919) % DAY));
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200_000 {
+            // SplitMix64.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            times.push((z % 400_000_000_000) as i64 - 100_000_000_000);
+        }
+        for t in times {
+            assert_eq!(format_time(t), chrono(t), "{t}");
+        }
     }
 
     #[test]

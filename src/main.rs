@@ -20,7 +20,7 @@ use trailwatch::timerange::TimeRange;
 
 /// Events are built on decode threads and freed on shard threads; mimalloc's per-thread heaps
 /// take those cross-thread frees without the lock contention of the system allocator. Tuned at
-/// start-up by [`trailwatch::allocator::keep_freed_memory`].
+/// start-up by [`trailwatch::allocator::configure`].
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -203,7 +203,7 @@ impl TrailArgs {
 }
 
 fn main() -> ExitCode {
-    trailwatch::allocator::keep_freed_memory();
+    trailwatch::allocator::configure();
     tracing_subscriber::fmt()
         .with_writer(|| QuietStderr)
         .with_ansi(std::io::stderr().is_terminal())

@@ -124,7 +124,7 @@ impl Output {
                     .collect::<Result<_, _>>()?;
                 let sends = anomalies.iter().zip(&payloads).map(|(a, p)| {
                     producer.send(
-                        FutureRecord::to(topic).key(&a.principal.key).payload(p),
+                        FutureRecord::to(topic).key(a.principal.key.as_str()).payload(p),
                         Duration::from_secs(30),
                     )
                 });
@@ -152,7 +152,7 @@ impl Output {
             } => {
                 let mut buf = Vec::new();
                 for a in anomalies {
-                    serde_json::to_writer(&mut buf, a)?;
+                    a.write_json(&mut buf);
                     buf.push(b'\n');
                 }
                 out.write_all(&buf).await?;
