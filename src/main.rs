@@ -441,18 +441,44 @@ fn load_rules(dir: Option<&PathBuf>, extra: &[PathBuf]) -> anyhow::Result<Arc<Ru
 }
 
 fn rules_command(action: RulesAction) -> anyhow::Result<()> {
-    let (dir, strict, test) = match action {
-        RulesAction::Check { dir, extra } => return rules_check(dir, &extra),
-        RulesAction::Test { dir, strict } => (dir, strict, true),
+    match action {
+        RulesAction::Check { dir, extra } => rules_check(dir, &extra),
+        RulesAction::Test { dir, strict } => rules_test(dir, strict),
         RulesAction::Coverage {
             dir,
             catalogue,
             strict,
-        } => return rules_coverage(dir, catalogue, strict),
-    };
+        } => rules_coverage(dir, catalogue, strict),
+    }
+}
+
+/// `rules test`: every rule loads and gives each of its test events the verdict it expects;
+/// `strict`: every rule that raises alerts has test events.
+fn rules_test(dir: Option<PathBuf>, strict: bool) -> anyhow::Result<()> {
     let rules = load_rules(dir.as_ref(), &[])?;
     // Written like any other output: a reader that stops early ends the listing, not the process.
     let mut out = Stdout(std::io::stdout().lock());
+    write_loaded(&mut out, &rules)?;
+    let failures = rules.run_tests();
+    for failure in &failures {
+        writeln!(out, "FAIL {failure}")?;
+    }
+    for untested in &rules.untested {
+        writeln!(
+            out,
+            "{} {untested}: no test events",
+            if strict { "FAIL" } else { "note" }
+        )?;
+    }
+    writeln!(out, "rule tests: {} failed", failures.len())?;
+    let failed =
+        !rules.unsupported.is_empty() || !failures.is_empty() || (strict && !rules.untested.is_empty());
+    anyhow::ensure!(!failed, "rules did not pass");
+    Ok(())
+}
+
+/// The line that says what a rule set holds.
+fn write_loaded(out: &mut impl Write, rules: &RuleSet) -> std::io::Result<()> {
     writeln!(
         out,
         "{} rules loaded ({} thresholds), {} left out, {} for other log sources",
@@ -460,25 +486,7 @@ fn rules_command(action: RulesAction) -> anyhow::Result<()> {
         rules.correlations(),
         rules.unsupported.len(),
         rules.other_logsource
-    )?;
-    let mut failed = !rules.unsupported.is_empty();
-    if test {
-        let failures = rules.run_tests();
-        for failure in &failures {
-            writeln!(out, "FAIL {failure}")?;
-        }
-        for untested in &rules.untested {
-            writeln!(
-                out,
-                "{} {untested}: no test events",
-                if strict { "FAIL" } else { "note" }
-            )?;
-        }
-        failed |= !failures.is_empty() || (strict && !rules.untested.is_empty());
-        writeln!(out, "rule tests: {} failed", failures.len())?;
-    }
-    anyhow::ensure!(!failed, "rules did not pass");
-    Ok(())
+    )
 }
 
 /// `rules check`: the rules of `dir` (or the shipped ones) must all load; those of the `extra`
@@ -486,14 +494,7 @@ fn rules_command(action: RulesAction) -> anyhow::Result<()> {
 fn rules_check(dir: Option<PathBuf>, extra: &[PathBuf]) -> anyhow::Result<()> {
     let rules = load_rules(dir.as_ref(), extra)?;
     let mut out = Stdout(std::io::stdout().lock());
-    writeln!(
-        out,
-        "{} rules loaded ({} thresholds), {} left out, {} for other log sources",
-        rules.len(),
-        rules.correlations(),
-        rules.unsupported.len(),
-        rules.other_logsource
-    )?;
+    write_loaded(&mut out, &rules)?;
     if !extra.is_empty() {
         let from_extra = rules
             .rules()
