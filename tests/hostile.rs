@@ -574,6 +574,47 @@ fn an_unreadable_file_in_a_watched_folder_is_tried_a_bounded_number_of_times_the
 }
 
 #[test]
+fn a_restart_does_not_give_a_file_that_keeps_failing_its_attempts_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    symlink("/proc/self/mem", watched.join("unreadable.json"));
+    let failed_reads = |s: &FolderService| {
+        s.stderr()
+            .lines()
+            .filter(|l| l.contains("cannot read unreadable.json") && !l.contains("giving up"))
+            .count()
+    };
+    // Slow retries, so that the first run is stopped between two of them.
+    let slow =
+        "[engine]\nidle_after = \"200ms\"\n[fetch]\nretry_pause = \"300ms\"\nmax_backoff = \"300ms\"\n";
+    let mut first = FolderService::start(tmp.path(), &watched, "max_attempts = 4", slow);
+    first.wait_until("two failed reads", |s| failed_reads(s) >= 2);
+    assert_eq!(first.terminate().code(), Some(0), "{}", first.stderr());
+    let before = failed_reads(&first);
+    let given_up_before = first.dead_letters().len();
+
+    let mut second = FolderService::start(tmp.path(), &watched, "max_attempts = 4", slow);
+    second.wait_until("the file given up on", |s| s.dead_letters().len() == 1);
+    let after = failed_reads(&second);
+    assert_eq!(second.terminate().code(), Some(0), "{}", second.stderr());
+    assert_eq!(
+        before + after,
+        4,
+        "four reads in all across the restart ({before} before it, {after} after; given up before it: {given_up_before})"
+    );
+    let dead = second.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 4 attempts"),
+        "{dead:?}"
+    );
+}
+
+#[test]
 fn sigterm_during_a_backlog_at_start_up_stops_the_folder_service_cleanly_without_draining_it() {
     let tmp = tempfile::tempdir().unwrap();
     let watched = tmp.path().join("watched");

@@ -17,7 +17,7 @@
 //! on, and dead-lettered after `source.max_attempts` tries. A stop is looked for before every
 //! batch, so a backlog does not delay it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +50,10 @@ struct Checkpoint {
     version: u32,
     /// Files already processed, by path under the folder.
     files_done: BTreeSet<String>,
+    /// Files that failed to be read, with their failed reads so far: a restart does not give a
+    /// file that keeps failing its `source.max_attempts` again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    failed_reads: BTreeMap<String, u32>,
     /// Version 3: each partition's whole state, in partition order.
     #[serde(default)]
     partitions: Vec<PartitionSnapshot>,
@@ -319,10 +323,16 @@ pub async fn run(
         .map(|url| CheckpointStore::open(url, &run.s3))
         .transpose()?;
     let mut files_done = BTreeSet::new();
+    let mut retrying: HashMap<String, Attempts> = HashMap::new();
     if let Some(store) = &checkpoints {
         if let Some(mut checkpoint) = store.load().await? {
             tracing::info!(partitions = checkpoint.partitions.len(), "restoring checkpoint");
             files_done = std::mem::take(&mut checkpoint.files_done);
+            let now = Instant::now();
+            retrying = std::mem::take(&mut checkpoint.failed_reads)
+                .into_iter()
+                .map(|(file, failures)| (file, Attempts { failures, next: now }))
+                .collect();
             engine.restore(settings, checkpoint);
         }
     }
@@ -335,7 +345,6 @@ pub async fn run(
     let mut dirty = false;
     // Paths the listing cannot take, reported once each for as long as they stay so.
     let mut unlisted_reported: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut retrying: HashMap<String, Attempts> = HashMap::new();
 
     loop {
         if !stopping && shutdown.as_mut().now_or_never().is_some() {
@@ -470,6 +479,7 @@ pub async fn run(
                     .save(Checkpoint {
                         version: CHECKPOINT_VERSION,
                         files_done: files_done.clone(),
+                        failed_reads: retrying.iter().map(|(f, a)| (f.clone(), a.failures)).collect(),
                         partitions: engine.snapshot(),
                         ..Checkpoint::default()
                     })
