@@ -176,14 +176,17 @@ pub const DEFAULT_MAX_EVENT_TIME_SKEW: i64 = 86_400;
 /// The delivery time in a CloudTrail log file's name
 /// (`<account>_CloudTrail_<region>_YYYYMMDDTHHMMZ_<id>.json.gz`), in Unix seconds.
 pub fn delivery_time(object: &str) -> Option<i64> {
-    let name = object.rsplit(['/', '\\']).next()?;
-    let stamp = name
-        .split('_')
-        .nth(3)
-        .filter(|t| t.len() == 14 && t.ends_with('Z'))?;
-    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%MZ")
+    chrono::NaiveDateTime::parse_from_str(delivery_stamp(object)?, "%Y%m%dT%H%MZ")
         .ok()
         .map(|t| t.and_utc().timestamp())
+}
+
+/// The `YYYYMMDDTHHMMZ` in a CloudTrail log file's name, as written (unchecked as a date).
+pub fn delivery_stamp(object: &str) -> Option<&str> {
+    let name = object.rsplit(['/', '\\']).next()?;
+    name.split('_')
+        .nth(3)
+        .filter(|t| t.len() == 14 && t.ends_with('Z'))
 }
 
 /// Inflates objects into a buffer reused from one to the next.
@@ -764,6 +767,17 @@ mod tests {
             delivery_time("1_CloudTrail_us-east-1_2024x101T0005Z_x.json"),
             None
         );
+    }
+
+    #[test]
+    fn the_delivery_time_is_read_from_cloudtrail_names() {
+        let name = "111122223333_CloudTrail_us-east-1_20240501T1035Z_abcDEF123.json.gz";
+        assert_eq!(
+            delivery_time(name),
+            Some(1_714_521_600 + 10 * 3600 + 35 * 60 /* 2024-05-01T10:35Z */)
+        );
+        assert_eq!(delivery_time("events.json.gz"), None);
+        assert_eq!(delivery_time("a_b_c_20241301T1035Z_x.json.gz"), None);
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub enum FetchError {
 }
 
 /// `s3://bucket/key`, or the key alone for a local folder (no bucket).
-fn object_url(bucket: &str, key: &str) -> String {
+pub fn object_url(bucket: &str, key: &str) -> String {
     if bucket.is_empty() {
         key.to_owned()
     } else {
@@ -293,8 +293,8 @@ impl Fetcher {
                         listing.not_log_files += 1;
                         continue;
                     }
-                    let delivered = crate::timerange::delivery_time(name)
-                        .unwrap_or_else(|| meta.last_modified.timestamp());
+                    let delivered =
+                        crate::decode::delivery_time(name).unwrap_or_else(|| meta.last_modified.timestamp());
                     if !range.contains(delivered) {
                         listing.outside_range += 1;
                         continue;

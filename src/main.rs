@@ -618,7 +618,7 @@ fn replay_paths(
 /// When a file on disk was delivered: the time in its CloudTrail name, else its modification time.
 fn local_delivery_time(path: &std::path::Path) -> i64 {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    trailwatch::timerange::delivery_time(name).unwrap_or_else(|| {
+    trailwatch::decode::delivery_time(name).unwrap_or_else(|| {
         std::fs::metadata(path)
             .and_then(|m| m.modified())
             .ok()

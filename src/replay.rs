@@ -80,9 +80,9 @@ impl InputFile {
         }
     }
 
-    /// The name's `YYYYMMDDTHHMMZ` delivery time (see [`delivery_time`]), to sort by.
+    /// The name's `YYYYMMDDTHHMMZ` delivery time, to sort by; empty if it has none.
     fn delivery_stamp(&self) -> &str {
-        delivery_time(&self.name)
+        crate::decode::delivery_stamp(&self.name).unwrap_or("")
     }
 }
 
@@ -244,15 +244,6 @@ fn list_problem(input: &Path, error: &walkdir::Error) -> ListProblem {
         },
     };
     ListProblem { path, reason, detail }
-}
-
-/// The `YYYYMMDDTHHMMZ` in `<account>_CloudTrail_<region>_<time>_<id>.json.gz`, if present.
-fn delivery_time(path: &str) -> &str {
-    let name = path.rsplit('/').next().unwrap_or("");
-    name.split('_')
-        .nth(3)
-        .filter(|t| t.len() == 14 && t.ends_with('Z'))
-        .unwrap_or("")
 }
 
 /// What a replay did.

@@ -2,12 +2,12 @@
 //!
 //! CloudTrail names each file for the time it was delivered
 //! (`<account>_CloudTrail_<region>_20240501T1035Z_<id>.json.gz`) and files it under
-//! `.../CloudTrail/<region>/2024/05/01/`. A range picks files by that time: the name's, else the
-//! object's last-modified time. The events in a file are a few minutes older than its delivery, so
-//! a range that starts at midnight reads the last minutes of the day before only if it starts a
-//! little earlier.
+//! `.../CloudTrail/<region>/2024/05/01/`. A range picks files by that time: the name's (see
+//! [`crate::decode::delivery_time`]), else the object's last-modified time. The events in a file
+//! are a few minutes older than its delivery, so a range that starts at midnight reads the last
+//! minutes of the day before only if it starts a little earlier.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate};
 
 /// Files delivered at or after `since` and before `until` (seconds since the epoch); either end
 /// may be open.
@@ -86,16 +86,6 @@ fn parse_time(text: &str) -> Result<i64, String> {
     Err("not an RFC 3339 time (2024-05-01T10:00:00Z) or a date (2024-05-01)".into())
 }
 
-/// The delivery time in a CloudTrail file name (`..._20240501T1035Z_...`), if it has one.
-pub fn delivery_time(name: &str) -> Option<i64> {
-    let stamp = name
-        .split('_')
-        .nth(3)
-        .filter(|t| t.len() == 14 && t.ends_with('Z'))?;
-    let time = NaiveDateTime::parse_from_str(&stamp[..13], "%Y%m%dT%H%M").ok()?;
-    Some(Utc.from_utc_datetime(&time).timestamp())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,13 +121,5 @@ mod tests {
         let december = TimeRange::parse(Some("2024-12-31"), None).unwrap();
         assert!(december.may_hold(&[2024, 12]));
         assert!(!december.may_hold(&[2024, 11]));
-    }
-
-    #[test]
-    fn the_delivery_time_is_read_from_cloudtrail_names() {
-        let name = "111122223333_CloudTrail_us-east-1_20240501T1035Z_abcDEF123.json.gz";
-        assert_eq!(delivery_time(name), Some(MAY_1 + 10 * 3600 + 35 * 60));
-        assert_eq!(delivery_time("events.json.gz"), None);
-        assert_eq!(delivery_time("a_b_c_20241301T1035Z_x.json.gz"), None);
     }
 }

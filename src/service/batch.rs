@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 
 use crate::decode::{DecodeLimits, DecodedFile, Decoder};
-use crate::fetch::{FetchError, Fetcher};
+use crate::fetch::{object_url, FetchError, Fetcher};
 use crate::metrics::{Latencies, Metrics};
 use crate::notification::{decode_notification, ObjectRef};
 use crate::replay::Escaped;
@@ -166,7 +166,7 @@ pub async fn decode_batch(
     let mut owners: Vec<usize> = Vec::new();
     for ((i, object), result) in wanted.iter().zip(fetched) {
         let n = &batch[*i];
-        let url = object_url(object);
+        let url = object_url(&object.bucket, &object.key);
         match result {
             Ok(bytes) => {
                 files.push((Arc::from(url.as_str()), bytes));
@@ -253,18 +253,14 @@ pub async fn decode_batch(
 /// The dead letter of notification `n`, given up on after `attempts` tries of `object`, which
 /// kept failing with `error`.
 pub fn given_up(n: &Notification, object: &ObjectRef, error: &FetchError, attempts: u32) -> KeyedDeadLetter {
-    let mut dead = fetch_dead_letter(error, n.source(), object_url(object), n.payload_text());
+    let mut dead = fetch_dead_letter(
+        error,
+        n.source(),
+        object_url(&object.bucket, &object.key),
+        n.payload_text(),
+    );
     dead.detail = format!("{} (gave up after {attempts} attempts)", dead.detail);
     (n.key.clone(), dead)
-}
-
-/// `s3://bucket/key`, or the key alone for a local folder.
-fn object_url(object: &ObjectRef) -> String {
-    if object.bucket.is_empty() {
-        object.key.clone()
-    } else {
-        format!("s3://{}/{}", object.bucket, object.key)
-    }
 }
 
 fn fetch_dead_letter(e: &FetchError, source: DeadLetterSource, url: String, payload: String) -> DeadLetter {
