@@ -54,12 +54,17 @@ pub struct Principal {
 
 /// Principals already derived, by the text of their `userIdentity` and the record's recipient
 /// account: within a stream the same identities recur record after record, and a hit skips
-/// parsing the identity, deriving its key and allocating its strings. Bounded: cleared when it
-/// holds `PRINCIPALS_REMEMBERED` identities.
+/// parsing the identity, deriving its key and allocating its strings. Bounded: two generations
+/// of at most `PRINCIPALS_REMEMBERED` identities each. When the newer is full it becomes the
+/// older and the older is dropped; an identity found in the older moves to the newer. So a stream
+/// of a few more identities than one generation holds (thousands of role sessions an hour) keeps
+/// hitting, where clearing one full map made nearly every record after each clearing a miss.
 #[derive(Default)]
 pub struct PrincipalCache {
-    /// Each remembered text's [`IdentityKey`] and its principals.
-    by_identity: FxHashMap<Box<str>, (IdentityKey, ByRecipient)>,
+    /// Each remembered text's [`IdentityKey`] and its principals: seen since the last rotation.
+    recent: FxHashMap<Box<str>, (IdentityKey, ByRecipient)>,
+    /// The generation before, dropped at the next rotation.
+    older: FxHashMap<Box<str>, (IdentityKey, ByRecipient)>,
 }
 
 /// A number standing for one exact `userIdentity` text: two records given the same key have the
@@ -90,27 +95,36 @@ impl PrincipalCache {
         recipient_account: Option<&str>,
         derive: impl FnOnce() -> Principal,
     ) -> (Arc<Principal>, Option<IdentityKey>) {
-        if let Some((key, for_identity)) = self.by_identity.get(identity) {
-            if let Some((_, known)) = for_identity
+        let known = |(key, for_identity): &(IdentityKey, ByRecipient)| {
+            for_identity
                 .iter()
                 .find(|(recipient, _)| recipient.as_deref() == recipient_account)
-            {
-                return (Arc::clone(known), Some(*key));
-            }
+                .map(|(_, principal)| (Arc::clone(principal), Some(*key)))
+        };
+        if let Some(found) = self.recent.get(identity).and_then(known) {
+            return found;
         }
         if identity.len() > LONGEST_IDENTITY_REMEMBERED {
             return (Arc::new(derive()), None);
         }
-        if self.by_identity.len() >= PRINCIPALS_REMEMBERED {
-            self.by_identity.clear();
+        if self.recent.len() >= PRINCIPALS_REMEMBERED && !self.recent.contains_key(identity) {
+            self.older = std::mem::take(&mut self.recent);
+        }
+        let entry = match self.older.remove_entry(identity) {
+            Some((text, entry)) => self.recent.entry(text).or_insert(entry),
+            None => self
+                .recent
+                .entry(identity.into())
+                .or_insert_with(|| (next_identity_key(), Vec::new())),
+        };
+        if let Some(found) = known(entry) {
+            return found;
         }
         let principal = Arc::new(derive());
-        let (key, for_identity) = self
-            .by_identity
-            .entry(identity.into())
-            .or_insert_with(|| (next_identity_key(), Vec::new()));
-        for_identity.push((recipient_account.map(Into::into), Arc::clone(&principal)));
-        (principal, Some(*key))
+        entry
+            .1
+            .push((recipient_account.map(Into::into), Arc::clone(&principal)));
+        (principal, Some(entry.0))
     }
 }
 
@@ -320,8 +334,43 @@ mod tests {
             (d.key.as_str(), e.key.as_str()),
             ("iamuser:111122223333:bob", "iamuser:111122223333:bob")
         );
-        assert!(cache.by_identity.len() <= PRINCIPALS_REMEMBERED);
-        assert!(!cache.by_identity.contains_key(long.as_str()));
+        assert!(cache.recent.len() <= PRINCIPALS_REMEMBERED);
+        assert!(cache.older.len() <= PRINCIPALS_REMEMBERED);
+        assert!(!cache.recent.contains_key(long.as_str()));
+        assert!(!cache.older.contains_key(long.as_str()));
+    }
+
+    #[test]
+    fn a_full_cache_keeps_the_identities_it_saw_before_filling() {
+        let mut cache = PrincipalCache::default();
+        let derived = std::cell::Cell::new(0);
+        let mut get = |i: usize| {
+            let identity = format!(r#"{{"type":"IAMUser","userName":"u{i}"}}"#);
+            cache
+                .get(&identity, None, || {
+                    derived.set(derived.get() + 1);
+                    let json = format!(r#"{{"userIdentity":{identity}}}"#);
+                    let r: RawRecord = serde_json::from_str(&json).unwrap();
+                    derive(r.user_identity.as_ref().map(|u| &u.0), None)
+                })
+                .1
+        };
+        let first: Vec<_> = (0..PRINCIPALS_REMEMBERED).map(&mut get).collect();
+        // One identity more than a generation holds: the first ones are not forgotten...
+        get(PRINCIPALS_REMEMBERED);
+        assert_eq!(derived.get(), PRINCIPALS_REMEMBERED + 1);
+        for i in 0..PRINCIPALS_REMEMBERED / 2 {
+            // ...and keep their keys.
+            assert_eq!(get(i), first[i]);
+        }
+        assert_eq!(derived.get(), PRINCIPALS_REMEMBERED + 1);
+        // Two generations on, an identity not seen since is derived again, under a new key.
+        for i in 0..2 * PRINCIPALS_REMEMBERED {
+            get(10 * PRINCIPALS_REMEMBERED + i);
+        }
+        let again = get(PRINCIPALS_REMEMBERED - 1);
+        assert_ne!(again, first[PRINCIPALS_REMEMBERED - 1]);
+        assert!(cache.recent.len() + cache.older.len() <= 2 * PRINCIPALS_REMEMBERED);
     }
 
     fn principal_of(json: &str) -> Principal {
