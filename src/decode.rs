@@ -12,19 +12,16 @@
 //! no `serde_json::Value` is built.
 
 use std::cell::RefCell;
-use std::fmt;
 use std::sync::Arc;
-
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::event::{Event, RecordSkip};
 use crate::gunzip::{Gunzip, GunzipError};
 use crate::principal::{self, PrincipalCache};
 use crate::record::RawRecord;
 use crate::rules::{GateMemo, RuleSet};
+use crate::scan::{ScanError, Scanner};
 use crate::useragent::AgentFamilies;
 use crate::view::RecordView;
-use crate::view::{object_text, Element};
 
 /// Why an object is not decoded at all. A bounded set: these are metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -400,24 +397,99 @@ fn expected_records(text: &str) -> usize {
 }
 
 fn decode_records_object(ctx: Context<'_>, text: &str, out: &mut DecodedFile) {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let seed = LogFileSeed { ctx, out };
-    let shape = seed
-        .deserialize(&mut de)
-        .and_then(|shape| de.end().map(|()| shape));
-    match shape {
+    match walk_log_file(ctx, text, out) {
         Ok(Shape::Records) => {}
         Ok(Shape::Digest) => out.skip = Some(FileSkip::Digest),
         Ok(Shape::Other) => out.error = Some(FileError::NoRecords),
         Err(e) => {
+            let (line, column) = e.line_column(text);
             out.error = Some(FileError::Json {
-                line: e.line(),
-                column: e.column(),
+                line,
+                column,
                 records: out.events.len() + out.skipped.len(),
-                message: e.to_string(),
+                message: e.what.to_owned(),
             })
         }
     }
+}
+
+/// What the top-level value turned out to be.
+enum Shape {
+    Records,
+    Digest,
+    Other,
+}
+
+/// Walks the top-level value, decoding `Records` element by element into `out`, so that an error
+/// part-way leaves every earlier record decoded.
+fn walk_log_file<'o>(ctx: Context<'o>, text: &'o str, out: &mut DecodedFile) -> Result<Shape, ScanError> {
+    let mut scan = Scanner::new(text);
+    if !scan.enter(b'{') {
+        scan.value()?;
+        scan.end()?;
+        return Ok(Shape::Other);
+    }
+    let mut shape = Shape::Other;
+    let mut first = true;
+    while let Some(key) = scan.next_key(&mut first)? {
+        match key.as_ref() {
+            "Records" => {
+                walk_records(ctx, &mut scan, out)?;
+                shape = Shape::Records;
+            }
+            "digestStartTime" | "digestS3Object" | "logFiles" if !matches!(shape, Shape::Records) => {
+                scan.value()?;
+                shape = Shape::Digest;
+            }
+            _ => {
+                scan.value()?;
+            }
+        }
+    }
+    scan.end()?;
+    Ok(shape)
+}
+
+/// The `Records` value: each element indexed at its top level in the one pass that checks it,
+/// values left as text; a record with unexpected content is then skipped alone.
+fn walk_records<'o>(
+    ctx: Context<'o>,
+    scan: &mut Scanner<'o>,
+    out: &mut DecodedFile,
+) -> Result<(), ScanError> {
+    let text = ctx.text;
+    if !scan.enter(b'[') {
+        let at = scan.offset();
+        return match scan.value()? {
+            "null" => Ok(()),
+            _ => Err(ScanError {
+                offset: at,
+                what: "Records is not an array",
+            }),
+        };
+    }
+    let mut index = 0;
+    let mut first = true;
+    while scan.next_element(&mut first)? {
+        if scan.enter(b'{') {
+            let start = scan.offset() - 1;
+            let mut entries = Vec::with_capacity(32);
+            let mut first_key = true;
+            while let Some(key) = scan.next_key(&mut first_key)? {
+                entries.push((key, scan.value()?));
+            }
+            let raw = &text[start..scan.offset()];
+            push_view(ctx, RecordView::from_entries(raw, entries), index, out);
+        } else {
+            scan.value()?;
+            out.skipped.push(SkippedRecord {
+                index,
+                reason: RecordSkip::NotAnObject,
+            });
+        }
+        index += 1;
+    }
+    Ok(())
 }
 
 fn decode_json_lines(ctx: Context<'_>, text: &str, out: &mut DecodedFile) {
@@ -498,128 +570,6 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
             reason: RecordSkip::EventTimeOutOfRange,
         }),
         Err(reason) => out.skipped.push(SkippedRecord { index, reason }),
-    }
-}
-
-/// What the top-level object turned out to be.
-enum Shape {
-    Records,
-    Digest,
-    Other,
-}
-
-/// Walks the top-level object, decoding `Records` element by element into `out`, so that an
-/// error part-way leaves every earlier record decoded.
-struct LogFileSeed<'o> {
-    ctx: Context<'o>,
-    out: &'o mut DecodedFile,
-}
-
-impl<'de, 'o> DeserializeSeed<'de> for LogFileSeed<'o> {
-    type Value = Shape;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Shape, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de, 'o> Visitor<'de> for LogFileSeed<'o> {
-    type Value = Shape;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(r#"a JSON object {"Records":[...]}"#)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
-        let mut shape = Shape::Other;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match key.as_ref() {
-                "Records" => {
-                    map.next_value_seed(RecordsSeed {
-                        ctx: self.ctx,
-                        out: &mut *self.out,
-                    })?;
-                    shape = Shape::Records;
-                }
-                "digestStartTime" | "digestS3Object" | "logFiles" if !matches!(shape, Shape::Records) => {
-                    map.next_value::<IgnoredAny>()?;
-                    shape = Shape::Digest;
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(shape)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Shape::Other)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Shape, E> {
-        Ok(Shape::Other)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Shape, E> {
-        Ok(Shape::Other)
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Shape, E> {
-        Ok(Shape::Other)
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Shape, E> {
-        Ok(Shape::Other)
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Shape, E> {
-        Ok(Shape::Other)
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Shape, E> {
-        Ok(Shape::Other)
-    }
-}
-
-struct RecordsSeed<'o> {
-    ctx: Context<'o>,
-    out: &'o mut DecodedFile,
-}
-
-impl<'de, 'o> DeserializeSeed<'de> for RecordsSeed<'o> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de, 'o> Visitor<'de> for RecordsSeed<'o> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of records")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut index = 0;
-        // One pass per element indexes its top level, values left raw; a record with unexpected
-        // content is then skipped alone. The record's own text is found from its entries.
-        while let Some(element) = seq.next_element::<Element<'de>>()? {
-            match element {
-                Element::Object(entries) => match object_text(self.ctx.text, &entries) {
-                    Some(raw) => push_view(self.ctx, RecordView::from_entries(raw, entries), index, self.out),
-                    None => push_record(self.ctx, "{}", index, self.out),
-                },
-                Element::Other => self.out.skipped.push(SkippedRecord {
-                    index,
-                    reason: RecordSkip::NotAnObject,
-                }),
-            }
-            index += 1;
-        }
-        Ok(())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
     }
 }
 

@@ -58,6 +58,7 @@ pub mod record;
 pub mod replay;
 pub mod rules;
 pub mod run;
+pub mod scan;
 pub mod service;
 pub mod sink;
 pub mod state;

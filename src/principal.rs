@@ -359,9 +359,9 @@ mod tests {
         // One identity more than a generation holds: the first ones are not forgotten...
         get(PRINCIPALS_REMEMBERED);
         assert_eq!(derived.get(), PRINCIPALS_REMEMBERED + 1);
-        for i in 0..PRINCIPALS_REMEMBERED / 2 {
+        for (i, key) in first.iter().enumerate().take(PRINCIPALS_REMEMBERED / 2) {
             // ...and keep their keys.
-            assert_eq!(get(i), first[i]);
+            assert_eq!(get(i), *key);
         }
         assert_eq!(derived.get(), PRINCIPALS_REMEMBERED + 1);
         // Two generations on, an identity not seen since is derived again, under a new key.

@@ -14,7 +14,6 @@ use std::marker::PhantomData;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::view::{Known, RecordView};
 
@@ -210,7 +209,7 @@ impl<'a> RawRecord<'a> {
     }
 }
 
-fn text<'a>(v: &'a RawValue) -> Text<'a> {
+fn text(v: &str) -> Text<'_> {
     match plain_string(v) {
         Some(s) => Text(Some(Cow::Borrowed(s))),
         None => parsed_text(v),
@@ -218,19 +217,19 @@ fn text<'a>(v: &'a RawValue) -> Text<'a> {
 }
 
 /// A value that is not a plain string, read by the parser.
-fn parsed_text<'a>(v: &'a RawValue) -> Text<'a> {
-    serde_json::from_str(v.get()).unwrap_or_default()
+fn parsed_text(v: &str) -> Text<'_> {
+    serde_json::from_str(v).unwrap_or_default()
 }
 
-fn nested<'a, T: Deserialize<'a> + Default>(v: &'a RawValue) -> Option<Lenient<T>> {
-    serde_json::from_str::<Option<Lenient<T>>>(v.get()).ok().flatten()
+fn nested<'a, T: Deserialize<'a> + Default>(v: &'a str) -> Option<Lenient<T>> {
+    serde_json::from_str::<Option<Lenient<T>>>(v).ok().flatten()
 }
 
 /// The contents of a JSON string value with no escapes, borrowed without running a parser; `None`
 /// for any other value, which then needs one. (A `RawValue` is valid JSON, so a string with no
 /// backslash is exactly the text between its quotes.)
-pub fn plain_string(value: &RawValue) -> Option<&str> {
-    let inner = value.get().strip_prefix('"')?.strip_suffix('"')?;
+pub fn plain_string(value: &str) -> Option<&str> {
+    let inner = value.strip_prefix('"')?.strip_suffix('"')?;
     memchr::memchr(b'\\', inner.as_bytes()).is_none().then_some(inner)
 }
 
@@ -260,10 +259,10 @@ pub struct UserIdentity<'a> {
 
 impl<'a> UserIdentity<'a> {
     /// Reads the fields from the object's entries, as [`RawRecord::from_view`] does.
-    fn from_entries(entries: &[(Cow<'a, str>, &'a RawValue)]) -> UserIdentity<'a> {
+    fn from_entries(entries: &[(Cow<'a, str>, &'a str)]) -> UserIdentity<'a> {
         let mut id = UserIdentity::default();
         for (key, value) in entries {
-            let value: &'a RawValue = value;
+            let value: &'a str = value;
             match key.as_ref() {
                 "type" => id.kind = text(value),
                 "principalId" => id.principal_id = text(value),

@@ -12,13 +12,13 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 
 use rsigma_eval::{Event, EventValue};
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Nesting followed at most; deeper paths resolve to nothing.
 const MAX_DEPTH: usize = 32;
 
-pub type Entries<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+/// An object's keys, each with its value's JSON text (see [`crate::scan`]).
+pub type Entries<'a> = Vec<(Cow<'a, str>, &'a str)>;
 
 /// Top-level keys the engine reads from every record, located once when the record is indexed
 /// so that reading one does not search the record's keys.
@@ -130,18 +130,18 @@ impl<'a> RecordView<'a> {
     }
 
     /// The top-level entries, in order, values unparsed.
-    pub fn entries(&self) -> &[(Cow<'a, str>, &'a RawValue)] {
+    pub fn entries(&self) -> &[(Cow<'a, str>, &'a str)] {
         &self.top
     }
 
     /// The JSON text of a top-level value, unparsed.
     pub fn top_level_text(&self, key: &str) -> Option<&'a str> {
-        self.top_level(key).map(RawValue::get)
+        self.top_level(key)
     }
 
     /// A top-level value, unparsed: the first of its key, as JSON parsers keep no single rule
     /// for repeated keys and every reader here must see the same one.
-    pub fn top_level(&self, key: &str) -> Option<&'a RawValue> {
+    pub fn top_level(&self, key: &str) -> Option<&'a str> {
         match Known::of(key) {
             Some(k) => self.known(k),
             None if !self.dotted_keys && key.contains('.') => None,
@@ -152,15 +152,15 @@ impl<'a> RecordView<'a> {
     /// The contents of a string value of this record that has no escapes, borrowed; `None` for
     /// any other value (see [`crate::record::plain_string`]). One search of the whole record for a
     /// backslash answers for all its values, where most records have none.
-    pub fn plain_string(&self, value: &'a RawValue) -> Option<&'a str> {
+    pub fn plain_string(&self, value: &'a str) -> Option<&'a str> {
         if self.escapes {
             return crate::record::plain_string(value);
         }
-        value.get().strip_prefix('"')?.strip_suffix('"')
+        value.strip_prefix('"')?.strip_suffix('"')
     }
 
     /// A [`Known`] top-level value, unparsed.
-    pub fn known(&self, key: Known) -> Option<&'a RawValue> {
+    pub fn known(&self, key: Known) -> Option<&'a str> {
         let at = self.known[key as usize].checked_sub(1)?;
         self.top.get(at as usize).map(|(_, v)| *v)
     }
@@ -168,40 +168,14 @@ impl<'a> RecordView<'a> {
     /// The entries of `userIdentity`, when it is an object.
     pub fn identity(&self) -> Option<&Entries<'a>> {
         self.identity
-            .get_or_init(|| {
-                self.known(Known::UserIdentity)
-                    .and_then(|v| parse_object(v.get()))
-            })
+            .get_or_init(|| self.known(Known::UserIdentity).and_then(parse_object))
             .as_ref()
     }
 }
 
 fn parse_object(raw: &str) -> Option<Entries<'_>> {
-    if !raw.trim_start().starts_with('{') {
-        return None;
-    }
     // Keys in CloudTrail have no escapes, so they borrow; an escaped key still parses, owned.
-    let map: Vec<(Cow<'_, str>, &RawValue)> = serde_json::from_str::<ObjectEntries>(raw).ok()?.0;
-    Some(map)
-}
-
-/// An object's entries in order, values left raw.
-struct ObjectEntries<'a>(Entries<'a>);
-
-impl<'de> serde::Deserialize<'de> for ObjectEntries<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = ObjectEntries<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                ObjectEntries::visit(map)
-            }
-        }
-        d.deserialize_map(V)
-    }
+    crate::scan::object_entries(raw)
 }
 
 /// A JSON string (an object key, or a value), borrowed when it has no escapes (serde's own `Cow`
@@ -227,92 +201,13 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
     }
 }
 
-impl<'de> ObjectEntries<'de> {
-    fn visit<A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
-        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(24));
-        while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-            entries.push((k.0, v));
-        }
-        Ok(ObjectEntries(entries))
-    }
-}
-
-/// One element of a `Records` array: an object's entries, or anything else.
-pub enum Element<'a> {
-    Object(Entries<'a>),
-    Other,
-}
-
-impl<'de> serde::Deserialize<'de> for Element<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Element<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                ObjectEntries::visit(map).map(|e| Element::Object(e.0))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Element::Other)
-            }
-            fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Self::Value, E> {
-                Ok(Element::Other)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Element::Other)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Element::Other)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Element::Other)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Element::Other)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Element::Other)
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Element::Other)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// The text of an object within `file`, found from its entries, which borrow from `file`: from
-/// the `{` before the first key to the `}` after the last value. `None` when the entries do not
-/// point into `file` (an escaped first key, or an empty object).
-pub fn object_text<'a>(file: &'a str, entries: &Entries<'a>) -> Option<&'a str> {
-    let base = file.as_ptr() as usize;
-    let within = |p: usize| p >= base && p <= base + file.len();
-    let (first_key, _) = entries.first()?;
-    let Cow::Borrowed(first_key) = first_key else {
-        return None;
-    };
-    let (_, last_value) = entries.last()?;
-    let key_at = first_key.as_ptr() as usize;
-    let value_end = last_value.get().as_ptr() as usize + last_value.get().len();
-    if !within(key_at) || !within(value_end) {
-        return None;
-    }
-    let start = file[..key_at - base].rfind('{')?;
-    let end = value_end - base + file[value_end - base..].find('}')? + 1;
-    Some(&file[start..end])
-}
-
-fn lookup<'a>(entries: &Entries<'a>, key: &str) -> Option<&'a RawValue> {
+fn lookup<'a>(entries: &Entries<'a>, key: &str) -> Option<&'a str> {
     entries.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
 }
 
 /// Converts a raw JSON value to the evaluator's value, borrowing strings without escapes.
-fn to_event_value(raw: &RawValue, depth: usize) -> EventValue<'_> {
-    let text = raw.get();
-    if let Some(s) = crate::record::plain_string(raw) {
+fn to_event_value(text: &str, depth: usize) -> EventValue<'_> {
+    if let Some(s) = crate::record::plain_string(text) {
         return EventValue::Str(Cow::Borrowed(s));
     }
     match text.as_bytes().first() {
@@ -322,7 +217,7 @@ fn to_event_value(raw: &RawValue, depth: usize) -> EventValue<'_> {
         Some(b't') => EventValue::Bool(true),
         Some(b'f') => EventValue::Bool(false),
         Some(b'n') | None => EventValue::Null,
-        Some(b'[') if depth < MAX_DEPTH => serde_json::from_str::<Vec<&RawValue>>(text)
+        Some(b'[') if depth < MAX_DEPTH => crate::scan::array_elements(text)
             .map(|items| EventValue::Array(items.into_iter().map(|i| to_event_value(i, depth + 1)).collect()))
             .unwrap_or(EventValue::Null),
         Some(b'{') if depth < MAX_DEPTH => parse_object(text)
@@ -347,7 +242,7 @@ fn to_event_value(raw: &RawValue, depth: usize) -> EventValue<'_> {
 
 /// Follows the dotted `path` from `raw`, collecting every value it reaches (several when it
 /// crosses arrays).
-fn follow<'a>(raw: &'a RawValue, path: Option<&str>, depth: usize, out: &mut Vec<EventValue<'a>>) {
+fn follow<'a>(raw: &'a str, path: Option<&str>, depth: usize, out: &mut Vec<EventValue<'a>>) {
     if depth > MAX_DEPTH {
         return;
     }
@@ -355,15 +250,15 @@ fn follow<'a>(raw: &'a RawValue, path: Option<&str>, depth: usize, out: &mut Vec
         out.push(to_event_value(raw, depth));
         return;
     };
-    match raw.get().as_bytes().first() {
+    match raw.as_bytes().first() {
         Some(b'{') => {
             let (first, rest) = split_path(path);
-            if let Some(next) = parse_object(raw.get()).and_then(|entries| lookup(&entries, first)) {
+            if let Some(next) = parse_object(raw).and_then(|entries| lookup(&entries, first)) {
                 follow(next, rest, depth + 1, out);
             }
         }
         Some(b'[') => {
-            if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+            if let Some(items) = crate::scan::array_elements(raw) {
                 for item in items {
                     follow(item, Some(path), depth + 1, out);
                 }
@@ -422,7 +317,7 @@ impl Event for RecordView<'_> {
     fn to_json(&self) -> Value {
         let id = self.known(Known::EventId).map(|v| match to_event_value(v, 0) {
             EventValue::Str(s) => Value::String(s.into_owned()),
-            _ => serde_json::from_str(v.get()).unwrap_or(Value::Null),
+            _ => serde_json::from_str(v).unwrap_or(Value::Null),
         });
         match id {
             Some(id) => serde_json::json!({ "id": id, "eventID": id }),
@@ -498,24 +393,6 @@ mod tests {
         let v = RecordView::new(RECORD).unwrap();
         assert!(v.any_string_value(&|s| s == "0.0.0.0/0"));
         assert!(!v.any_string_value(&|s| s == "absent"));
-    }
-
-    #[test]
-    fn an_object_is_found_in_its_file_from_its_entries() {
-        let file = r#"{"Records":[ {"a":1,"b":{"c":"}"}} ,{ "d" : [2] }]}"#;
-        let elements: Vec<Element> =
-            serde_json::from_str::<std::collections::BTreeMap<&str, Vec<Element>>>(file)
-                .unwrap()
-                .remove("Records")
-                .unwrap();
-        let texts: Vec<&str> = elements
-            .iter()
-            .map(|e| match e {
-                Element::Object(entries) => object_text(file, entries).unwrap(),
-                Element::Other => "",
-            })
-            .collect();
-        assert_eq!(texts, [r#"{"a":1,"b":{"c":"}"}}"#, r#"{ "d" : [2] }"#]);
     }
 
     #[test]
