@@ -55,7 +55,9 @@ pub struct Principal {
 /// Principals already derived, by the text of their `userIdentity` and the record's recipient
 /// account: within a stream the same identities recur record after record, and a hit skips
 /// parsing the identity, deriving its key and allocating its strings. Bounded: two generations
-/// of at most `PRINCIPALS_REMEMBERED` identities each. When the newer is full it becomes the
+/// of at most `PRINCIPALS_REMEMBERED` identities and `IDENTITY_BYTES_REMEMBERED` bytes of their
+/// text each (with principals, about 12 MiB a decoding thread at most, typically 3–5). When the
+/// newer is full it becomes the
 /// older and the older is dropped; an identity found in the older moves to the newer. So a stream
 /// of a few more identities than one generation holds (thousands of role sessions an hour) keeps
 /// hitting, where clearing one full map made nearly every record after each clearing a miss.
@@ -65,6 +67,8 @@ pub struct PrincipalCache {
     recent: FxHashMap<Box<str>, (IdentityKey, ByRecipient)>,
     /// The generation before, dropped at the next rotation.
     older: FxHashMap<Box<str>, (IdentityKey, ByRecipient)>,
+    /// The length of the texts in `recent`.
+    recent_bytes: usize,
 }
 
 /// A number standing for one exact `userIdentity` text: two records given the same key have the
@@ -80,7 +84,9 @@ fn next_identity_key() -> IdentityKey {
 /// The principals of one identity text, by the recipient account of the records it came in.
 type ByRecipient = Vec<(Option<CompactString>, Arc<Principal>)>;
 
-const PRINCIPALS_REMEMBERED: usize = 4096;
+const PRINCIPALS_REMEMBERED: usize = 16_384;
+
+const IDENTITY_BYTES_REMEMBERED: usize = 4 << 20;
 
 /// Identities with a longer text are derived each time rather than remembered, so that the cache
 /// stays bounded in bytes whatever a file holds.
@@ -107,15 +113,21 @@ impl PrincipalCache {
         if identity.len() > LONGEST_IDENTITY_REMEMBERED {
             return (Arc::new(derive()), None);
         }
-        if self.recent.len() >= PRINCIPALS_REMEMBERED && !self.recent.contains_key(identity) {
+        let full = self.recent.len() >= PRINCIPALS_REMEMBERED
+            || self.recent_bytes + identity.len() > IDENTITY_BYTES_REMEMBERED;
+        if full && !self.recent.contains_key(identity) {
             self.older = std::mem::take(&mut self.recent);
+            self.recent_bytes = 0;
         }
         let entry = match self.older.remove_entry(identity) {
-            Some((text, entry)) => self.recent.entry(text).or_insert(entry),
-            None => self
-                .recent
-                .entry(identity.into())
-                .or_insert_with(|| (next_identity_key(), Vec::new())),
+            Some((text, entry)) => {
+                self.recent_bytes += text.len();
+                self.recent.entry(text).or_insert(entry)
+            }
+            None => self.recent.entry(identity.into()).or_insert_with(|| {
+                self.recent_bytes += identity.len();
+                (next_identity_key(), Vec::new())
+            }),
         };
         if let Some(found) = known(entry) {
             return found;
@@ -371,6 +383,20 @@ mod tests {
         let again = get(PRINCIPALS_REMEMBERED - 1);
         assert_ne!(again, first[PRINCIPALS_REMEMBERED - 1]);
         assert!(cache.recent.len() + cache.older.len() <= 2 * PRINCIPALS_REMEMBERED);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_in_bytes_of_identity_text() {
+        let mut cache = PrincipalCache::default();
+        let pad = "x".repeat(LONGEST_IDENTITY_REMEMBERED - 64);
+        for i in 0..3 * IDENTITY_BYTES_REMEMBERED / LONGEST_IDENTITY_REMEMBERED {
+            let identity = format!(r#"{{"type":"IAMUser","userName":"u{i}","pad":"{pad}"}}"#);
+            cache.get(&identity, None, || derive(None, None));
+            let bytes = |m: &FxHashMap<Box<str>, _>| m.keys().map(|k| k.len()).sum::<usize>();
+            assert_eq!(bytes(&cache.recent), cache.recent_bytes);
+            assert!(cache.recent_bytes <= IDENTITY_BYTES_REMEMBERED);
+            assert!(bytes(&cache.older) <= IDENTITY_BYTES_REMEMBERED);
+        }
     }
 
     fn principal_of(json: &str) -> Principal {
