@@ -1,6 +1,5 @@
 //! The eventID memory: CloudTrail delivers some records more than once, and each is judged once.
 
-use std::collections::hash_map::Entry;
 use std::collections::BTreeSet;
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -37,12 +36,17 @@ impl EventIdMemory {
     }
 
     pub(super) fn insert_hash(&mut self, minute: i64, hash: u64) -> bool {
-        let ids = match self.by_minute.entry(minute) {
-            Entry::Occupied(held) => held.into_mut(),
-            Entry::Vacant(new) => {
-                self.minutes.insert(minute);
-                new.insert(FxHashSet::default())
-            }
+        if !self.by_minute.contains_key(&minute) {
+            // Sized as the latest minute held: a minute's set then grows in place rather than
+            // rehashing at each doubling.
+            let latest = self.minutes.last().and_then(|m| self.by_minute.get(m));
+            let size = latest.map_or(0, |ids| ids.len());
+            self.minutes.insert(minute);
+            let ids = FxHashSet::with_capacity_and_hasher(size, Default::default());
+            self.by_minute.insert(minute, ids);
+        }
+        let Some(ids) = self.by_minute.get_mut(&minute) else {
+            return true;
         };
         if !ids.insert(hash) {
             return false;
