@@ -28,7 +28,6 @@ pub mod wire;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
 
-use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::anomaly::Anomaly;
@@ -100,11 +99,11 @@ impl Frontier {
 }
 
 /// An event waiting in the reorder buffer, ordered by event time, then eventID, then arrival.
+/// The event is boxed so that the heap's sifting moves 24 bytes, not the event's few hundred.
 struct Held {
     time: i64,
-    id: CompactString,
     arrival: u64,
-    event: Event,
+    event: Box<Event>,
 }
 
 impl PartialEq for Held {
@@ -120,7 +119,11 @@ impl PartialOrd for Held {
 }
 impl Ord for Held {
     fn cmp(&self, other: &Self) -> Ordering {
-        (self.time, &self.id, self.arrival).cmp(&(other.time, &other.id, other.arrival))
+        (self.time, &self.event.event_id, self.arrival).cmp(&(
+            other.time,
+            &other.event.event_id,
+            other.arrival,
+        ))
     }
 }
 
@@ -221,9 +224,8 @@ impl StatePartition {
         self.arrivals += 1;
         self.buffer.push(Reverse(Held {
             time,
-            id: event.event_id.clone(),
             arrival: self.arrivals,
-            event,
+            event: Box::new(event),
         }));
         self.stats.most_held = self.stats.most_held.max(self.buffer.len() as u64);
         if let Frontier::Local { newest } = &mut self.frontier {
@@ -295,7 +297,7 @@ impl StatePartition {
             detector: self.detector.snapshot(),
             held: held
                 .into_iter()
-                .map(|h| EventRecord::of(h.event.clone(), rules))
+                .map(|h| EventRecord::of((*h.event).clone(), rules))
                 .collect(),
             frontier: self.frontier.clone(),
             released_through: self.released_through,
@@ -319,9 +321,8 @@ impl StatePartition {
             partition.arrivals += 1;
             partition.buffer.push(Reverse(Held {
                 time: event.time,
-                id: event.event_id.clone(),
                 arrival: partition.arrivals,
-                event,
+                event: Box::new(event),
             }));
         }
         partition
