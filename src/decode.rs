@@ -8,8 +8,9 @@
 //! Guarantees: one bad record never costs the file (it is skipped and counted with its index and
 //! reason); a file that fails part-way (truncated gzip or JSON) keeps every record before the
 //! failure and reports the failure with the file and the reason; nothing here panics on input.
-//! The records are parsed in one pass into borrowed [`RawRecord`]s over a reused inflate buffer;
-//! no `serde_json::Value` is built.
+//! The file is walked in one pass by [`crate::scan::Scanner`], which checks it is JSON and indexes
+//! each record's top level as it goes; the fields are then read borrowed from the reused inflate
+//! buffer into [`RawRecord`]s. No `serde_json::Value` is built.
 
 use std::cell::RefCell;
 use std::sync::Arc;

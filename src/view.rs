@@ -3,8 +3,8 @@
 //!
 //! In: one record's JSON text, borrowed from the inflated file. Out: field lookups by dotted path
 //! (`userIdentity.type`, `requestParameters.ipPermissions.items.ipRanges.items.cidrIp`) for the
-//! Sigma evaluator. Only the top level is indexed up front (a slice of key → raw value); nested
-//! objects are parsed when a rule asks for a path through them, and no `serde_json::Value` is
+//! Sigma evaluator. Only the top level is indexed up front (a slice of key → the value's JSON
+//! text, by [`crate::scan`]); nested objects are indexed when a rule asks for a path through them, and no `serde_json::Value` is
 //! built except for keyword rules, which need every string. A path through an array follows every
 //! element, so a rule matches when any element does.
 
