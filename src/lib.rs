@@ -10,7 +10,8 @@
 //! - [`notification`]: delivery notifications (SNS, SQS, S3 events, EventBridge) → objects to fetch.
 //! - [`fetch`]: objects from S3 (or a local folder) through `object_store`, bounded and retried.
 //! - [`decode`]: one object's bytes (gzip or not) → events, with skipped records and file
-//!   failures reported by file, index and reason; [`gunzip`] inflates them.
+//!   failures reported by file, index and reason; [`gunzip`] inflates them and [`scan`] walks
+//!   the JSON, checking it and indexing each record without building values.
 //! - [`record`]: the borrowed, lenient view of one CloudTrail record the decoder parses into;
 //!   [`view`] indexes its JSON text once, for the fields the engine reads and the paths rules ask
 //!   for (it is the event Sigma rules are evaluated on).
