@@ -398,7 +398,7 @@ fn expected_records(text: &str) -> usize {
 }
 
 fn decode_records_object(ctx: Context<'_>, text: &str, out: &mut DecodedFile) {
-    match walk_log_file(ctx, text, out) {
+    match walk_log_file(ctx, out) {
         Ok(Shape::Records) => {}
         Ok(Shape::Digest) => out.skip = Some(FileSkip::Digest),
         Ok(Shape::Other) => out.error = Some(FileError::NoRecords),
@@ -423,8 +423,8 @@ enum Shape {
 
 /// Walks the top-level value, decoding `Records` element by element into `out`, so that an error
 /// part-way leaves every earlier record decoded.
-fn walk_log_file<'o>(ctx: Context<'o>, text: &'o str, out: &mut DecodedFile) -> Result<Shape, ScanError> {
-    let mut scan = Scanner::new(text);
+fn walk_log_file(ctx: Context<'_>, out: &mut DecodedFile) -> Result<Shape, ScanError> {
+    let mut scan = Scanner::new(ctx.text);
     if !scan.enter(b'{') {
         scan.value()?;
         scan.end()?;
@@ -474,11 +474,7 @@ fn walk_records<'o>(
     while scan.next_element(&mut first)? {
         if scan.enter(b'{') {
             let start = scan.offset() - 1;
-            let mut entries = Vec::with_capacity(32);
-            let mut first_key = true;
-            while let Some(key) = scan.next_key(&mut first_key)? {
-                entries.push((key, scan.value()?));
-            }
+            let entries = scan.entries()?;
             let raw = &text[start..scan.offset()];
             push_view(ctx, RecordView::from_entries(raw, entries), index, out);
         } else {

@@ -56,11 +56,10 @@ pub struct Principal {
 /// account: within a stream the same identities recur record after record, and a hit skips
 /// parsing the identity, deriving its key and allocating its strings. Bounded: two generations
 /// of at most `PRINCIPALS_REMEMBERED` identities and `IDENTITY_BYTES_REMEMBERED` bytes of their
-/// text each (with principals, about 12 MiB a decoding thread at most, typically 3–5). When the
-/// newer is full it becomes the
-/// older and the older is dropped; an identity found in the older moves to the newer. So a stream
-/// of a few more identities than one generation holds (thousands of role sessions an hour) keeps
-/// hitting, where clearing one full map made nearly every record after each clearing a miss.
+/// text each. When the newer is full it becomes the older and the older is dropped; an identity
+/// found in the older moves to the newer. So a stream of a few more identities than one
+/// generation holds (thousands of role sessions an hour) keeps hitting, where clearing one full
+/// map made nearly every record after each clearing a miss.
 #[derive(Default)]
 pub struct PrincipalCache {
     /// Each remembered text's [`IdentityKey`] and its principals: seen since the last rotation.

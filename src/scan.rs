@@ -105,11 +105,19 @@ impl<'a> Scanner<'a> {
         }
         *first = false;
         let key = self.string_value()?;
-        if self.peek() != Some(b':') {
-            return self.error("expected ':'");
-        }
-        self.pos += 1;
+        self.colon()?;
         Ok(Some(key))
+    }
+
+    /// The entries of an object just entered, through its closing brace.
+    pub fn entries(&mut self) -> Result<Vec<(Cow<'a, str>, &'a str)>> {
+        // A CloudTrail record has about two dozen top-level keys.
+        let mut entries = Vec::with_capacity(24);
+        let mut first = true;
+        while let Some(key) = self.next_key(&mut first)? {
+            entries.push((key, self.value()?));
+        }
+        Ok(entries)
     }
 
     /// In an array just entered (`first`) or after an element: whether an element follows (its
@@ -294,13 +302,9 @@ impl<'a> Scanner<'a> {
                         open.set(depth, object);
                         depth += 1;
                         self.pos += 1;
+                        let close = if object { b'}' } else { b']' };
                         match self.peek() {
-                            Some(b'}') if object => {
-                                self.pos += 1;
-                                depth -= 1;
-                                want_value = false;
-                            }
-                            Some(b']') if !object => {
+                            Some(b) if b == close => {
                                 self.pos += 1;
                                 depth -= 1;
                                 want_value = false;
@@ -324,9 +328,6 @@ impl<'a> Scanner<'a> {
                 Some(b',') => {
                     self.pos += 1;
                     if in_object {
-                        if self.peek() != Some(b'"') {
-                            return self.error("expected a key");
-                        }
                         self.key()?;
                     }
                     want_value = true;
@@ -355,6 +356,10 @@ impl<'a> Scanner<'a> {
             return self.error("expected a key");
         }
         self.string()?;
+        self.colon()
+    }
+
+    fn colon(&mut self) -> Result<()> {
         if self.peek() != Some(b':') {
             return self.error("expected ':'");
         }
@@ -403,11 +408,7 @@ pub fn object_entries(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
     if !scan.enter(b'{') {
         return None;
     }
-    let mut entries = Vec::new();
-    let mut first = true;
-    while let Some(key) = scan.next_key(&mut first).ok()? {
-        entries.push((key, scan.value().ok()?));
-    }
+    let entries = scan.entries().ok()?;
     scan.end().ok()?;
     Some(entries)
 }

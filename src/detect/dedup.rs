@@ -36,18 +36,20 @@ impl EventIdMemory {
     }
 
     pub(super) fn insert_hash(&mut self, minute: i64, hash: u64) -> bool {
-        if !self.by_minute.contains_key(&minute) {
-            // Sized as the latest minute held: a minute's set then grows in place rather than
-            // rehashing at each doubling.
-            let latest = self.minutes.last().and_then(|m| self.by_minute.get(m));
-            let size = latest.map_or(0, |ids| ids.len());
-            self.minutes.insert(minute);
-            let ids = FxHashSet::with_capacity_and_hasher(size, Default::default());
-            self.by_minute.insert(minute, ids);
-        }
-        let Some(ids) = self.by_minute.get_mut(&minute) else {
-            return true;
+        // A new minute's set is sized as the latest minute held: it then grows in place rather
+        // than rehashing at each doubling.
+        let size = match self.by_minute.contains_key(&minute) {
+            true => 0,
+            false => self
+                .minutes
+                .last()
+                .and_then(|m| self.by_minute.get(m))
+                .map_or(0, |ids| ids.len()),
         };
+        let ids = self.by_minute.entry(minute).or_insert_with(|| {
+            self.minutes.insert(minute);
+            FxHashSet::with_capacity_and_hasher(size, Default::default())
+        });
         if !ids.insert(hash) {
             return false;
         }
