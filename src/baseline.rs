@@ -48,11 +48,10 @@ impl Dimension {
 }
 
 /// One value of one dimension, as a principal has used it. Kept small (40 bytes): times are Unix
-/// seconds in a `u32` (enough until 2106), the hash is 32 bits (a match is confirmed on the value
-/// itself).
+/// seconds in a `u32` (enough until 2106). Snapshots of earlier versions also hold the value's
+/// hash, which is recomputed instead.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ValueSeen {
-    hash: u32,
     pub value: CompactString,
     first_seen: u32,
     last_seen: u32,
@@ -77,21 +76,32 @@ impl ValueSeen {
     }
 }
 
-/// The values one principal has used on one dimension, in the order of their hashes: a value is
-/// found by binary search (a principal's API calls run to hundreds), where a scan of every value
-/// was most of the detector's time per event.
+/// The values one principal has used on one dimension. Their hashes are kept apart, in a list of
+/// their own: a lookup compares the hash against all of them (48 at most, three cache lines read
+/// in sequence) and reads a value only where its hash matches. Kept in the values' own list, the
+/// hashes were searched by bisection, one dependent cache miss per step: with thousands of
+/// principals' sets out of cache, that was most of the detector's time per event.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "StoredValues")]
 pub struct ValueSet {
-    #[serde(deserialize_with = "by_hash")]
+    #[serde(skip)]
+    hashes: Vec<u32>,
     values: Vec<ValueSeen>,
 }
 
-/// Values read from a snapshot, put in hash order (snapshots of earlier versions kept them in the
-/// order they were first seen).
-fn by_hash<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ValueSeen>, D::Error> {
-    let mut values = Vec::<ValueSeen>::deserialize(d)?;
-    values.sort_by_key(|v| v.hash);
-    Ok(values)
+/// A [`ValueSet`] as snapshots hold it: the values alone.
+#[derive(Deserialize)]
+struct StoredValues {
+    values: Vec<ValueSeen>,
+}
+
+impl From<StoredValues> for ValueSet {
+    fn from(stored: StoredValues) -> ValueSet {
+        ValueSet {
+            hashes: stored.values.iter().map(|v| value_hash(&v.value)).collect(),
+            values: stored.values,
+        }
+    }
 }
 
 /// What [`ValueSet::observe`] found.
@@ -109,12 +119,8 @@ impl ValueSet {
     pub fn observe(&mut self, value: &str, time: i64, window: i64, cap: usize) -> Seen {
         let hash = value_hash(value);
         let stamp = pack(time);
-        let from = self.values.partition_point(|v| v.hash < hash);
-        let same_hash = self.values[from..].iter().take_while(|v| v.hash == hash).count();
-        let found = self.values[from..from + same_hash]
-            .iter_mut()
-            .find(|v| v.value == value);
-        if let Some(v) = found {
+        if let Some(at) = self.find(hash, value) {
+            let v = &mut self.values[at];
             let expired = time - v.last_seen() > window;
             v.last_seen = v.last_seen.max(stamp);
             v.count = v.count.saturating_add(1);
@@ -127,29 +133,50 @@ impl ValueSet {
             v.first_seen = v.first_seen.min(stamp);
             return Seen::Known { first_seen };
         }
+        if cap == 0 {
+            return Seen::Novel;
+        }
         let entry = ValueSeen {
-            hash,
             value: value.into(),
             first_seen: stamp,
             last_seen: stamp,
             count: 1,
         };
-        if cap == 0 {
-            return Seen::Novel;
-        }
-        let mut at = from + same_hash;
         if self.values.len() >= cap {
-            let oldest = (0..self.values.len()).min_by_key(|&i| self.values[i].last_seen);
+            // The least recently seen goes; of several, the one of lowest hash, so that the
+            // choice does not depend on the order the set holds its values in.
+            let oldest = (0..self.values.len()).min_by_key(|&i| (self.values[i].last_seen, self.hashes[i]));
             if let Some(oldest) = oldest {
-                self.values.remove(oldest);
-                at -= usize::from(oldest < at);
+                self.values[oldest] = entry;
+                self.hashes[oldest] = hash;
+                return Seen::Novel;
             }
-        } else {
-            // Values are added rarely; exact growth keeps no slack per principal.
-            self.values.reserve_exact(1);
         }
-        self.values.insert(at, entry);
+        // Values are added rarely; exact growth keeps no slack per principal.
+        self.values.reserve_exact(1);
+        self.hashes.reserve_exact(1);
+        self.values.push(entry);
+        self.hashes.push(hash);
         Seen::Novel
+    }
+
+    /// Where `value`, of hash `hash`, is held. The hashes are compared eight at a time into a
+    /// mask, without a branch per hash.
+    fn find(&self, hash: u32, value: &str) -> Option<usize> {
+        for (block, hashes) in self.hashes.chunks(8).enumerate() {
+            let mut matching = hashes
+                .iter()
+                .enumerate()
+                .fold(0u32, |mask, (i, &h)| mask | (u32::from(h == hash) << i));
+            while matching != 0 {
+                let at = block * 8 + matching.trailing_zeros() as usize;
+                if self.values[at].value == value {
+                    return Some(at);
+                }
+                matching &= matching - 1;
+            }
+        }
+        None
     }
 
     pub fn len(&self) -> usize {
@@ -174,12 +201,21 @@ impl ValueSet {
 
     /// Forgets values unseen since `horizon`.
     pub fn expire(&mut self, horizon: i64) {
-        self.values.retain(|v| v.last_seen() >= horizon);
+        let mut at = 0;
+        while at < self.values.len() {
+            if self.values[at].last_seen() < horizon {
+                self.values.swap_remove(at);
+                self.hashes.swap_remove(at);
+            } else {
+                at += 1;
+            }
+        }
     }
 
     /// Approximate heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.values.capacity() * std::mem::size_of::<ValueSeen>()
+            + self.hashes.capacity() * std::mem::size_of::<u32>()
             + self
                 .values
                 .iter()
@@ -338,6 +374,24 @@ mod tests {
     }
 
     #[test]
+    fn a_set_read_back_from_a_snapshot_knows_its_values() {
+        let mut set = ValueSet::default();
+        for (t, v) in ["s3", "ec2", "iam"].iter().enumerate() {
+            set.observe(v, t as i64, DAY, 8);
+        }
+        let mut read: ValueSet = serde_json::from_str(&serde_json::to_string(&set).unwrap()).unwrap();
+        assert_eq!(read.observe("ec2", 10, DAY, 8), Seen::Known { first_seen: 1 });
+        assert_eq!(read.observe("sts", 11, DAY, 8), Seen::Novel);
+        // Earlier versions wrote each value's hash too, and kept them in hash order.
+        let earlier = r#"{"values":[{"hash":7,"value":"iam","first_seen":5,"last_seen":6,"count":2},
+            {"hash":3,"value":"s3","first_seen":1,"last_seen":2,"count":1}]}"#;
+        let mut read: ValueSet = serde_json::from_str(earlier).unwrap();
+        assert_eq!(read.observe("s3", 10, DAY, 8), Seen::Known { first_seen: 1 });
+        assert_eq!(read.observe("iam", 10, DAY, 8), Seen::Known { first_seen: 5 });
+        assert_eq!(read.observe("ec2", 10, DAY, 8), Seen::Novel);
+    }
+
+    #[test]
     fn a_seen_value_is_forty_bytes() {
         assert_eq!(std::mem::size_of::<ValueSeen>(), 40);
     }
@@ -401,8 +455,10 @@ mod tests {
             for (v, t) in values {
                 set.observe(&v.to_string(), t, 30 * DAY, cap);
                 prop_assert!(set.len() <= cap);
-                // In hash order, each value once: what the search relies on.
-                prop_assert!(set.values.windows(2).all(|w| w[0].hash <= w[1].hash));
+                // Each value once, its hash beside it: what the search relies on.
+                prop_assert_eq!(&set.hashes, &set.values.iter().map(|s| value_hash(&s.value)).collect::<Vec<_>>());
+                let distinct: std::collections::HashSet<&str> = set.values.iter().map(|s| s.value.as_str()).collect();
+                prop_assert_eq!(distinct.len(), set.len());
                 prop_assert!(set.values.iter().any(|s| s.value == v.to_string()));
             }
         }
