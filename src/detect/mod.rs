@@ -84,7 +84,8 @@ pub struct Detector {
     watermark: i64,
     next_sweep: i64,
     rules: Option<Arc<RuleSet>>,
-    /// Threshold (correlation) rules: counted per shard, since they group by principal.
+    /// Threshold (correlation) rules: counted per shard, since they group by principal. Compiled
+    /// when the shard first needs it (see [`Detector::correlations`]).
     correlations: Option<CorrelationEngine>,
     alerts: AlertFolder,
     /// Anomalies raised by the current event, before the alert lifecycle.
@@ -111,7 +112,7 @@ impl Detector {
             seen_ids: EventIdMemory::new(dedup),
             watermark: i64::MIN,
             next_sweep: i64::MIN,
-            correlations: rules.as_ref().and_then(|r| r.correlation_engine()),
+            correlations: None,
             rules,
             alerts: AlertFolder::new(settings.alerts.clone()),
             raised: Vec::new(),
@@ -140,13 +141,24 @@ impl Detector {
         }
     }
 
+    /// The threshold-rule engine, compiled at the first call when there are threshold rules. A
+    /// replay keeps a detector per partition (twelve by default): compiled as each was made,
+    /// the rules' thresholds held up the first file by a quarter of start-up. Until it is
+    /// compiled the engine has counted nothing, so compiling it late changes no answer.
+    fn correlations(&mut self) -> Option<&mut CorrelationEngine> {
+        if self.correlations.is_none() {
+            self.correlations = self.rules.as_ref().and_then(|r| r.correlation_engine());
+        }
+        self.correlations.as_mut()
+    }
+
     /// Takes up a snapshot's state in a new detector.
     pub fn restore_state(&mut self, state: DetectorState) {
         self.restore(state.principals, &state.seen_ids, state.watermark);
         if let Some(next) = state.next_sweep {
             self.next_sweep = next;
         }
-        if let (Some(engine), Some(snapshot)) = (&mut self.correlations, state.correlations) {
+        if let (Some(snapshot), Some(engine)) = (state.correlations, self.correlations()) {
             if !engine.import_state(snapshot) {
                 tracing::warn!("threshold-rule state of another format was not restored");
             }

@@ -14,10 +14,12 @@ impl Detector {
     /// Rule matches: one anomaly per matched rule (base rules of thresholds excepted), and the
     /// thresholds the event completes.
     pub(super) fn match_rules(&mut self, event: &Event, out: &mut Vec<Anomaly>) {
-        let Some(rules) = &self.rules else { return };
         if event.rule_hits.is_empty() {
             return;
         }
+        // Compiled now if there are thresholds: below, the rules and the engine are borrowed apart.
+        self.correlations();
+        let Some(rules) = &self.rules else { return };
         let baseline = self.principals.get(event.principal.key.as_str());
         let info = |mature| {
             baseline.map_or(
