@@ -32,7 +32,7 @@ use rsigma_eval::CorrelationEngine;
 
 use crate::alert::{AlertFolder, AlertStats};
 use crate::anomaly::{now_rfc3339, Anomaly, BaselineInfo, Evidence, Kind, PrincipalInfo, Severity, SCHEMA};
-use crate::baseline::{PrincipalBaseline, Seen, DIMENSIONS};
+use crate::baseline::PrincipalBaseline;
 use crate::config::DetectorSettings;
 use crate::event::{format_time_compact, Event};
 use crate::rules::RuleSet;
@@ -250,15 +250,13 @@ impl Detector {
                     .or_insert_with(|| PrincipalBaseline::new(event.time))
             }
         };
+        baseline.prefetch_hashes();
         let s = &self.settings;
         let mature = baseline.is_mature(s.learning_period, s.learning_events);
         out.extend(dormant::judge(event, baseline, s, mature));
 
         let values = self.dimension_values.of(event, &mut self.agents);
-        let seen: [Option<Seen>; DIMENSIONS] = std::array::from_fn(|i| {
-            let value = values[i]?;
-            Some(baseline.dimensions[i].observe(value, event.time, s.window, s.max_values_per_dimension))
-        });
+        let seen = baseline.observe(&values, event.time, s.window, s.max_values_per_dimension);
         if mature {
             out.extend(novelty::judge(event, baseline, s, &values, seen));
         }
