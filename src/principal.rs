@@ -52,36 +52,59 @@ pub struct Principal {
     pub session: Option<CompactString>,
 }
 
-/// Principals already derived, by the text of their `userIdentity` and the record's recipient
-/// account: within a stream the same identities recur record after record, and a hit skips
-/// parsing the identity, deriving its key and allocating its strings. Bounded: two generations
-/// of at most `PRINCIPALS_REMEMBERED` identities and `IDENTITY_BYTES_REMEMBERED` bytes of their
-/// text each. When the newer is full it becomes the older and the older is dropped; an identity
+/// Principals already derived, by a digest of the text of their `userIdentity` and the record's
+/// recipient account: within a stream the same identities recur record after record, and a hit
+/// skips parsing the identity, deriving its key and allocating its strings. The table holds the
+/// digest, not the text: a lookup reads one entry rather than comparing the text with a copy that
+/// has long left the cache. The digest is xxh3-128 under a seed drawn for the process (so a file
+/// cannot be written to make two identities collide), derived from the recipient account; two
+/// texts sharing a digest by chance is a 2^-128 event.
+///
+/// Bounded: two generations of at most `PRINCIPALS_REMEMBERED` identities, whose texts come to
+/// at most `IDENTITY_BYTES_REMEMBERED` bytes in each (a principal's strings are no longer than
+/// its text). When the newer is full it becomes the older and the older is dropped; an identity
 /// found in the older moves to the newer. So a stream of a few more identities than one
 /// generation holds (thousands of role sessions an hour) keeps hitting, where clearing one full
 /// map made nearly every record after each clearing a miss.
-#[derive(Default)]
 pub struct PrincipalCache {
-    /// Each remembered text's [`IdentityKey`] and its principals: seen since the last rotation.
-    recent: FxHashMap<Box<str>, (IdentityKey, ByRecipient)>,
+    /// Each remembered identity's [`IdentityKey`], principal and text length: seen since the
+    /// last rotation.
+    recent: FxHashMap<u128, Remembered>,
     /// The generation before, dropped at the next rotation.
-    older: FxHashMap<Box<str>, (IdentityKey, ByRecipient)>,
+    older: FxHashMap<u128, Remembered>,
     /// The length of the texts in `recent`.
     recent_bytes: usize,
+    seed: u64,
 }
 
-/// A number standing for one exact `userIdentity` text: two records given the same key have the
-/// same text. Unique within the process (never reused, also after a cache is cleared), so that
-/// memories keyed by it (the rules' gate verdicts) need not store and compare the text again.
+struct Remembered {
+    key: IdentityKey,
+    principal: Arc<Principal>,
+    text_len: usize,
+}
+
+impl Default for PrincipalCache {
+    fn default() -> Self {
+        PrincipalCache {
+            recent: FxHashMap::default(),
+            older: FxHashMap::default(),
+            recent_bytes: 0,
+            // Keys drawn at random for the process, as std draws them for its hash maps.
+            seed: std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8),
+        }
+    }
+}
+
+/// A number standing for one exact `userIdentity` text in records of one recipient account: two
+/// records given the same key have the same text and recipient. Unique within the process (never
+/// reused, also after a cache is cleared), so that memories keyed by it (the rules' gate
+/// verdicts) need not store and compare the text again.
 pub type IdentityKey = u64;
 
 fn next_identity_key() -> IdentityKey {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
-
-/// The principals of one identity text, by the recipient account of the records it came in.
-type ByRecipient = Vec<(Option<CompactString>, Arc<Principal>)>;
 
 const PRINCIPALS_REMEMBERED: usize = 16_384;
 
@@ -100,42 +123,34 @@ impl PrincipalCache {
         recipient_account: Option<&str>,
         derive: impl FnOnce() -> Principal,
     ) -> (Arc<Principal>, Option<IdentityKey>) {
-        let known = |(key, for_identity): &(IdentityKey, ByRecipient)| {
-            for_identity
-                .iter()
-                .find(|(recipient, _)| recipient.as_deref() == recipient_account)
-                .map(|(_, principal)| (Arc::clone(principal), Some(*key)))
-        };
-        if let Some(found) = self.recent.get(identity).and_then(known) {
-            return found;
+        let found = |r: &Remembered| (Arc::clone(&r.principal), Some(r.key));
+        let digest = self.digest(identity, recipient_account);
+        if let Some(r) = self.recent.get(&digest) {
+            return found(r);
         }
         if identity.len() > LONGEST_IDENTITY_REMEMBERED {
             return (Arc::new(derive()), None);
         }
-        let full = self.recent.len() >= PRINCIPALS_REMEMBERED
-            || self.recent_bytes + identity.len() > IDENTITY_BYTES_REMEMBERED;
-        if full && !self.recent.contains_key(identity) {
+        if self.recent.len() >= PRINCIPALS_REMEMBERED
+            || self.recent_bytes + identity.len() > IDENTITY_BYTES_REMEMBERED
+        {
             self.older = std::mem::take(&mut self.recent);
             self.recent_bytes = 0;
         }
-        let entry = match self.older.remove_entry(identity) {
-            Some((text, entry)) => {
-                self.recent_bytes += text.len();
-                self.recent.entry(text).or_insert(entry)
-            }
-            None => self.recent.entry(identity.into()).or_insert_with(|| {
-                self.recent_bytes += identity.len();
-                (next_identity_key(), Vec::new())
-            }),
-        };
-        if let Some(found) = known(entry) {
-            return found;
-        }
-        let principal = Arc::new(derive());
-        entry
-            .1
-            .push((recipient_account.map(Into::into), Arc::clone(&principal)));
-        (principal, Some(entry.0))
+        let r = self.older.remove(&digest).unwrap_or_else(|| Remembered {
+            key: next_identity_key(),
+            principal: Arc::new(derive()),
+            text_len: identity.len(),
+        });
+        self.recent_bytes += r.text_len;
+        found(self.recent.entry(digest).or_insert(r))
+    }
+
+    fn digest(&self, identity: &str, recipient_account: Option<&str>) -> u128 {
+        use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64_with_seed};
+        // No account id is 0xff (not UTF-8): an absent recipient differs from every present one.
+        let recipient = recipient_account.map_or(&[0xff][..], str::as_bytes);
+        xxh3_128_with_seed(identity.as_bytes(), xxh3_64_with_seed(recipient, self.seed))
     }
 }
 
@@ -347,8 +362,9 @@ mod tests {
         );
         assert!(cache.recent.len() <= PRINCIPALS_REMEMBERED);
         assert!(cache.older.len() <= PRINCIPALS_REMEMBERED);
-        assert!(!cache.recent.contains_key(long.as_str()));
-        assert!(!cache.older.contains_key(long.as_str()));
+        let long_digest = cache.digest(&long, Some("111122223333"));
+        assert!(!cache.recent.contains_key(&long_digest));
+        assert!(!cache.older.contains_key(&long_digest));
     }
 
     #[test]
@@ -391,7 +407,7 @@ mod tests {
         for i in 0..3 * IDENTITY_BYTES_REMEMBERED / LONGEST_IDENTITY_REMEMBERED {
             let identity = format!(r#"{{"type":"IAMUser","userName":"u{i}","pad":"{pad}"}}"#);
             cache.get(&identity, None, || derive(None, None));
-            let bytes = |m: &FxHashMap<Box<str>, _>| m.keys().map(|k| k.len()).sum::<usize>();
+            let bytes = |m: &FxHashMap<u128, Remembered>| m.values().map(|r| r.text_len).sum::<usize>();
             assert_eq!(bytes(&cache.recent), cache.recent_bytes);
             assert!(cache.recent_bytes <= IDENTITY_BYTES_REMEMBERED);
             assert!(bytes(&cache.older) <= IDENTITY_BYTES_REMEMBERED);
