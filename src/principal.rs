@@ -89,10 +89,15 @@ impl Default for PrincipalCache {
             recent: FxHashMap::default(),
             older: FxHashMap::default(),
             recent_bytes: 0,
-            // Keys drawn at random for the process, as std draws them for its hash maps.
-            seed: std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8),
+            seed: random_seed(),
         }
     }
+}
+
+/// A seed for digests of texts a file controls, drawn at random (as std draws the keys of its
+/// hash maps) so that no file can be written to make two texts share a digest.
+pub(crate) fn random_seed() -> u64 {
+    std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8)
 }
 
 /// A number standing for one exact `userIdentity` text in records of one recipient account: two

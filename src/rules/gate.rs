@@ -500,9 +500,10 @@ impl GateIndex {
             // Under `userIdentity`, whose text the decoder knows by a key, by the key.
             let identity_key = event.identity_key().filter(|_| gate.under_identity);
             match (memo.as_mut().filter(|_| rememberable), identity_key) {
-                (Some(m), Some(key)) => recall(&mut m[i].by_identity, &key, || key, judge, &mut mark),
-                (Some(m), None) if text.len() <= LONGEST_REMEMBERED => {
-                    recall(&mut m[i].by_text, text, || text.into(), judge, &mut mark)
+                (Some(m), Some(key)) => recall(&mut m.by_gate[i].by_identity, &key, || key, judge, &mut mark),
+                (Some(m), None) => {
+                    let digest = m.digest(text);
+                    recall(&mut m.by_gate[i].by_text, &digest, || digest, judge, &mut mark)
                 }
                 _ => mark(&judge()),
             }
@@ -561,36 +562,49 @@ impl GateField {
 /// call names, agents or identities of a stream's recent records.
 const VERDICTS_REMEMBERED: usize = 4096;
 
-/// Texts longer than this are judged afresh each time rather than remembered, so that the memory
-/// stays bounded in bytes whatever a file holds (CloudTrail's identities run to a few hundred).
-const LONGEST_REMEMBERED: usize = 4096;
-
 /// Gate verdicts already reached, by gate and by the JSON text each depends on. Field values
 /// recur record after record (a few hundred calls, agents and identities), so most records are
-/// judged by one hash lookup per gate. One per decoding thread; bounded.
-#[derive(Debug, Default)]
+/// judged by one hash lookup per gate. One per decoding thread; bounded in entries, and in bytes
+/// whatever a file holds: a text is remembered by its digest (xxh3-128 under a seed drawn for the
+/// process, so that no file can be written to make two texts share one), never copied.
+#[derive(Debug)]
 pub struct GateMemo {
     /// The index served: a memo used with another index starts afresh.
     index: u64,
     by_gate: Vec<Verdicts>,
+    seed: u64,
 }
 
-/// One gate's remembered verdicts, by the text they were reached from, or for a gate under
-/// `userIdentity` by the key standing for that text.
+impl Default for GateMemo {
+    fn default() -> Self {
+        GateMemo {
+            index: 0,
+            by_gate: Vec::new(),
+            seed: crate::principal::random_seed(),
+        }
+    }
+}
+
+/// One gate's remembered verdicts, by the digest of the text they were reached from, or for a
+/// gate under `userIdentity` by the key standing for that text.
 #[derive(Debug, Default)]
 struct Verdicts {
-    by_text: FxHashMap<Box<str>, Box<[usize]>>,
+    by_text: FxHashMap<u128, Box<[usize]>>,
     by_identity: FxHashMap<crate::principal::IdentityKey, Box<[usize]>>,
 }
 
 impl GateMemo {
-    /// The tables for `index`'s gates, in order.
-    fn serve(&mut self, index: &GateIndex) -> &mut [Verdicts] {
+    /// The memo, ready for `index`'s gates.
+    fn serve(&mut self, index: &GateIndex) -> &mut Self {
         if self.index != index.id {
             self.index = index.id;
             self.by_gate = index.fields.iter().map(|_| Verdicts::default()).collect();
         }
-        &mut self.by_gate
+        self
+    }
+
+    fn digest(&self, text: &str) -> u128 {
+        xxhash_rust::xxh3::xxh3_128_with_seed(text.as_bytes(), self.seed)
     }
 }
 
