@@ -1,23 +1,26 @@
 //! The eventID memory: CloudTrail delivers some records more than once, and each is judged once.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 
 use super::SeenIds;
 
 /// The eventIDs a shard has seen, as 64-bit hashes, by minute of event time. A duplicate carries
 /// its original's `eventTime`, so it is looked for among the IDs of that minute alone: a table
 /// small enough to stay in cache while a stream's events of that minute go by (one table of every
-/// ID cost a cache miss per event, and regrew as it filled). Bounded: past `capacity` IDs the
-/// oldest minutes are forgotten first, so a file delivered twice is recognised however late the
-/// second copy comes, as long as its minute is still held.
+/// ID cost a cache miss per event, and regrew as it filled). A shard's events come nearly in time
+/// order, so the minute they are arriving in is kept apart from the others: most events are
+/// looked for there without a search of the minutes held. Bounded: past `capacity` IDs the oldest
+/// minutes are forgotten first, so a file delivered twice is recognised however late the second
+/// copy comes, as long as its minute is still held.
 pub(super) struct EventIdMemory {
     capacity: usize,
     held: usize,
-    by_minute: FxHashMap<i64, FxHashSet<u64>>,
-    /// The minutes held, oldest first.
-    minutes: BTreeSet<i64>,
+    /// The minute of the latest event, and its IDs.
+    current: Option<(i64, FxHashSet<u64>)>,
+    /// Every other minute held.
+    earlier: BTreeMap<i64, FxHashSet<u64>>,
 }
 
 impl EventIdMemory {
@@ -25,8 +28,8 @@ impl EventIdMemory {
         EventIdMemory {
             capacity,
             held: 0,
-            by_minute: FxHashMap::default(),
-            minutes: BTreeSet::new(),
+            current: None,
+            earlier: BTreeMap::new(),
         }
     }
 
@@ -36,43 +39,67 @@ impl EventIdMemory {
     }
 
     pub(super) fn insert_hash(&mut self, minute: i64, hash: u64) -> bool {
-        // A new minute's set is sized as the latest minute held: it then grows in place rather
-        // than rehashing at each doubling.
-        let size = match self.by_minute.contains_key(&minute) {
-            true => 0,
-            false => self
-                .minutes
-                .last()
-                .and_then(|m| self.by_minute.get(m))
-                .map_or(0, |ids| ids.len()),
+        let ids = match &mut self.current {
+            Some((m, ids)) if *m == minute => ids,
+            _ => self.move_to(minute),
         };
-        let ids = self.by_minute.entry(minute).or_insert_with(|| {
-            self.minutes.insert(minute);
-            FxHashSet::with_capacity_and_hasher(size, Default::default())
-        });
         if !ids.insert(hash) {
             return false;
         }
         self.held += 1;
-        while self.held > self.capacity {
-            let Some(oldest) = self.minutes.pop_first() else {
-                break;
-            };
-            self.held -= self.by_minute.remove(&oldest).map_or(0, |ids| ids.len());
-        }
+        while self.held > self.capacity && self.forget_oldest() {}
         true
+    }
+
+    /// Makes `minute` the current one and returns its IDs.
+    fn move_to(&mut self, minute: i64) -> &mut FxHashSet<u64> {
+        // A new minute's set is sized as the one before: it then grows in place rather than
+        // rehashing at each doubling.
+        let size = self.current.as_ref().map_or(0, |(_, ids)| ids.len());
+        if let Some((m, ids)) = self.current.take() {
+            self.earlier.insert(m, ids);
+        }
+        let ids = self
+            .earlier
+            .remove(&minute)
+            .unwrap_or_else(|| FxHashSet::with_capacity_and_hasher(size, Default::default()));
+        &mut self.current.insert((minute, ids)).1
+    }
+
+    /// Forgets the oldest minute held; false when none is.
+    fn forget_oldest(&mut self) -> bool {
+        let oldest_earlier = self.earlier.first_key_value().map(|(m, _)| *m);
+        let forgotten = match (&self.current, oldest_earlier) {
+            (Some((current, _)), Some(earlier)) if *current > earlier => {
+                self.earlier.pop_first().map(|(_, ids)| ids)
+            }
+            (None, Some(_)) => self.earlier.pop_first().map(|(_, ids)| ids),
+            (Some(_), _) => self.current.take().map(|(_, ids)| ids),
+            (None, None) => None,
+        };
+        forgotten.inspect(|ids| self.held -= ids.len()).is_some()
     }
 
     /// Every hash held, by minute, oldest first.
     pub(super) fn snapshot(&self) -> SeenIds {
-        self.minutes
+        let mut minutes: SeenIds = self
+            .earlier
             .iter()
-            .filter_map(|m| {
-                let mut ids: Vec<u64> = self.by_minute.get(m)?.iter().copied().collect();
+            .chain(self.current.as_ref().map(|(m, ids)| (m, ids)))
+            .map(|(m, ids)| {
+                let mut ids: Vec<u64> = ids.iter().copied().collect();
                 ids.sort_unstable();
-                Some((*m, ids))
+                (*m, ids)
             })
-            .collect()
+            .collect();
+        minutes.sort_by_key(|(m, _)| *m);
+        minutes
+    }
+
+    /// How many minutes are held.
+    #[cfg(test)]
+    fn minutes(&self) -> usize {
+        self.earlier.len() + usize::from(self.current.is_some())
     }
 }
 
@@ -90,8 +117,10 @@ mod tests {
             assert!(!m.insert(time, &i.to_string()));
             assert!(m.held <= 100);
         }
-        assert_eq!(m.held, m.by_minute.values().map(|ids| ids.len()).sum::<usize>());
-        assert_eq!(m.minutes.len(), m.by_minute.len());
+        let snapshot = m.snapshot();
+        assert_eq!(m.held, snapshot.iter().map(|(_, ids)| ids.len()).sum::<usize>());
+        assert_eq!(m.minutes(), snapshot.len());
+        assert!(snapshot.windows(2).all(|w| w[0].0 < w[1].0));
         // The newest minutes are held; the oldest are forgotten.
         assert!(!m.insert(9_999 * 6, "9999"));
         assert!(m.insert(0, "0"));
@@ -107,5 +136,19 @@ mod tests {
         assert!(!m.insert(100, "a"));
         // The same ID at another time is another event.
         assert!(m.insert(160, "a"));
+    }
+
+    #[test]
+    fn a_late_minute_is_the_first_forgotten_even_while_current() {
+        let mut m = EventIdMemory::new(3);
+        assert!(m.insert(6_000, "a"));
+        assert!(m.insert(6_060, "b"));
+        // A late event's minute becomes the current one, and is the oldest held.
+        assert!(m.insert(60, "late"));
+        assert!(m.insert(6_120, "c"));
+        assert_eq!(m.held, 3);
+        assert!(m.insert(60, "late"), "the oldest minute went first");
+        assert!(!m.insert(6_060, "b"));
+        assert!(!m.insert(6_120, "c"));
     }
 }
