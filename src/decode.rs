@@ -103,6 +103,10 @@ pub struct SkippedRecord {
 #[derive(Debug, Default)]
 pub struct DecodedFile {
     pub events: Vec<Event>,
+    /// The [`crate::engine::murmur2`] of each event's principal key, by index in `events`: the
+    /// partition hash, taken from the principal cache while its entry was in hand (read again
+    /// later from each event, the key is a cache miss or two).
+    pub key_hashes: Vec<u32>,
     pub skipped: Vec<SkippedRecord>,
     /// Set when the object was skipped as a whole.
     pub skip: Option<FileSkip>,
@@ -306,6 +310,7 @@ impl Decoder {
             gates: &self.gates,
         };
         out.events.reserve(expected_records(text));
+        out.key_hashes.reserve(expected_records(text));
         if json_lines {
             decode_json_lines(ctx, text, out)
         } else {
@@ -529,9 +534,13 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
         let identity = RawRecord::identity_of(&view);
         principal::derive(identity.as_ref().map(|u| &u.0), recipient)
     };
-    let (principal, identity_key) = match view.top_level_text("userIdentity") {
+    let (principal, identity_key, key_hash) = match view.top_level_text("userIdentity") {
         Some(identity) => ctx.principals.borrow_mut().get(identity, recipient, derive),
-        None => (Arc::new(derive()), None),
+        None => {
+            let principal = derive();
+            let key_hash = crate::engine::murmur2(principal.key.as_bytes());
+            (Arc::new(principal), None, key_hash)
+        }
     };
     let mut view = view;
     if let Some(key) = identity_key {
@@ -561,7 +570,10 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
         });
     let (earliest, latest) = ctx.time_range;
     match result {
-        Ok(event) if (earliest..=latest).contains(&event.time) => out.events.push(event),
+        Ok(event) if (earliest..=latest).contains(&event.time) => {
+            out.events.push(event);
+            out.key_hashes.push(key_hash);
+        }
         Ok(_) => out.skipped.push(SkippedRecord {
             index,
             reason: RecordSkip::EventTimeOutOfRange,
@@ -597,6 +609,26 @@ mod tests {
         assert_eq!(gz.events.len(), 2);
         assert!(plain.error.is_none() && gz.error.is_none());
         assert_eq!(gz.events[1].event_name, "PutObject");
+    }
+
+    #[test]
+    fn each_event_comes_with_its_principals_partition_hash() {
+        let text = r#"{"Records":[
+            {"eventTime":"2024-01-01T00:00:00Z","eventSource":"s3.amazonaws.com","eventName":"GetObject","eventID":"a",
+             "userIdentity":{"type":"IAMUser","accountId":"111122223333","userName":"alice"}},
+            {"eventTime":"2024-01-01T00:00:01Z","eventSource":"s3.amazonaws.com","eventName":"GetObject","eventID":"b",
+             "userIdentity":{"type":"IAMUser","accountId":"111122223333","userName":"bob"}},
+            {"eventTime":"2024-01-01T00:00:02Z","eventSource":"s3.amazonaws.com","eventName":"GetObject","eventID":"c",
+             "recipientAccountId":"111122223333"},
+            {"eventTime":"2024-01-01T00:00:03Z","eventSource":"s3.amazonaws.com","eventName":"GetObject","eventID":"d",
+             "userIdentity":{"type":"IAMUser","accountId":"111122223333","userName":"alice"}}]}"#;
+        let f = decode("f.json", text.as_bytes());
+        assert_eq!(f.events.len(), 4);
+        assert_eq!(f.key_hashes.len(), 4);
+        for (event, &hash) in f.events.iter().zip(&f.key_hashes) {
+            assert_eq!(hash, crate::engine::murmur2(event.principal.key.as_bytes()));
+        }
+        assert_ne!(f.key_hashes[0], f.key_hashes[1]);
     }
 
     #[test]

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use compact_str::{format_compact, CompactString};
 use rustc_hash::FxHashMap;
 
+use crate::engine::murmur2;
 use crate::record::{SessionIssuer, UserIdentity};
 
 /// One identity, as baselines and anomalies name it.
@@ -80,6 +81,8 @@ pub struct PrincipalCache {
 struct Remembered {
     key: IdentityKey,
     principal: Arc<Principal>,
+    /// The principal key's [`murmur2`]: its partition, known without reading the key again.
+    key_hash: u32,
     text_len: usize,
 }
 
@@ -121,20 +124,23 @@ const LONGEST_IDENTITY_REMEMBERED: usize = 4096;
 
 impl PrincipalCache {
     /// The principal of a record whose `userIdentity` is `identity` (its JSON text), derived by
-    /// `derive` unless known, and the text's key when it is remembered.
+    /// `derive` unless known; the text's key when it is remembered; and the principal key's
+    /// [`murmur2`], which partitions it.
     pub fn get(
         &mut self,
         identity: &str,
         recipient_account: Option<&str>,
         derive: impl FnOnce() -> Principal,
-    ) -> (Arc<Principal>, Option<IdentityKey>) {
-        let found = |r: &Remembered| (Arc::clone(&r.principal), Some(r.key));
+    ) -> (Arc<Principal>, Option<IdentityKey>, u32) {
+        let found = |r: &Remembered| (Arc::clone(&r.principal), Some(r.key), r.key_hash);
         let digest = self.digest(identity, recipient_account);
         if let Some(r) = self.recent.get(&digest) {
             return found(r);
         }
         if identity.len() > LONGEST_IDENTITY_REMEMBERED {
-            return (Arc::new(derive()), None);
+            let principal = derive();
+            let key_hash = murmur2(principal.key.as_bytes());
+            return (Arc::new(principal), None, key_hash);
         }
         if self.recent.len() >= PRINCIPALS_REMEMBERED
             || self.recent_bytes + identity.len() > IDENTITY_BYTES_REMEMBERED
@@ -142,10 +148,14 @@ impl PrincipalCache {
             self.older = std::mem::take(&mut self.recent);
             self.recent_bytes = 0;
         }
-        let r = self.older.remove(&digest).unwrap_or_else(|| Remembered {
-            key: next_identity_key(),
-            principal: Arc::new(derive()),
-            text_len: identity.len(),
+        let r = self.older.remove(&digest).unwrap_or_else(|| {
+            let principal = derive();
+            Remembered {
+                key: next_identity_key(),
+                key_hash: murmur2(principal.key.as_bytes()),
+                principal: Arc::new(principal),
+                text_len: identity.len(),
+            }
         });
         self.recent_bytes += r.text_len;
         found(self.recent.entry(digest).or_insert(r))
@@ -326,12 +336,13 @@ mod tests {
         let derived = std::cell::Cell::new(0);
         let mut keys = std::collections::HashMap::new();
         let mut get = |identity: &str, recipient: Option<&str>| {
-            let (principal, key) = cache.get(identity, recipient, || {
+            let (principal, key, key_hash) = cache.get(identity, recipient, || {
                 derived.set(derived.get() + 1);
                 let json = format!(r#"{{"userIdentity":{identity}}}"#);
                 let r: RawRecord = serde_json::from_str(&json).unwrap();
                 derive(r.user_identity.as_ref().map(|u| &u.0), recipient)
             });
+            assert_eq!(key_hash, murmur2(principal.key.as_bytes()));
             // A key stands for one text only, across recipients and cache clearings.
             if let Some(key) = key {
                 assert_eq!(*keys.entry(key).or_insert_with(|| identity.to_owned()), identity);

@@ -34,7 +34,7 @@ use crate::config::FetchSettings;
 use crate::config::Settings;
 use crate::decode::{DecodeLimits, DecodedFile, Decoder, FileError};
 use crate::detect::Detector;
-use crate::engine::{partition_of, StatePartition};
+use crate::engine::{partition_of_hash, StatePartition};
 use crate::event::{Event, RecordSkip};
 use crate::fetch::{FetchError, Fetcher};
 use crate::metrics::Latencies;
@@ -794,9 +794,9 @@ fn work(
         progress(1);
         let events = Arc::new(FileEvents {
             shards: decoded
-                .events
+                .key_hashes
                 .iter()
-                .map(|e| partition_of(&e.principal.key, shards as u32))
+                .map(|&hash| partition_of_hash(hash, shards as u32))
                 .collect(),
             events: decoded.events,
             worker,

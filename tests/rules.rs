@@ -431,7 +431,7 @@ fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
             continue;
         };
         if let Some(identity) = keyed_view.top_level_text("userIdentity") {
-            let (_, key) = identities.get(identity, None, || trailwatch::principal::Principal {
+            let (_, key, _) = identities.get(identity, None, || trailwatch::principal::Principal {
                 key: "k".into(),
                 kind: "t".into(),
                 account_id: None,

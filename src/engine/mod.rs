@@ -40,7 +40,12 @@ use wire::{EventRecord, SourceMark};
 /// (murmur2, as librdkafka's `murmur2_random` partitioner and the Java client compute it), so
 /// that a record keyed by the principal lands in the partition that owns its state.
 pub fn partition_of(principal_key: &str, partitions: u32) -> u32 {
-    (murmur2(principal_key.as_bytes()) & 0x7fff_ffff) % partitions.max(1)
+    partition_of_hash(murmur2(principal_key.as_bytes()), partitions)
+}
+
+/// [`partition_of`] a key whose [`murmur2`] is `key_hash`.
+pub fn partition_of_hash(key_hash: u32, partitions: u32) -> u32 {
+    (key_hash & 0x7fff_ffff) % partitions.max(1)
 }
 
 /// Kafka's murmur2 (seed `0x9747b28c`), as `org.apache.kafka.common.utils.Utils.murmur2`.

@@ -33,7 +33,7 @@ use crate::baseline::PrincipalBaseline;
 use crate::config::{RunSettings, Settings};
 use crate::decode::{DecodeLimits, DecodedFile};
 use crate::detect::{Detector, SeenIds};
-use crate::engine::{partition_of, PartitionSnapshot, StatePartition};
+use crate::engine::{partition_of, partition_of_hash, PartitionSnapshot, StatePartition};
 use crate::event::Event;
 use crate::fetch::Fetcher;
 use crate::metrics::{Latencies, Metrics};
@@ -113,8 +113,9 @@ impl Engine {
         let count = self.partitions.len();
         let mut routed: Vec<Vec<Event>> = vec![Vec::new(); count];
         for (file, _) in files.iter_mut() {
-            for event in std::mem::take(&mut file.events) {
-                routed[partition_of(&event.principal.key, count as u32) as usize].push(event);
+            let hashes = std::mem::take(&mut file.key_hashes);
+            for (event, hash) in std::mem::take(&mut file.events).into_iter().zip(hashes) {
+                routed[partition_of_hash(hash, count as u32) as usize].push(event);
             }
         }
         self.each_partition(routed, |partition, events, out| {
