@@ -431,7 +431,7 @@ pub fn array_elements(text: &str) -> Option<Vec<&str>> {
 /// The offset in `bytes` of the first quote, backslash or control character (`bytes.len()` when
 /// none): where a string's plain run ends.
 #[inline]
-fn special_offset(bytes: &[u8]) -> usize {
+pub(crate) fn special_offset(bytes: &[u8]) -> usize {
     let mut at = 0;
     #[cfg(target_arch = "x86_64")]
     {
