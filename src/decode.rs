@@ -534,13 +534,14 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
         let identity = RawRecord::identity_of(&view);
         principal::derive(identity.as_ref().map(|u| &u.0), recipient)
     };
-    let (principal, identity_key, key_hash) = match view.top_level_text("userIdentity") {
+    let principal::Known {
+        principal,
+        identity_key,
+        key_hash,
+        key_digest,
+    } = match view.top_level_text("userIdentity") {
         Some(identity) => ctx.principals.borrow_mut().get(identity, recipient, derive),
-        None => {
-            let principal = derive();
-            let key_hash = crate::engine::murmur2(principal.key.as_bytes());
-            (Arc::new(principal), None, key_hash)
-        }
+        None => principal::Known::new(derive(), None),
     };
     let mut view = view;
     if let Some(key) = identity_key {
@@ -551,6 +552,7 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
     let agents = &mut ctx.agents.borrow_mut();
     let result =
         Event::with_principal(&record, view.raw(), ctx.object, principal, agents).map(|mut event| {
+            event.principal_digest = key_digest.into();
             if let Some(rules) = ctx.rules {
                 rules.evaluate_with(&view, &mut ctx.gates.borrow_mut(), &mut event.rule_hits);
                 // Kept whole only for the correlation engine, and only when a rule it counts was

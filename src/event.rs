@@ -45,6 +45,10 @@ pub struct Event {
     /// The record's JSON, kept only when it matched a rule (correlations read it again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<Box<str>>,
+    /// The principal key's digest (see [`Event::principal_digest`]): set by the decoder from the
+    /// principal cache, else taken on first use.
+    #[serde(skip)]
+    pub principal_digest: std::sync::OnceLock<u128>,
 }
 
 /// Why a record was not turned into an event. A bounded set: these are metric labels.
@@ -130,7 +134,16 @@ impl Event {
             object: Arc::clone(object),
             rule_hits: Vec::new(),
             raw: None,
+            principal_digest: Default::default(),
         })
+    }
+
+    /// [`principal::key_digest`] of the principal key, which a shard finds the baseline by:
+    /// known from the decoder, so that the shard need not read the key, long out of its cache.
+    pub fn principal_digest(&self) -> u128 {
+        *self
+            .principal_digest
+            .get_or_init(|| principal::key_digest(&self.principal.key))
     }
 
     /// Whether the call was refused for want of permission: `AccessDenied`, `Unauthorized*`,

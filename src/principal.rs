@@ -83,6 +83,8 @@ struct Remembered {
     principal: Arc<Principal>,
     /// The principal key's [`murmur2`]: its partition, known without reading the key again.
     key_hash: u32,
+    /// The principal key's [`key_digest`]: what a shard finds its baseline by.
+    key_digest: u128,
     text_len: usize,
 }
 
@@ -114,6 +116,38 @@ fn next_identity_key() -> IdentityKey {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A principal as the cache gives it out, with what the stages after the decoder find it by.
+pub struct Known {
+    pub principal: Arc<Principal>,
+    /// The key of the identity text, when the cache remembers it.
+    pub identity_key: Option<IdentityKey>,
+    /// The principal key's [`murmur2`]: the partition it belongs to.
+    pub key_hash: u32,
+    /// The principal key's [`key_digest`].
+    pub key_digest: u128,
+}
+
+impl Known {
+    /// `principal`, its key hashed.
+    pub fn new(principal: Principal, identity_key: Option<IdentityKey>) -> Known {
+        Known {
+            key_hash: murmur2(principal.key.as_bytes()),
+            key_digest: key_digest(&principal.key),
+            principal: Arc::new(principal),
+            identity_key,
+        }
+    }
+}
+
+/// The digest a shard finds a principal's baseline by: xxh3-128 of the principal key under a seed
+/// drawn once for the process (the same in every thread), so that no file can be written to make
+/// two principals share a baseline. Taken by the decoder from the principal cache, where the key
+/// is at hand, rather than in the shard, where it has long left the cache.
+pub fn key_digest(key: &str) -> u128 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    xxhash_rust::xxh3::xxh3_128_with_seed(key.as_bytes(), *SEED.get_or_init(random_seed))
+}
+
 const PRINCIPALS_REMEMBERED: usize = 16_384;
 
 const IDENTITY_BYTES_REMEMBERED: usize = 4 << 20;
@@ -124,23 +158,25 @@ const LONGEST_IDENTITY_REMEMBERED: usize = 4096;
 
 impl PrincipalCache {
     /// The principal of a record whose `userIdentity` is `identity` (its JSON text), derived by
-    /// `derive` unless known; the text's key when it is remembered; and the principal key's
-    /// [`murmur2`], which partitions it.
+    /// `derive` unless known, with the text's key when it is remembered.
     pub fn get(
         &mut self,
         identity: &str,
         recipient_account: Option<&str>,
         derive: impl FnOnce() -> Principal,
-    ) -> (Arc<Principal>, Option<IdentityKey>, u32) {
-        let found = |r: &Remembered| (Arc::clone(&r.principal), Some(r.key), r.key_hash);
+    ) -> Known {
+        let found = |r: &Remembered| Known {
+            principal: Arc::clone(&r.principal),
+            identity_key: Some(r.key),
+            key_hash: r.key_hash,
+            key_digest: r.key_digest,
+        };
         let digest = self.digest(identity, recipient_account);
         if let Some(r) = self.recent.get(&digest) {
             return found(r);
         }
         if identity.len() > LONGEST_IDENTITY_REMEMBERED {
-            let principal = derive();
-            let key_hash = murmur2(principal.key.as_bytes());
-            return (Arc::new(principal), None, key_hash);
+            return Known::new(derive(), None);
         }
         if self.recent.len() >= PRINCIPALS_REMEMBERED
             || self.recent_bytes + identity.len() > IDENTITY_BYTES_REMEMBERED
@@ -149,11 +185,12 @@ impl PrincipalCache {
             self.recent_bytes = 0;
         }
         let r = self.older.remove(&digest).unwrap_or_else(|| {
-            let principal = derive();
+            let known = Known::new(derive(), Some(next_identity_key()));
             Remembered {
-                key: next_identity_key(),
-                key_hash: murmur2(principal.key.as_bytes()),
-                principal: Arc::new(principal),
+                key: known.identity_key.unwrap_or_default(),
+                key_hash: known.key_hash,
+                key_digest: known.key_digest,
+                principal: known.principal,
                 text_len: identity.len(),
             }
         });
@@ -336,13 +373,19 @@ mod tests {
         let derived = std::cell::Cell::new(0);
         let mut keys = std::collections::HashMap::new();
         let mut get = |identity: &str, recipient: Option<&str>| {
-            let (principal, key, key_hash) = cache.get(identity, recipient, || {
+            let Known {
+                principal,
+                identity_key: key,
+                key_hash,
+                key_digest: digest,
+            } = cache.get(identity, recipient, || {
                 derived.set(derived.get() + 1);
                 let json = format!(r#"{{"userIdentity":{identity}}}"#);
                 let r: RawRecord = serde_json::from_str(&json).unwrap();
                 derive(r.user_identity.as_ref().map(|u| &u.0), recipient)
             });
             assert_eq!(key_hash, murmur2(principal.key.as_bytes()));
+            assert_eq!(digest, key_digest(&principal.key));
             // A key stands for one text only, across recipients and cache clearings.
             if let Some(key) = key {
                 assert_eq!(*keys.entry(key).or_insert_with(|| identity.to_owned()), identity);
@@ -396,7 +439,7 @@ mod tests {
                     let r: RawRecord = serde_json::from_str(&json).unwrap();
                     derive(r.user_identity.as_ref().map(|u| &u.0), None)
                 })
-                .1
+                .identity_key
         };
         let first: Vec<_> = (0..PRINCIPALS_REMEMBERED).map(&mut get).collect();
         // One identity more than a generation holds: the first ones are not forgotten...

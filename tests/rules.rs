@@ -431,14 +431,14 @@ fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
             continue;
         };
         if let Some(identity) = keyed_view.top_level_text("userIdentity") {
-            let (_, key, _) = identities.get(identity, None, || trailwatch::principal::Principal {
+            let known = identities.get(identity, None, || trailwatch::principal::Principal {
                 key: "k".into(),
                 kind: "t".into(),
                 account_id: None,
                 arn: None,
                 session: None,
             });
-            if let Some(key) = key {
+            if let Some(key) = known.identity_key {
                 keyed_view.set_identity_key(key);
             }
         }

@@ -78,7 +78,8 @@ pub struct DetectorStats {
 /// One shard's baselines and detectors.
 pub struct Detector {
     settings: DetectorSettings,
-    principals: FxHashMap<CompactString, PrincipalBaseline>,
+    /// Baselines by [`Event::principal_digest`], each with its principal key.
+    principals: FxHashMap<u128, (CompactString, PrincipalBaseline)>,
     seen_ids: EventIdMemory,
     /// Latest event time seen: the shard's clock.
     watermark: i64,
@@ -125,11 +126,8 @@ impl Detector {
 
     /// The shard's whole state, for a snapshot; open alerts stay open.
     pub fn snapshot(&self) -> DetectorState {
-        let mut principals: Vec<(CompactString, PrincipalBaseline)> = self
-            .principals
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut principals: Vec<(CompactString, PrincipalBaseline)> =
+            self.principals.values().cloned().collect();
         principals.sort_by(|a, b| a.0.cmp(&b.0));
         DetectorState {
             principals,
@@ -179,7 +177,11 @@ impl Detector {
         seen_ids: &[(i64, Vec<u64>)],
         watermark: i64,
     ) {
-        self.principals.extend(principals);
+        self.principals.extend(
+            principals
+                .into_iter()
+                .map(|(key, baseline)| (crate::principal::key_digest(&key), (key, baseline))),
+        );
         for (minute, ids) in seen_ids {
             for id in ids {
                 self.seen_ids.insert_hash(*minute, *id);
@@ -203,13 +205,13 @@ impl Detector {
     }
 
     pub fn values_held(&self) -> usize {
-        self.principals.values().map(PrincipalBaseline::values_held).sum()
+        self.principals.values().map(|(_, b)| b.values_held()).sum()
     }
 
     /// Approximate bytes held by baselines, keys included.
     pub fn bytes_held(&self) -> usize {
         self.principals
-            .iter()
+            .values()
             .map(|(k, b)| {
                 b.bytes()
                     + std::mem::size_of::<CompactString>()
@@ -239,15 +241,16 @@ impl Detector {
     /// The baseline detectors: dormancy, novelty, rate and error spikes.
     fn judge(&mut self, event: &Event, out: &mut Vec<Anomaly>) {
         let s = &self.settings;
-        let baseline = match self.principals.get_mut(event.principal.key.as_str()) {
+        let digest = event.principal_digest();
+        let (_, baseline) = match self.principals.get_mut(&digest) {
             Some(b) => b,
             None => {
                 if self.principals.len() >= s.max_principals {
                     self.evict_least_active();
                 }
                 self.principals
-                    .entry(event.principal.key.clone())
-                    .or_insert_with(|| PrincipalBaseline::new(event.time))
+                    .entry(digest)
+                    .or_insert_with(|| (event.principal.key.clone(), PrincipalBaseline::new(event.time)))
             }
         };
         baseline.prefetch_hashes();
@@ -283,31 +286,29 @@ impl Detector {
         let idle_horizon = self.watermark - self.settings.idle_expiry;
         let value_horizon = self.watermark - self.settings.window;
         let before = self.principals.len();
-        self.principals.retain(|_, b| b.last_seen >= idle_horizon);
+        self.principals.retain(|_, (_, b)| b.last_seen >= idle_horizon);
         self.stats.principals_expired += (before - self.principals.len()) as u64;
-        for b in self.principals.values_mut() {
+        for (_, b) in self.principals.values_mut() {
             b.dimensions.iter_mut().for_each(|d| d.expire(value_horizon));
         }
     }
 
     /// Forgets the least recently active tenth of the principals, making room at the cap in
-    /// amortised constant time per new principal.
+    /// amortised constant time per new principal. Ties go by key, so that which principals are
+    /// forgotten does not depend on the map's order (its digests are seeded per process).
     fn evict_least_active(&mut self) {
-        let mut last_seen: Vec<i64> = self.principals.values().map(|b| b.last_seen).collect();
-        let drop = (last_seen.len() / 10).max(1);
-        let (_, cutoff, _) = last_seen.select_nth_unstable(drop - 1);
-        let cutoff = *cutoff;
-        let before = self.principals.len();
-        let mut budget = drop;
-        self.principals.retain(|_, b| {
-            if budget > 0 && b.last_seen <= cutoff {
-                budget -= 1;
-                false
-            } else {
-                true
-            }
-        });
-        self.stats.principals_evicted += (before - self.principals.len()) as u64;
+        let mut order: Vec<(i64, &CompactString, u128)> = self
+            .principals
+            .iter()
+            .map(|(digest, (key, b))| (b.last_seen, key, *digest))
+            .collect();
+        let drop = (order.len() / 10).max(1);
+        order.select_nth_unstable(drop - 1);
+        let forgotten: Vec<u128> = order[..drop].iter().map(|(_, _, digest)| *digest).collect();
+        for digest in forgotten {
+            self.principals.remove(&digest);
+        }
+        self.stats.principals_evicted += drop as u64;
     }
 }
 
@@ -387,6 +388,7 @@ mod tests {
                 session: None,
             }),
             object: Arc::from("f"),
+            principal_digest: Default::default(),
             rule_hits: Vec::new(),
             raw: None,
         }
@@ -539,8 +541,29 @@ mod tests {
             d.process(&e, &mut out);
             assert!(d.principals() <= 100);
         }
-        assert!(d.principals.contains_key("p999"));
-        assert!(!d.principals.contains_key("p0"));
+        let held = |key: &str| d.principals.contains_key(&crate::principal::key_digest(key));
+        assert!(held("p999"));
+        assert!(!held("p0"));
+    }
+
+    #[test]
+    fn principals_tied_at_the_cap_are_evicted_by_key() {
+        let mut s = settings();
+        s.max_principals = 20;
+        let mut d = Detector::new(s, 1);
+        let mut out = Vec::new();
+        // Twenty principals last seen at the same second, then one more.
+        for i in (0..21).rev() {
+            let mut e = event(&format!("e{i}"), 1_000, "GetObject", "198.51.100.1");
+            Arc::make_mut(&mut e.principal).key = format!("p{i:02}").into();
+            d.process(&e, &mut out);
+        }
+        let mut held: Vec<String> = d.principals.values().map(|(k, _)| k.to_string()).collect();
+        held.sort();
+        // The tie went by key: the first two keys of the twenty were forgotten.
+        assert_eq!(held.len(), 19);
+        assert_eq!(held[0], "p00");
+        assert!(!held.contains(&"p01".to_owned()) && !held.contains(&"p02".to_owned()));
     }
 
     #[test]

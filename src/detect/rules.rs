@@ -20,7 +20,7 @@ impl Detector {
         // Compiled now if there are thresholds: below, the rules and the engine are borrowed apart.
         self.correlations();
         let Some(rules) = &self.rules else { return };
-        let baseline = self.principals.get(event.principal.key.as_str());
+        let baseline = self.principals.get(&event.principal_digest()).map(|(_, b)| b);
         let info = |mature| {
             baseline.map_or(
                 BaselineInfo {
