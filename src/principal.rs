@@ -185,9 +185,10 @@ impl PrincipalCache {
             self.recent_bytes = 0;
         }
         let r = self.older.remove(&digest).unwrap_or_else(|| {
-            let known = Known::new(derive(), Some(next_identity_key()));
+            let key = next_identity_key();
+            let known = Known::new(derive(), Some(key));
             Remembered {
-                key: known.identity_key.unwrap_or_default(),
+                key,
                 key_hash: known.key_hash,
                 key_digest: known.key_digest,
                 principal: known.principal,
