@@ -78,13 +78,10 @@ pub struct PrincipalCache {
     seed: u64,
 }
 
+/// A remembered identity: what the cache gives out for it (its key always set), and the length
+/// of its text, which the byte bound counts.
 struct Remembered {
-    key: IdentityKey,
-    principal: Arc<Principal>,
-    /// The principal key's [`murmur2`]: its partition, known without reading the key again.
-    key_hash: u32,
-    /// The principal key's [`key_digest`]: what a shard finds its baseline by.
-    key_digest: u128,
+    known: Known,
     text_len: usize,
 }
 
@@ -117,6 +114,7 @@ fn next_identity_key() -> IdentityKey {
 }
 
 /// A principal as the cache gives it out, with what the stages after the decoder find it by.
+#[derive(Clone)]
 pub struct Known {
     pub principal: Arc<Principal>,
     /// The key of the identity text, when the cache remembers it.
@@ -165,15 +163,9 @@ impl PrincipalCache {
         recipient_account: Option<&str>,
         derive: impl FnOnce() -> Principal,
     ) -> Known {
-        let found = |r: &Remembered| Known {
-            principal: Arc::clone(&r.principal),
-            identity_key: Some(r.key),
-            key_hash: r.key_hash,
-            key_digest: r.key_digest,
-        };
         let digest = self.digest(identity, recipient_account);
         if let Some(r) = self.recent.get(&digest) {
-            return found(r);
+            return r.known.clone();
         }
         if identity.len() > LONGEST_IDENTITY_REMEMBERED {
             return Known::new(derive(), None);
@@ -184,19 +176,12 @@ impl PrincipalCache {
             self.older = std::mem::take(&mut self.recent);
             self.recent_bytes = 0;
         }
-        let r = self.older.remove(&digest).unwrap_or_else(|| {
-            let key = next_identity_key();
-            let known = Known::new(derive(), Some(key));
-            Remembered {
-                key,
-                key_hash: known.key_hash,
-                key_digest: known.key_digest,
-                principal: known.principal,
-                text_len: identity.len(),
-            }
+        let r = self.older.remove(&digest).unwrap_or_else(|| Remembered {
+            known: Known::new(derive(), Some(next_identity_key())),
+            text_len: identity.len(),
         });
         self.recent_bytes += r.text_len;
-        found(self.recent.entry(digest).or_insert(r))
+        self.recent.entry(digest).or_insert(r).known.clone()
     }
 
     fn digest(&self, identity: &str, recipient_account: Option<&str>) -> u128 {
