@@ -529,16 +529,26 @@ mod tests {
         assert_eq!(spikes.len(), 1, "{out:?}");
     }
 
+    /// An event of the principal `key`.
+    fn event_of(key: &str, id: &str, time: i64) -> Event {
+        let mut e = event(id, time, "GetObject", "198.51.100.1");
+        Arc::make_mut(&mut e.principal).key = key.into();
+        e
+    }
+
+    /// A detector holding at most `max_principals` principals.
+    fn capped(max_principals: usize) -> Detector {
+        let mut s = settings();
+        s.max_principals = max_principals;
+        Detector::new(s, 1)
+    }
+
     #[test]
     fn the_principal_cap_evicts_the_least_active() {
-        let mut s = settings();
-        s.max_principals = 100;
-        let mut d = Detector::new(s, 1);
+        let mut d = capped(100);
         let mut out = Vec::new();
         for i in 0..1000 {
-            let mut e = event(&format!("p{i}"), i, "GetObject", "198.51.100.1");
-            Arc::make_mut(&mut e.principal).key = format!("p{i}").into();
-            d.process(&e, &mut out);
+            d.process(&event_of(&format!("p{i}"), &format!("p{i}"), i), &mut out);
             assert!(d.principals() <= 100);
         }
         let held = |key: &str| d.principals.contains_key(&crate::principal::key_digest(key));
@@ -548,15 +558,11 @@ mod tests {
 
     #[test]
     fn principals_tied_at_the_cap_are_evicted_by_key() {
-        let mut s = settings();
-        s.max_principals = 20;
-        let mut d = Detector::new(s, 1);
+        let mut d = capped(20);
         let mut out = Vec::new();
         // Twenty principals last seen at the same second, then one more.
         for i in (0..21).rev() {
-            let mut e = event(&format!("e{i}"), 1_000, "GetObject", "198.51.100.1");
-            Arc::make_mut(&mut e.principal).key = format!("p{i:02}").into();
-            d.process(&e, &mut out);
+            d.process(&event_of(&format!("p{i:02}"), &format!("e{i}"), 1_000), &mut out);
         }
         let mut held: Vec<String> = d.principals.values().map(|(k, _)| k.to_string()).collect();
         held.sort();
@@ -586,9 +592,7 @@ mod tests {
     fn idle_principals_expire() {
         let mut d = Detector::new(settings(), 1);
         let mut out = Vec::new();
-        let mut e = event("a", 0, "GetObject", "198.51.100.1");
-        Arc::make_mut(&mut e.principal).key = "idle".into();
-        d.process(&e, &mut out);
+        d.process(&event_of("idle", "a", 0), &mut out);
         d.process(&event("b", 200 * DAY, "GetObject", "198.51.100.1"), &mut out);
         assert_eq!(d.principals(), 1);
         assert_eq!(d.stats.principals_expired, 1);
