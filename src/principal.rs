@@ -146,7 +146,7 @@ pub fn key_digest(key: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128_with_seed(key.as_bytes(), *SEED.get_or_init(random_seed))
 }
 
-const PRINCIPALS_REMEMBERED: usize = 16_384;
+pub(crate) const PRINCIPALS_REMEMBERED: usize = 16_384;
 
 const IDENTITY_BYTES_REMEMBERED: usize = 4 << 20;
 

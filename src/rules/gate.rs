@@ -500,10 +500,10 @@ impl GateIndex {
             // Under `userIdentity`, whose text the decoder knows by a key, by the key.
             let identity_key = event.identity_key().filter(|_| gate.under_identity);
             match (memo.as_mut().filter(|_| rememberable), identity_key) {
-                (Some(m), Some(key)) => recall(&mut m.by_gate[i].by_identity, &key, || key, judge, &mut mark),
+                (Some(m), Some(key)) => m.by_gate[i].by_identity.recall(key, judge, &mut mark),
                 (Some(m), None) => {
                     let digest = m.digest(text);
-                    recall(&mut m.by_gate[i].by_text, &digest, || digest, judge, &mut mark)
+                    m.by_gate[i].by_text.recall(digest, judge, &mut mark)
                 }
                 _ => mark(&judge()),
             }
@@ -558,8 +558,8 @@ impl GateField {
     }
 }
 
-/// How many verdicts a gate remembers before it forgets them all: far more than the distinct
-/// call names, agents or identities of a stream's recent records.
+/// How many verdicts by text a gate remembers in a generation: far more than the distinct call
+/// names or agents of a stream's recent records.
 const VERDICTS_REMEMBERED: usize = 4096;
 
 /// Gate verdicts already reached, by gate and by the JSON text each depends on. Field values
@@ -586,11 +586,60 @@ impl Default for GateMemo {
 }
 
 /// One gate's remembered verdicts, by the digest of the text they were reached from, or for a
-/// gate under `userIdentity` by the key standing for that text.
-#[derive(Debug, Default)]
+/// gate under `userIdentity` by the key standing for that text. Identities are remembered as many
+/// as the principal cache remembers: with fewer, a stream of thousands of role sessions (each
+/// session its own text) found four in ten identities forgotten and parsed them again.
+#[derive(Debug)]
 struct Verdicts {
-    by_text: FxHashMap<u128, Box<[usize]>>,
-    by_identity: FxHashMap<crate::principal::IdentityKey, Box<[usize]>>,
+    by_text: Generations<u128>,
+    by_identity: Generations<crate::principal::IdentityKey>,
+}
+
+impl Default for Verdicts {
+    fn default() -> Self {
+        Verdicts {
+            by_text: Generations::new(VERDICTS_REMEMBERED),
+            by_identity: Generations::new(crate::principal::PRINCIPALS_REMEMBERED),
+        }
+    }
+}
+
+/// Verdicts by key in two generations of at most `capacity` each: when the newer is full it
+/// becomes the older and the older is forgotten; a verdict found in the older moves to the newer.
+/// So keys that keep recurring stay, however many others pass once.
+#[derive(Debug)]
+struct Generations<K> {
+    capacity: usize,
+    recent: FxHashMap<K, Box<[usize]>>,
+    older: FxHashMap<K, Box<[usize]>>,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Generations<K> {
+    fn new(capacity: usize) -> Self {
+        Generations {
+            capacity,
+            recent: FxHashMap::default(),
+            older: FxHashMap::default(),
+        }
+    }
+
+    /// Marks the verdict remembered under `key`, or `judge`'s, then remembering it.
+    fn recall(&mut self, key: K, judge: impl FnOnce() -> Vec<usize>, mark: &mut impl FnMut(&[usize])) {
+        if let Some(rules) = self.recent.get(&key) {
+            mark(rules);
+            return;
+        }
+        let rules = match self.older.remove(&key) {
+            Some(rules) => rules,
+            None => judge().into_boxed_slice(),
+        };
+        mark(&rules);
+        if self.recent.len() >= self.capacity {
+            std::mem::swap(&mut self.recent, &mut self.older);
+            self.recent.clear();
+        }
+        self.recent.insert(key, rules);
+    }
 }
 
 impl GateMemo {
@@ -605,31 +654,6 @@ impl GateMemo {
 
     fn digest(&self, text: &str) -> u128 {
         xxhash_rust::xxh3::xxh3_128_with_seed(text.as_bytes(), self.seed)
-    }
-}
-
-/// Marks the verdict remembered in `table` under `key`, or `judge`'s, then remembering it (the
-/// table is emptied when full).
-fn recall<K, Q>(
-    table: &mut FxHashMap<K, Box<[usize]>>,
-    key: &Q,
-    owned: impl FnOnce() -> K,
-    judge: impl FnOnce() -> Vec<usize>,
-    mark: &mut impl FnMut(&[usize]),
-) where
-    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
-    Q: std::hash::Hash + Eq + ?Sized,
-{
-    match table.get(key) {
-        Some(rules) => mark(rules),
-        None => {
-            let rules = judge();
-            mark(&rules);
-            if table.len() >= VERDICTS_REMEMBERED {
-                table.clear();
-            }
-            table.insert(owned(), rules.into_boxed_slice());
-        }
     }
 }
 
@@ -691,6 +715,33 @@ mod tests {
 
     fn one_of(field: &str, values: &[&str]) -> Option<(String, Requirement)> {
         Some((field.into(), OneOf(set(values))))
+    }
+
+    #[test]
+    fn verdicts_that_recur_outlive_a_stream_of_others() {
+        let mut memo = Generations::new(4);
+        let mut judged = 0;
+        let mut recall = |memo: &mut Generations<u64>, key: u64| {
+            let mut marked = Vec::new();
+            memo.recall(
+                key,
+                || {
+                    judged += 1;
+                    vec![key as usize]
+                },
+                &mut |rules| marked.extend_from_slice(rules),
+            );
+            assert_eq!(marked, [key as usize]);
+        };
+        // Key 0 recurs between runs of keys seen once, more of them than a generation holds.
+        for round in 0..10u64 {
+            recall(&mut memo, 0);
+            for other in 0..5 {
+                recall(&mut memo, 1 + round * 5 + other);
+            }
+        }
+        assert_eq!(judged, 1 + 50);
+        assert!(memo.recent.len() + memo.older.len() <= 8);
     }
 
     #[test]
