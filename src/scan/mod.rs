@@ -602,6 +602,11 @@ mod tests {
             "{\"k\":\"v\"}",
         ] {
             assert_eq!(blocks::container_end(text, 0), bytewise_end(text), "{text:?}");
+            assert_eq!(
+                blocks::container_end_baseline(text, 0),
+                bytewise_end(text),
+                "{text:?}"
+            );
             assert!(bytewise_end(text).is_some(), "{text:?}");
         }
         // Containers and strings that cross blocks.
@@ -614,6 +619,7 @@ mod tests {
         for start in 0..3 {
             let text = format!("{}{long}", " ".repeat(start));
             assert_eq!(blocks::container_end(&text, start), Some(text.len()));
+            assert_eq!(blocks::container_end_baseline(&text, start), Some(text.len()));
             assert!(accepts(&text));
         }
     }
@@ -690,6 +696,7 @@ mod tests {
             prop_assert_eq!(accepts(&text), serde_accepts(&text), "{:?}", text);
             if text.starts_with(['{', '[']) {
                 prop_assert_eq!(blocks::container_end(&text, 0), bytewise_end(&text), "{:?}", text);
+                prop_assert_eq!(blocks::container_end_baseline(&text, 0), bytewise_end(&text), "{:?}", text);
             }
         }
 
