@@ -510,31 +510,20 @@ pub fn replay(
         spare: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
         fetched: Prefetched::default(),
     };
-    let (anomaly_tx, anomaly_rx) = bounded::<Vec<Anomaly>>(64);
+    let (anomaly_tx, anomaly_rx) = bounded::<Written>(64);
 
     let mut anomalies = BTreeMap::new();
     let mut rule_matches: BTreeMap<String, u64> = BTreeMap::new();
     let mut write_result = Ok(());
-    // Each anomaly is written into this buffer, then handed to the sink in one write: serialised
-    // straight to the sink, every key and value was a call through `dyn Write` of its own.
-    let mut line = Vec::new();
-    let mut write = |batch: Vec<Anomaly>| {
-        for anomaly in batch {
-            *anomalies.entry(anomaly.kind).or_default() += 1;
-            if let Some(rule) = &anomaly.rule {
-                // The rule's id is copied once, not for each of its anomalies.
-                if let Some(count) = rule_matches.get_mut(&rule.id) {
-                    *count += 1;
-                } else {
-                    rule_matches.insert(rule.id.clone(), 1);
-                }
-            }
-            if write_result.is_ok() {
-                line.clear();
-                anomaly.write_json(&mut line);
-                line.push(b'\n');
-                write_result = sink.write_all(&line);
-            }
+    let mut write = |batch: Written| {
+        for (kind, n) in batch.kinds {
+            *anomalies.entry(kind).or_default() += n;
+        }
+        for (rule, n) in batch.rules {
+            *rule_matches.entry(rule).or_default() += n;
+        }
+        if write_result.is_ok() {
+            write_result = sink.write_all(&batch.lines);
         }
     };
 
@@ -570,7 +559,7 @@ pub fn replay(
         debug_assert!(shard.pending.into_inner().map_or(true, |p| p.is_empty()));
         let mut out = std::mem::take(&mut state.out);
         state.partition.finish(&mut out);
-        write(out);
+        write(Written::of(out));
         summary.late_events += state.partition.stats.late;
         let detector = state.partition.detector();
         summary.events += detector.stats.events;
@@ -648,6 +637,41 @@ struct FileEvents {
     worker: usize,
 }
 
+/// A batch of anomalies as JSON lines, with what the summary counts of them. Written by the
+/// worker that raised them, while their strings are in its cache and freed by the thread that
+/// made them: written by the thread that writes to the sink, each anomaly's two dozen strings
+/// were a cache miss each there, most of what an anomaly cost in an alert storm.
+struct Written {
+    lines: Vec<u8>,
+    kinds: BTreeMap<Kind, u64>,
+    /// Rule matches by rule id.
+    rules: BTreeMap<String, u64>,
+}
+
+impl Written {
+    fn of(batch: Vec<Anomaly>) -> Written {
+        let mut written = Written {
+            lines: Vec::new(),
+            kinds: BTreeMap::new(),
+            rules: BTreeMap::new(),
+        };
+        for anomaly in batch {
+            *written.kinds.entry(anomaly.kind).or_default() += 1;
+            if let Some(rule) = &anomaly.rule {
+                // The rule's id is copied once, not for each of its anomalies.
+                if let Some(count) = written.rules.get_mut(&rule.id) {
+                    *count += 1;
+                } else {
+                    written.rules.insert(rule.id.clone(), 1);
+                }
+            }
+            anomaly.write_json(&mut written.lines);
+            written.lines.push(b'\n');
+        }
+        written
+    }
+}
+
 /// One state partition and the files queued for it.
 struct Shard {
     index: u32,
@@ -703,7 +727,7 @@ impl Shard {
 
     /// Applies queued files in order for as long as the next one is there, unless another
     /// worker is already doing so.
-    fn advance(&self, plan: &Plan<'_>, anomalies: &Sender<Vec<Anomaly>>) {
+    fn advance(&self, plan: &Plan<'_>, anomalies: &Sender<Written>) {
         loop {
             let Ok(mut guard) = self.state.try_lock() else {
                 return;
@@ -724,7 +748,7 @@ impl Shard {
             }
             if !state.out.is_empty() {
                 // The sink may have stopped on a write error, which replay reports.
-                let _ = anomalies.send(std::mem::take(&mut state.out));
+                let _ = anomalies.send(Written::of(std::mem::take(&mut state.out)));
             }
             let next = state.next;
             drop(guard);
@@ -741,7 +765,7 @@ fn work(
     plan: &Plan<'_>,
     (limits, max_event_time_skew): (DecodeLimits, i64),
     rules: Option<Arc<RuleSet>>,
-    anomalies: &Sender<Vec<Anomaly>>,
+    anomalies: &Sender<Written>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Summary {
     let mut summary = Summary {
