@@ -268,7 +268,7 @@ fn memory_per_principal(principals: usize) -> (f64, u64) {
                     session: None,
                 }),
                 object: Arc::clone(&object),
-                principal_digest: Default::default(),
+                principal_hashes: Default::default(),
                 rule_hits: Vec::new(),
                 raw: None,
             };

@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use crate::event::{Event, RecordSkip};
+use crate::event::{Event, PrincipalHashes, RecordSkip};
 use crate::gunzip::{Gunzip, GunzipError};
 use crate::principal::{self, PrincipalCache};
 use crate::record::RawRecord;
@@ -102,11 +102,8 @@ pub struct SkippedRecord {
 /// The result of decoding one object.
 #[derive(Debug, Default)]
 pub struct DecodedFile {
+    /// Each with its principal's hashes set (see [`crate::event::PrincipalHashes`]).
     pub events: Vec<Event>,
-    /// The [`crate::engine::murmur2`] of each event's principal key, by index in `events`: the
-    /// partition hash, taken from the principal cache while its entry was in hand (read again
-    /// later from each event, the key is a cache miss or two).
-    pub key_hashes: Vec<u32>,
     pub skipped: Vec<SkippedRecord>,
     /// Set when the object was skipped as a whole.
     pub skip: Option<FileSkip>,
@@ -310,7 +307,6 @@ impl Decoder {
             gates: &self.gates,
         };
         out.events.reserve(expected_records(text));
-        out.key_hashes.reserve(expected_records(text));
         if json_lines {
             decode_json_lines(ctx, text, out)
         } else {
@@ -552,7 +548,11 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
     let agents = &mut ctx.agents.borrow_mut();
     let result =
         Event::with_principal(&record, view.raw(), ctx.object, principal, agents).map(|mut event| {
-            event.principal_digest = key_digest.into();
+            event.principal_hashes = PrincipalHashes {
+                partition: key_hash,
+                digest: key_digest,
+            }
+            .into();
             if let Some(rules) = ctx.rules {
                 rules.evaluate_with(&view, &mut ctx.gates.borrow_mut(), &mut event.rule_hits);
                 // Kept whole only for the correlation engine, and only when a rule it counts was
@@ -574,7 +574,6 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
     match result {
         Ok(event) if (earliest..=latest).contains(&event.time) => {
             out.events.push(event);
-            out.key_hashes.push(key_hash);
         }
         Ok(_) => out.skipped.push(SkippedRecord {
             index,
@@ -614,7 +613,7 @@ mod tests {
     }
 
     #[test]
-    fn each_event_comes_with_its_principals_partition_hash() {
+    fn each_event_comes_with_its_principals_hashes() {
         let text = r#"{"Records":[
             {"eventTime":"2024-01-01T00:00:00Z","eventSource":"s3.amazonaws.com","eventName":"GetObject","eventID":"a",
              "userIdentity":{"type":"IAMUser","accountId":"111122223333","userName":"alice"}},
@@ -626,11 +625,13 @@ mod tests {
              "userIdentity":{"type":"IAMUser","accountId":"111122223333","userName":"alice"}}]}"#;
         let f = decode("f.json", text.as_bytes());
         assert_eq!(f.events.len(), 4);
-        assert_eq!(f.key_hashes.len(), 4);
-        for (event, &hash) in f.events.iter().zip(&f.key_hashes) {
-            assert_eq!(hash, crate::engine::murmur2(event.principal.key.as_bytes()));
+        for event in &f.events {
+            // Set by the decoder, and what they would be if taken from the key.
+            let hashes = event.principal_hashes.get().copied();
+            assert_eq!(hashes, Some(PrincipalHashes::of(&event.principal.key)));
         }
-        assert_ne!(f.key_hashes[0], f.key_hashes[1]);
+        assert_ne!(f.events[0].partition_hash(), f.events[1].partition_hash());
+        assert_eq!(f.events[0].principal_hashes(), f.events[3].principal_hashes());
     }
 
     #[test]

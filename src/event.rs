@@ -45,10 +45,30 @@ pub struct Event {
     /// The record's JSON, kept only when it matched a rule (correlations read it again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<Box<str>>,
-    /// The principal key's digest (see [`Event::principal_digest`]): set by the decoder from the
-    /// principal cache, else taken on first use.
+    /// The principal key's hashes (see [`PrincipalHashes`]): set by the decoder from the principal
+    /// cache, else taken on first use (for events read back from the events topic).
     #[serde(skip)]
-    pub principal_digest: std::sync::OnceLock<u128>,
+    pub principal_hashes: std::sync::OnceLock<PrincipalHashes>,
+}
+
+/// Hashes of an event's principal key, which later stages route and find its state by: taken from
+/// the decoder's principal cache while its entry is in hand, so that neither stage reads the key
+/// (long out of the cache by then, and on another core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrincipalHashes {
+    /// [`crate::engine::murmur2`] of the key: the Kafka partition hash, which routes the event.
+    pub partition: u32,
+    /// [`principal::key_digest`] of the key, which a shard finds the baseline by.
+    pub digest: u128,
+}
+
+impl PrincipalHashes {
+    pub fn of(key: &str) -> PrincipalHashes {
+        PrincipalHashes {
+            partition: crate::engine::murmur2(key.as_bytes()),
+            digest: principal::key_digest(key),
+        }
+    }
 }
 
 /// Why a record was not turned into an event. A bounded set: these are metric labels.
@@ -134,16 +154,25 @@ impl Event {
             object: Arc::clone(object),
             rule_hits: Vec::new(),
             raw: None,
-            principal_digest: Default::default(),
+            principal_hashes: Default::default(),
         })
     }
 
-    /// [`principal::key_digest`] of the principal key, which a shard finds the baseline by:
-    /// known from the decoder, so that the shard need not read the key, long out of its cache.
-    pub fn principal_digest(&self) -> u128 {
+    /// The principal key's hashes, known from the decoder or taken now.
+    pub fn principal_hashes(&self) -> PrincipalHashes {
         *self
-            .principal_digest
-            .get_or_init(|| principal::key_digest(&self.principal.key))
+            .principal_hashes
+            .get_or_init(|| PrincipalHashes::of(&self.principal.key))
+    }
+
+    /// [`PrincipalHashes::digest`]: a shard finds the baseline by it.
+    pub fn principal_digest(&self) -> u128 {
+        self.principal_hashes().digest
+    }
+
+    /// [`PrincipalHashes::partition`]: the event is routed by it.
+    pub fn partition_hash(&self) -> u32 {
+        self.principal_hashes().partition
     }
 
     /// Whether the call was refused for want of permission: `AccessDenied`, `Unauthorized*`,

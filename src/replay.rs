@@ -818,9 +818,9 @@ fn work(
         progress(1);
         let events = Arc::new(FileEvents {
             shards: decoded
-                .key_hashes
+                .events
                 .iter()
-                .map(|&hash| partition_of_hash(hash, shards as u32))
+                .map(|event| partition_of_hash(event.partition_hash(), shards as u32))
                 .collect(),
             events: decoded.events,
             worker,

@@ -388,7 +388,7 @@ mod tests {
                 session: None,
             }),
             object: Arc::from("f"),
-            principal_digest: Default::default(),
+            principal_hashes: Default::default(),
             rule_hits: Vec::new(),
             raw: None,
         }

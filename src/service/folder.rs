@@ -113,9 +113,8 @@ impl Engine {
         let count = self.partitions.len();
         let mut routed: Vec<Vec<Event>> = vec![Vec::new(); count];
         for (file, _) in files.iter_mut() {
-            let hashes = std::mem::take(&mut file.key_hashes);
-            for (event, hash) in std::mem::take(&mut file.events).into_iter().zip(hashes) {
-                routed[partition_of_hash(hash, count as u32) as usize].push(event);
+            for event in std::mem::take(&mut file.events) {
+                routed[partition_of_hash(event.partition_hash(), count as u32) as usize].push(event);
             }
         }
         self.each_partition(routed, |partition, events, out| {
