@@ -548,11 +548,10 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
     let agents = &mut ctx.agents.borrow_mut();
     let result =
         Event::with_principal(&record, view.raw(), ctx.object, principal, agents).map(|mut event| {
-            event.principal_hashes = PrincipalHashes {
+            event.principal_hashes = Some(PrincipalHashes {
                 partition: key_hash,
                 digest: key_digest,
-            }
-            .into();
+            });
             if let Some(rules) = ctx.rules {
                 rules.evaluate_with(&view, &mut ctx.gates.borrow_mut(), &mut event.rule_hits);
                 // Kept whole only for the correlation engine, and only when a rule it counts was
@@ -627,7 +626,7 @@ mod tests {
         assert_eq!(f.events.len(), 4);
         for event in &f.events {
             // Set by the decoder, and what they would be if taken from the key.
-            let hashes = event.principal_hashes.get().copied();
+            let hashes = event.principal_hashes;
             assert_eq!(hashes, Some(PrincipalHashes::of(&event.principal.key)));
         }
         assert_ne!(f.events[0].partition_hash(), f.events[1].partition_hash());

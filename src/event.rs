@@ -46,9 +46,11 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<Box<str>>,
     /// The principal key's hashes (see [`PrincipalHashes`]): set by the decoder from the principal
-    /// cache, else taken on first use (for events read back from the events topic).
+    /// cache, and for an event read back from the events topic when it is read; taken from the
+    /// key when unset. A plain field, not a once-cell: setting a `OnceLock` went through its
+    /// `Once` on every record.
     #[serde(skip)]
-    pub principal_hashes: std::sync::OnceLock<PrincipalHashes>,
+    pub principal_hashes: Option<PrincipalHashes>,
 }
 
 /// Hashes of an event's principal key, which later stages route and find its state by: taken from
@@ -160,9 +162,8 @@ impl Event {
 
     /// The principal key's hashes, known from the decoder or taken now.
     pub fn principal_hashes(&self) -> PrincipalHashes {
-        *self
-            .principal_hashes
-            .get_or_init(|| PrincipalHashes::of(&self.principal.key))
+        self.principal_hashes
+            .unwrap_or_else(|| PrincipalHashes::of(&self.principal.key))
     }
 
     /// [`PrincipalHashes::digest`]: a shard finds the baseline by it.

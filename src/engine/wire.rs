@@ -42,6 +42,8 @@ impl EventRecord {
     /// (another rule set) are dropped.
     pub fn into_event(self, rules: Option<&RuleSet>) -> Event {
         let mut event = self.event;
+        // Taken once here rather than at each use in the detector.
+        event.principal_hashes = Some(event.principal_hashes());
         if let Some(set) = rules {
             event.rule_hits = self
                 .rules
@@ -75,4 +77,26 @@ pub struct SourceMark {
 pub enum EventsMessage {
     Event(EventRecord),
     Mark(SourceMark),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{DecodeLimits, Decoder};
+
+    #[test]
+    fn events_read_back_carry_their_principals_hashes() {
+        let text = r#"{"Records":[{"eventTime":"2024-01-01T00:00:00Z","eventSource":"s3.amazonaws.com",
+            "eventName":"GetObject","eventID":"a",
+            "userIdentity":{"type":"IAMUser","accountId":"111122223333","userName":"alice"}}]}"#;
+        let decoded = Decoder::new(DecodeLimits::default()).decode(&"f.json".into(), text.as_bytes());
+        let event = decoded.events.into_iter().next().unwrap();
+        let hashes = event.principal_hashes;
+        assert!(hashes.is_some());
+        let wire = serde_json::to_string(&EventRecord::of(event, None)).unwrap();
+        let back: EventRecord = serde_json::from_str(&wire).unwrap();
+        // Not carried on the wire: taken again from the key when the event is read.
+        assert_eq!(back.event.principal_hashes, None);
+        assert_eq!(back.into_event(None).principal_hashes, hashes);
+    }
 }
