@@ -12,7 +12,8 @@
 //! stage); and only the tokens outside strings are walked through the grammar. It checks what
 //! the byte walk checks: strings closed, no raw control characters, valid escapes, scalars by the
 //! grammar (read by the byte walk's own functions), containers balanced with their commas and
-//! colons.
+//! colons. Its gain grows with the bodies: 3 % of the decoding time on realistic records with AVX2
+//! (nothing with SSE2 alone), a fifth on records with 30 KB bodies (see the `x86` module).
 
 use super::{Nesting, Scanner};
 
