@@ -270,8 +270,8 @@ impl Anomaly {
     /// The sinks write anomalies by the thousand in an alert storm, and serde_json looks at each
     /// byte of each string for characters to escape one at a time: about 12,000 instructions
     /// per anomaly of the storm trail, most of what emitting one cost. Here a string is checked
-    /// sixteen bytes a step (the scanner's search for a string's end) and copied whole when
-    /// nothing in it needs escaping, as is the rule; one that does is escaped by serde_json.
+    /// sixteen bytes a step (the scanner's search for a string's end) and the runs between
+    /// characters to escape copied whole; those few are escaped as serde_json escapes them.
     /// Numbers are written by serde_json.
     /// `tests::written_json_is_serde_json_s` holds the two equal, field order included.
     pub fn write_json(&self, out: &mut Vec<u8>) {
