@@ -120,7 +120,7 @@ impl ValueSet {
         self.observe_hashed(value, value_hash(value), time, window, cap)
     }
 
-    /// [`ValueSet::observe`], for a value whose [`value_hash`] is known.
+    /// [`ValueSet::observe`], for a value whose `value_hash` is known.
     pub fn observe_hashed(&mut self, value: &str, hash: u32, time: i64, window: i64, cap: usize) -> Seen {
         let stamp = pack(time);
         if let Some(at) = self.find(hash, value) {

@@ -10,7 +10,7 @@
 //! of events with a few records delivered a file late, and a few records are delivered twice.
 //! Every principal uses each of its habits on its first day, so that once past learning a benign
 //! principal has no new values left to show. Benign work that resembles attacks runs beside the
-//! habits (see [`plan_lookalikes`]). The same options and seed give the same bytes.
+//! habits (see `plan_lookalikes`). The same options and seed give the same bytes.
 
 use std::collections::BTreeMap;
 use std::io::Write;

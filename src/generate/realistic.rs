@@ -7,7 +7,7 @@
 //! injects no labelled incidents; its rule matches are counted in the report instead).
 //!
 //! What makes it look like production, where a parser or a detector feels it:
-//! - **API shapes** come from one table ([`SERVICES`]): over 40 services and 200 calls, each
+//! - **API shapes** come from one table (`SERVICES`): over 40 services and 200 calls, each
 //!   service with the request and response structure AWS documents for it (EC2's `items` lists,
 //!   IAM's policy documents as escaped JSON strings and URL-encoded in responses, STS credentials,
 //!   S3 data events with `additionalEventData` and `resources`, KMS encryption contexts).
@@ -21,7 +21,7 @@
 //! - **Volume**: principals' daily volume follows a heavy-tailed law; people work weekdays in
 //!   office hours, roles and services around the clock; a few calls fail with an error code.
 //! - **Rule matches**: `rule_share` of the records are calls a shipped single-event rule flags
-//!   ([`MATCHING`]); with zero, no shipped rule matches at all (the benign table avoids every call
+//!   (`MATCHING`); with zero, no shipped rule matches at all (the benign table avoids every call
 //!   the rules watch), and a large share is an alert storm.
 //!
 //! The same options give the same bytes: every record is built from a seed derived from the run's

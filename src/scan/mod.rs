@@ -13,8 +13,8 @@
 //! its bytes are nested request and response bodies passed over. `serde_json` passes over them a
 //! token at a time through its visitor machinery (the largest cost of a replay); sonic-rs's lazy
 //! values measured slower still here. This scanner passes over a nested value sixty-four bytes at
-//! a time ([`blocks`]) and reads the fields wanted a byte at a time, string contents sixteen bytes
-//! at a time.
+//! a time (the `blocks` module) and reads the fields wanted a byte at a time, string contents
+//! sixteen bytes at a time.
 
 use std::borrow::Cow;
 
