@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use crate::event::{Event, PrincipalHashes, RecordSkip};
+use crate::event::{Event, RecordSkip};
 use crate::gunzip::{Gunzip, GunzipError};
 use crate::principal::{self, PrincipalCache};
 use crate::record::RawRecord;
@@ -102,7 +102,7 @@ pub struct SkippedRecord {
 /// The result of decoding one object.
 #[derive(Debug, Default)]
 pub struct DecodedFile {
-    /// Each with its principal's hashes set (see [`crate::event::PrincipalHashes`]).
+    /// Each with its principal's hashes set (see [`crate::principal::PrincipalHashes`]).
     pub events: Vec<Event>,
     pub skipped: Vec<SkippedRecord>,
     /// Set when the object was skipped as a whole.
@@ -533,8 +533,7 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
     let principal::Known {
         principal,
         identity_key,
-        key_hash,
-        key_digest,
+        hashes,
     } = match view.top_level_text("userIdentity") {
         Some(identity) => ctx.principals.borrow_mut().get(identity, recipient, derive),
         None => principal::Known::new(derive(), None),
@@ -548,10 +547,7 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
     let agents = &mut ctx.agents.borrow_mut();
     let result =
         Event::with_principal(&record, view.raw(), ctx.object, principal, agents).map(|mut event| {
-            event.principal_hashes = Some(PrincipalHashes {
-                partition: key_hash,
-                digest: key_digest,
-            });
+            event.principal_hashes = Some(hashes);
             if let Some(rules) = ctx.rules {
                 rules.evaluate_with(&view, &mut ctx.gates.borrow_mut(), &mut event.rule_hits);
                 // Kept whole only for the correlation engine, and only when a rule it counts was
@@ -627,7 +623,7 @@ mod tests {
         for event in &f.events {
             // Set by the decoder, and what they would be if taken from the key.
             let hashes = event.principal_hashes;
-            assert_eq!(hashes, Some(PrincipalHashes::of(&event.principal.key)));
+            assert_eq!(hashes, Some(principal::PrincipalHashes::of(&event.principal.key)));
         }
         assert_ne!(f.events[0].partition_hash(), f.events[1].partition_hash());
         assert_eq!(f.events[0].principal_hashes(), f.events[3].principal_hashes());

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use compact_str::{format_compact, CompactString};
 
 use crate::net::parse_source_ip;
-use crate::principal::{self, Principal};
+use crate::principal::{self, Principal, PrincipalHashes};
 use crate::record::RawRecord;
 use crate::useragent::AgentFamilies;
 
@@ -51,26 +51,6 @@ pub struct Event {
     /// `Once` on every record.
     #[serde(skip)]
     pub principal_hashes: Option<PrincipalHashes>,
-}
-
-/// Hashes of an event's principal key, which later stages route and find its state by: taken from
-/// the decoder's principal cache while its entry is in hand, so that neither stage reads the key
-/// (long out of the cache by then, and on another core).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PrincipalHashes {
-    /// [`crate::engine::murmur2`] of the key: the Kafka partition hash, which routes the event.
-    pub partition: u32,
-    /// [`principal::key_digest`] of the key, which a shard finds the baseline by.
-    pub digest: u128,
-}
-
-impl PrincipalHashes {
-    pub fn of(key: &str) -> PrincipalHashes {
-        PrincipalHashes {
-            partition: crate::engine::murmur2(key.as_bytes()),
-            digest: principal::key_digest(key),
-        }
-    }
 }
 
 /// Why a record was not turned into an event. A bounded set: these are metric labels.

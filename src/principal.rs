@@ -119,20 +119,37 @@ pub struct Known {
     pub principal: Arc<Principal>,
     /// The key of the identity text, when the cache remembers it.
     pub identity_key: Option<IdentityKey>,
-    /// The principal key's [`murmur2`]: the partition it belongs to.
-    pub key_hash: u32,
-    /// The principal key's [`key_digest`].
-    pub key_digest: u128,
+    pub hashes: PrincipalHashes,
 }
 
 impl Known {
     /// `principal`, its key hashed.
     pub fn new(principal: Principal, identity_key: Option<IdentityKey>) -> Known {
         Known {
-            key_hash: murmur2(principal.key.as_bytes()),
-            key_digest: key_digest(&principal.key),
+            hashes: PrincipalHashes::of(&principal.key),
             principal: Arc::new(principal),
             identity_key,
+        }
+    }
+}
+
+/// Hashes of a principal key, which the stages after the decoder route an event and find its
+/// principal's state by: taken once per remembered identity in the principal cache and carried in
+/// each event, so that neither stage reads the key (long out of the cache by then, and on
+/// another core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrincipalHashes {
+    /// [`murmur2`] of the key: the Kafka partition hash, which routes the event.
+    pub partition: u32,
+    /// [`key_digest`] of the key, which a shard finds the baseline by.
+    pub digest: u128,
+}
+
+impl PrincipalHashes {
+    pub fn of(key: &str) -> PrincipalHashes {
+        PrincipalHashes {
+            partition: murmur2(key.as_bytes()),
+            digest: key_digest(key),
         }
     }
 }
@@ -362,16 +379,15 @@ mod tests {
             let Known {
                 principal,
                 identity_key: key,
-                key_hash,
-                key_digest: digest,
+                hashes,
             } = cache.get(identity, recipient, || {
                 derived.set(derived.get() + 1);
                 let json = format!(r#"{{"userIdentity":{identity}}}"#);
                 let r: RawRecord = serde_json::from_str(&json).unwrap();
                 derive(r.user_identity.as_ref().map(|u| &u.0), recipient)
             });
-            assert_eq!(key_hash, murmur2(principal.key.as_bytes()));
-            assert_eq!(digest, key_digest(&principal.key));
+            assert_eq!(hashes.partition, murmur2(principal.key.as_bytes()));
+            assert_eq!(hashes.digest, key_digest(&principal.key));
             // A key stands for one text only, across recipients and cache clearings.
             if let Some(key) = key {
                 assert_eq!(*keys.entry(key).or_insert_with(|| identity.to_owned()), identity);
