@@ -49,6 +49,7 @@ pub mod engine;
 pub mod event;
 pub mod fetch;
 pub mod generate;
+mod generations;
 pub mod gunzip;
 pub mod labels;
 pub mod metrics;

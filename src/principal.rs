@@ -28,8 +28,8 @@
 
 use std::sync::Arc;
 
+use crate::generations::Generations;
 use compact_str::{format_compact, CompactString};
-use rustc_hash::FxHashMap;
 
 use crate::engine::murmur2;
 use crate::record::{SessionIssuer, UserIdentity};
@@ -61,36 +61,21 @@ pub struct Principal {
 /// cannot be written to make two identities collide), derived from the recipient account; two
 /// texts sharing a digest by chance is a 2^-128 event.
 ///
-/// Bounded: two generations of at most `PRINCIPALS_REMEMBERED` identities, whose texts come to
-/// at most `IDENTITY_BYTES_REMEMBERED` bytes in each (a principal's strings are no longer than
-/// its text). When the newer is full it becomes the older and the older is dropped; an identity
-/// found in the older moves to the newer. So a stream of a few more identities than one
-/// generation holds (thousands of role sessions an hour) keeps hitting, where clearing one full
-/// map made nearly every record after each clearing a miss.
+/// Bounded: two generations (see `crate::generations`) of at most `PRINCIPALS_REMEMBERED`
+/// identities, whose texts come to at most `IDENTITY_BYTES_REMEMBERED` bytes in each (a
+/// principal's strings are no longer than its text). So a stream of a few more identities than
+/// one generation holds (thousands of role sessions an hour) keeps hitting.
 pub struct PrincipalCache {
-    /// Each remembered identity's [`IdentityKey`], principal and text length: seen since the
-    /// last rotation.
-    recent: FxHashMap<u128, Remembered>,
-    /// The generation before, dropped at the next rotation.
-    older: FxHashMap<u128, Remembered>,
-    /// The length of the texts in `recent`.
-    recent_bytes: usize,
+    /// What the cache gives out for each remembered identity (its key always set), weighed by
+    /// the length of its text.
+    remembered: Generations<u128, Known>,
     seed: u64,
-}
-
-/// A remembered identity: what the cache gives out for it (its key always set), and the length
-/// of its text, which the byte bound counts.
-struct Remembered {
-    known: Known,
-    text_len: usize,
 }
 
 impl Default for PrincipalCache {
     fn default() -> Self {
         PrincipalCache {
-            recent: FxHashMap::default(),
-            older: FxHashMap::default(),
-            recent_bytes: 0,
+            remembered: Generations::new(PRINCIPALS_REMEMBERED, IDENTITY_BYTES_REMEMBERED),
             seed: random_seed(),
         }
     }
@@ -180,25 +165,12 @@ impl PrincipalCache {
         recipient_account: Option<&str>,
         derive: impl FnOnce() -> Principal,
     ) -> Known {
-        let digest = self.digest(identity, recipient_account);
-        if let Some(r) = self.recent.get(&digest) {
-            return r.known.clone();
-        }
         if identity.len() > LONGEST_IDENTITY_REMEMBERED {
             return Known::new(derive(), None);
         }
-        if self.recent.len() >= PRINCIPALS_REMEMBERED
-            || self.recent_bytes + identity.len() > IDENTITY_BYTES_REMEMBERED
-        {
-            self.older = std::mem::take(&mut self.recent);
-            self.recent_bytes = 0;
-        }
-        let r = self.older.remove(&digest).unwrap_or_else(|| Remembered {
-            known: Known::new(derive(), Some(next_identity_key())),
-            text_len: identity.len(),
-        });
-        self.recent_bytes += r.text_len;
-        self.recent.entry(digest).or_insert(r).known.clone()
+        let digest = self.digest(identity, recipient_account);
+        let make = || Known::new(derive(), Some(next_identity_key()));
+        self.remembered.with(digest, identity.len(), make, Known::clone)
     }
 
     fn digest(&self, identity: &str, recipient_account: Option<&str>) -> u128 {
@@ -421,11 +393,11 @@ mod tests {
             (d.key.as_str(), e.key.as_str()),
             ("iamuser:111122223333:bob", "iamuser:111122223333:bob")
         );
-        assert!(cache.recent.len() <= PRINCIPALS_REMEMBERED);
-        assert!(cache.older.len() <= PRINCIPALS_REMEMBERED);
+        for (entries, _) in cache.remembered.held() {
+            assert!(entries <= PRINCIPALS_REMEMBERED);
+        }
         let long_digest = cache.digest(&long, Some("111122223333"));
-        assert!(!cache.recent.contains_key(&long_digest));
-        assert!(!cache.older.contains_key(&long_digest));
+        assert!(!cache.remembered.contains(&long_digest));
     }
 
     #[test]
@@ -458,7 +430,8 @@ mod tests {
         }
         let again = get(PRINCIPALS_REMEMBERED - 1);
         assert_ne!(again, first[PRINCIPALS_REMEMBERED - 1]);
-        assert!(cache.recent.len() + cache.older.len() <= 2 * PRINCIPALS_REMEMBERED);
+        let [(recent, _), (older, _)] = cache.remembered.held();
+        assert!(recent + older <= 2 * PRINCIPALS_REMEMBERED);
     }
 
     #[test]
@@ -468,10 +441,10 @@ mod tests {
         for i in 0..3 * IDENTITY_BYTES_REMEMBERED / LONGEST_IDENTITY_REMEMBERED {
             let identity = format!(r#"{{"type":"IAMUser","userName":"u{i}","pad":"{pad}"}}"#);
             cache.get(&identity, None, || derive(None, None));
-            let bytes = |m: &FxHashMap<u128, Remembered>| m.values().map(|r| r.text_len).sum::<usize>();
-            assert_eq!(bytes(&cache.recent), cache.recent_bytes);
-            assert!(cache.recent_bytes <= IDENTITY_BYTES_REMEMBERED);
-            assert!(bytes(&cache.older) <= IDENTITY_BYTES_REMEMBERED);
+            // `held` also checks the newer generation's running count against its texts.
+            for (_, bytes) in cache.remembered.held() {
+                assert!(bytes <= IDENTITY_BYTES_REMEMBERED);
+            }
         }
     }
 

@@ -33,6 +33,7 @@ use rustc_hash::FxHashMap;
 
 use rsigma_eval::{Event, EventValue};
 
+use crate::generations::Generations;
 use crate::view::RecordView;
 use rsigma_parser::{
     ConditionExpr, Detection, DetectionItem, Detections, Modifier, Quantifier, SelectorPattern, SigmaRule,
@@ -500,10 +501,10 @@ impl GateIndex {
             // Under `userIdentity`, whose text the decoder knows by a key, by the key.
             let identity_key = event.identity_key().filter(|_| gate.under_identity);
             match (memo.as_mut().filter(|_| rememberable), identity_key) {
-                (Some(m), Some(key)) => m.by_gate[i].by_identity.recall(key, judge, &mut mark),
+                (Some(m), Some(key)) => recall(&mut m.by_gate[i].by_identity, key, judge, &mut mark),
                 (Some(m), None) => {
                     let digest = m.digest(text);
-                    m.by_gate[i].by_text.recall(digest, judge, &mut mark)
+                    recall(&mut m.by_gate[i].by_text, digest, judge, &mut mark)
                 }
                 _ => mark(&judge()),
             }
@@ -591,55 +592,27 @@ impl Default for GateMemo {
 /// session its own text) found four in ten identities forgotten and parsed them again.
 #[derive(Debug)]
 struct Verdicts {
-    by_text: Generations<u128>,
-    by_identity: Generations<crate::principal::IdentityKey>,
+    by_text: Generations<u128, Box<[usize]>>,
+    by_identity: Generations<crate::principal::IdentityKey, Box<[usize]>>,
 }
 
 impl Default for Verdicts {
     fn default() -> Self {
         Verdicts {
-            by_text: Generations::new(VERDICTS_REMEMBERED),
-            by_identity: Generations::new(crate::principal::PRINCIPALS_REMEMBERED),
+            by_text: Generations::new(VERDICTS_REMEMBERED, usize::MAX),
+            by_identity: Generations::new(crate::principal::PRINCIPALS_REMEMBERED, usize::MAX),
         }
     }
 }
 
-/// Verdicts by key in two generations of at most `capacity` each: when the newer is full it
-/// becomes the older and the older is forgotten; a verdict found in the older moves to the newer.
-/// So keys that keep recurring stay, however many others pass once.
-#[derive(Debug)]
-struct Generations<K> {
-    capacity: usize,
-    recent: FxHashMap<K, Box<[usize]>>,
-    older: FxHashMap<K, Box<[usize]>>,
-}
-
-impl<K: std::hash::Hash + Eq + Copy> Generations<K> {
-    fn new(capacity: usize) -> Self {
-        Generations {
-            capacity,
-            recent: FxHashMap::default(),
-            older: FxHashMap::default(),
-        }
-    }
-
-    /// Marks the verdict remembered under `key`, or `judge`'s, then remembering it.
-    fn recall(&mut self, key: K, judge: impl FnOnce() -> Vec<usize>, mark: &mut impl FnMut(&[usize])) {
-        if let Some(rules) = self.recent.get(&key) {
-            mark(rules);
-            return;
-        }
-        let rules = match self.older.remove(&key) {
-            Some(rules) => rules,
-            None => judge().into_boxed_slice(),
-        };
-        mark(&rules);
-        if self.recent.len() >= self.capacity {
-            std::mem::swap(&mut self.recent, &mut self.older);
-            self.recent.clear();
-        }
-        self.recent.insert(key, rules);
-    }
+/// Marks the verdict `verdicts` remember under `key`, or `judge`'s, then remembering it.
+fn recall<K: std::hash::Hash + Eq + Copy>(
+    verdicts: &mut Generations<K, Box<[usize]>>,
+    key: K,
+    judge: impl FnOnce() -> Vec<usize>,
+    mark: &mut impl FnMut(&[usize]),
+) {
+    verdicts.with(key, 0, || judge().into_boxed_slice(), |rules| mark(rules));
 }
 
 impl GateMemo {
@@ -719,11 +692,12 @@ mod tests {
 
     #[test]
     fn verdicts_that_recur_outlive_a_stream_of_others() {
-        let mut memo = Generations::new(4);
+        let mut memo = Generations::new(4, usize::MAX);
         let mut judged = 0;
-        let mut recall = |memo: &mut Generations<u64>, key: u64| {
+        let mut recall = |memo: &mut Generations<u64, Box<[usize]>>, key: u64| {
             let mut marked = Vec::new();
-            memo.recall(
+            super::recall(
+                memo,
                 key,
                 || {
                     judged += 1;
@@ -741,7 +715,8 @@ mod tests {
             }
         }
         assert_eq!(judged, 1 + 50);
-        assert!(memo.recent.len() + memo.older.len() <= 8);
+        let [(recent, _), (older, _)] = memo.held();
+        assert!(recent + older <= 8);
     }
 
     #[test]
