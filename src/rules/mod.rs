@@ -391,6 +391,28 @@ fn parse_all(files: &[(String, String)]) -> Vec<Result<SigmaCollection, String>>
     })
 }
 
+/// Where a rule came from, and the test events it carried.
+struct Origin {
+    file: String,
+    /// The rule's `tests` (its `match` and `nomatch` events), as JSON.
+    tests: Option<Value>,
+}
+
+impl Origin {
+    /// The origin of a rule read from `file`. Its tests are taken out of the rule's other
+    /// attributes: rsigma converts those at each compilation of the rule (once for the
+    /// evaluator, once more for each state partition's correlation engine), and the tests, whole
+    /// CloudTrail records, made up almost all of them.
+    fn of<V: serde::Serialize>(file: &str, attributes: &mut HashMap<String, V>) -> Origin {
+        Origin {
+            file: file.to_owned(),
+            tests: attributes
+                .remove("tests")
+                .map(|t| serde_json::to_value(t).unwrap_or(Value::Null)),
+        }
+    }
+}
+
 impl RuleSet {
     /// Parses and compiles `sources`, then `extra` beside them: a problem in `sources` fails the
     /// load, one in `extra` leaves its file or rule out (see [`RuleSet::with_extra`]).
@@ -431,7 +453,7 @@ impl RuleSet {
                 let line = line_of_condition(text, e).or_else(|| line_of(e)).unwrap_or(1);
                 errors.push(format!("{file}:{line}: {e}"));
             }
-            for rule in parsed.rules {
+            for mut rule in parsed.rules {
                 if !is_cloudtrail(&rule) {
                     other_logsource += 1;
                     continue;
@@ -449,11 +471,11 @@ impl RuleSet {
                 for key in keys.into_iter().flatten() {
                     taken.entry(key.to_owned()).or_insert_with(|| file.clone());
                 }
-                rule_files.push(file.clone());
+                rule_files.push(Origin::of(file, &mut rule.custom_attributes));
                 collection.rules.push(rule);
             }
-            for correlation in parsed.correlations {
-                correlation_files.push(file.clone());
+            for mut correlation in parsed.correlations {
+                correlation_files.push(Origin::of(file, &mut correlation.custom_attributes));
                 collection.correlations.push(correlation);
             }
         }
@@ -469,14 +491,14 @@ impl RuleSet {
         let mut kept = SigmaCollection::new();
         let mut kept_files = Vec::new();
         let mut compiled = Vec::new();
-        for (rule, file) in collection.rules.into_iter().zip(rule_files) {
+        for (rule, origin) in collection.rules.into_iter().zip(rule_files) {
             match rsigma_eval::compile_rule(&rule).and_then(|c| engine.add_rule(&rule).map(|()| c)) {
                 Ok(c) => {
                     compiled.push(c);
                     kept.rules.push(rule);
-                    kept_files.push(file);
+                    kept_files.push(origin);
                 }
-                Err(e) => unsupported.push(format!("{file}: rule {:?}: {e}", rule.title)),
+                Err(e) => unsupported.push(format!("{}: rule {:?}: {e}", origin.file, rule.title)),
             }
         }
         let gates = GateIndex::new(&kept.rules);
@@ -487,19 +509,19 @@ impl RuleSet {
             .flat_map(|r| [r.id.as_deref(), r.name.as_deref()])
             .flatten()
             .collect();
-        let mut kept_correlations: Vec<(CorrelationRule, String)> = Vec::new();
-        for (correlation, file) in collection.correlations.into_iter().zip(correlation_files) {
+        let mut kept_correlations: Vec<(CorrelationRule, Origin)> = Vec::new();
+        for (correlation, origin) in collection.correlations.into_iter().zip(correlation_files) {
             let missing: Vec<&String> = correlation
                 .rules
                 .iter()
                 .filter(|r| !known.contains(r.as_str()))
                 .collect();
             if missing.is_empty() {
-                kept_correlations.push((correlation, file));
+                kept_correlations.push((correlation, origin));
             } else {
                 unsupported.push(format!(
-                    "{file}: correlation {:?}: refers to rules not loaded: {missing:?}",
-                    correlation.title
+                    "{}: correlation {:?}: refers to rules not loaded: {missing:?}",
+                    origin.file, correlation.title
                 ));
             }
         }
@@ -515,7 +537,14 @@ impl RuleSet {
         let mut rules = Vec::new();
         let mut tests = Vec::new();
         let mut untested = Vec::new();
-        for (rule, file) in kept.rules.iter().zip(&kept_files) {
+        for (
+            rule,
+            Origin {
+                file,
+                tests: rule_tests,
+            },
+        ) in kept.rules.iter().zip(kept_files)
+        {
             let feeds = [rule.id.as_deref(), rule.name.as_deref()]
                 .into_iter()
                 .flatten()
@@ -527,12 +556,8 @@ impl RuleSet {
             let index = rules.len();
             let keep_failures = keep_failures(&rule.custom_attributes)
                 .map_err(|e| RuleError::Invalid(vec![format!("{file}: rule {:?}: {e}", rule.title)]))?;
-            if let Some(t) = rule.custom_attributes.get("tests") {
-                tests.push((
-                    file.clone(),
-                    index,
-                    serde_json::to_value(t).unwrap_or(Value::Null),
-                ));
+            if let Some(t) = rule_tests {
+                tests.push((file.clone(), index, t));
             } else if !feeds {
                 untested.push(format!("{file}: {}", rule.title));
             }
@@ -550,7 +575,14 @@ impl RuleSet {
                 )
             });
         }
-        for (c, file) in &kept_correlations {
+        for (
+            c,
+            Origin {
+                file,
+                tests: rule_tests,
+            },
+        ) in &mut kept_correlations
+        {
             let index = rules.len();
             if c.custom_attributes.contains_key("trailwatch") {
                 return Err(RuleError::Invalid(vec![format!(
@@ -558,12 +590,8 @@ impl RuleSet {
                     c.title
                 )]));
             }
-            match c.custom_attributes.get("tests") {
-                Some(t) => tests.push((
-                    file.clone(),
-                    index,
-                    serde_json::to_value(t).unwrap_or(Value::Null),
-                )),
+            match rule_tests.take() {
+                Some(t) => tests.push((file.clone(), index, t)),
                 None => untested.push(format!("{file}: {}", c.title)),
             }
             rules.push(RuleInfo {
