@@ -29,7 +29,7 @@ use crossbeam_channel::{bounded, Sender};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::alert::AlertStats;
-use crate::anomaly::{Anomaly, Kind};
+use crate::anomaly::{Anomaly, Kind, RuleInfo};
 use crate::config::FetchSettings;
 use crate::config::Settings;
 use crate::decode::{DecodeLimits, DecodedFile, Decoder, FileError};
@@ -516,11 +516,19 @@ pub fn replay(
     let mut rule_matches: BTreeMap<String, u64> = BTreeMap::new();
     let mut write_result = Ok(());
     let mut write = |batch: Written| {
-        for (kind, n) in batch.kinds {
-            *anomalies.entry(kind).or_default() += n;
+        for (kind, n) in Kind::ALL.into_iter().zip(batch.kinds) {
+            if n > 0 {
+                *anomalies.entry(kind).or_default() += n;
+            }
         }
         for (rule, n) in batch.rules {
-            *rule_matches.entry(rule).or_default() += n;
+            // The rule's id is copied once, not for each batch of its anomalies.
+            match rule_matches.get_mut(&rule.id) {
+                Some(count) => *count += n,
+                None => {
+                    rule_matches.insert(rule.id.clone(), n);
+                }
+            }
         }
         if write_result.is_ok() {
             write_result = sink.write_all(&batch.lines);
@@ -559,7 +567,7 @@ pub fn replay(
         debug_assert!(shard.pending.into_inner().map_or(true, |p| p.is_empty()));
         let mut out = std::mem::take(&mut state.out);
         state.partition.finish(&mut out);
-        write(Written::of(out));
+        write(Written::of(&mut out));
         summary.late_events += state.partition.stats.late;
         let detector = state.partition.detector();
         summary.events += detector.stats.events;
@@ -643,26 +651,30 @@ struct FileEvents {
 /// were a cache miss each there, most of what an anomaly cost in an alert storm.
 struct Written {
     lines: Vec<u8>,
-    kinds: BTreeMap<Kind, u64>,
-    /// Rule matches by rule id.
-    rules: BTreeMap<String, u64>,
+    /// Anomalies by kind, in the order of [`Kind::ALL`].
+    kinds: [u64; Kind::ALL.len()],
+    /// Rule matches by rule, each rule once.
+    rules: Vec<(Arc<RuleInfo>, u64)>,
 }
 
 impl Written {
-    fn of(batch: Vec<Anomaly>) -> Written {
+    /// The anomalies of `batch` written, leaving it empty (with its room) for the next ones.
+    fn of(batch: &mut Vec<Anomaly>) -> Written {
         let mut written = Written {
-            lines: Vec::new(),
-            kinds: BTreeMap::new(),
-            rules: BTreeMap::new(),
+            // Most anomalies take one to two kilobytes.
+            lines: Vec::with_capacity(batch.len() * 2048),
+            kinds: [0; Kind::ALL.len()],
+            rules: Vec::new(),
         };
-        for anomaly in batch {
-            *written.kinds.entry(anomaly.kind).or_default() += 1;
+        for anomaly in batch.drain(..) {
+            if let Some(i) = Kind::ALL.iter().position(|&k| k == anomaly.kind) {
+                written.kinds[i] += 1;
+            }
             if let Some(rule) = &anomaly.rule {
-                // The rule's id is copied once, not for each of its anomalies.
-                if let Some(count) = written.rules.get_mut(&rule.id) {
-                    *count += 1;
-                } else {
-                    written.rules.insert(rule.id.clone(), 1);
+                // A batch holds the anomalies of a few rules at most.
+                match written.rules.iter_mut().find(|(r, _)| Arc::ptr_eq(r, rule)) {
+                    Some((_, count)) => *count += 1,
+                    None => written.rules.push((Arc::clone(rule), 1)),
                 }
             }
             anomaly.write_json(&mut written.lines);
@@ -748,7 +760,7 @@ impl Shard {
             }
             if !state.out.is_empty() {
                 // The sink may have stopped on a write error, which replay reports.
-                let _ = anomalies.send(Written::of(std::mem::take(&mut state.out)));
+                let _ = anomalies.send(Written::of(&mut state.out));
             }
             let next = state.next;
             drop(guard);
