@@ -9,11 +9,13 @@
 //! emitted when its window has passed in event time, or at [`AlertFolder::flush`]. With a zero
 //! window every anomaly is emitted at once.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::IpAddr;
 
 use rustc_hash::FxHashMap;
 
-use crate::anomaly::Anomaly;
+use crate::anomaly::{Anomaly, Outcome};
 use crate::config::{AlertPolicy, Suppression};
 use crate::event::parse_event_time;
 use crate::net::parse_source_ip;
@@ -58,6 +60,10 @@ pub struct Open {
 pub struct AlertFolder {
     policy: AlertPolicy,
     open: FxHashMap<u64, Open>,
+    /// When each open alert's window started, and its key, earliest first: what `expire` looks
+    /// at instead of every open alert. An alert emitted and opened again under the same key
+    /// leaves its earlier entry behind, which `expire` skips.
+    starts: BinaryHeap<Reverse<(i64, u64)>>,
     next_expiry_check: i64,
     pub stats: AlertStats,
 }
@@ -67,6 +73,7 @@ impl AlertFolder {
         AlertFolder {
             policy,
             open: FxHashMap::default(),
+            starts: BinaryHeap::new(),
             next_expiry_check: i64::MIN,
             stats: AlertStats::default(),
         }
@@ -104,6 +111,7 @@ impl AlertFolder {
                 fold(&mut open.anomaly, anomaly);
             }
             _ => {
+                self.starts.push(Reverse((now, key)));
                 if let Some(previous) = self.open.insert(key, Open { anomaly, first: now }) {
                     out.push(previous.anomaly);
                 }
@@ -119,13 +127,16 @@ impl AlertFolder {
         }
         self.next_expiry_check = now + 60;
         let window = self.policy.dedup_window;
-        let due: Vec<u64> = self
-            .open
-            .iter()
-            .filter(|(_, o)| now - o.first > window)
-            .map(|(k, _)| *k)
-            .collect();
-        let mut emitted: Vec<Open> = due.into_iter().filter_map(|k| self.open.remove(&k)).collect();
+        let mut emitted = Vec::new();
+        while let Some(&Reverse((first, key))) = self.starts.peek() {
+            if now - first <= window {
+                break;
+            }
+            self.starts.pop();
+            if self.open.get(&key).is_some_and(|o| o.first == first) {
+                emitted.extend(self.open.remove(&key));
+            }
+        }
         emitted.sort_by(|a, b| {
             a.first
                 .cmp(&b.first)
@@ -155,12 +166,15 @@ impl AlertFolder {
     /// Reopens the alerts a snapshot held.
     pub fn restore_open(&mut self, open: Vec<Open>) {
         for o in open {
-            self.open.insert(dedup_key(&o.anomaly), o);
+            let key = dedup_key(&o.anomaly);
+            self.starts.push(Reverse((o.first, key)));
+            self.open.insert(key, o);
         }
     }
 
     /// Emits every open alert (end of input, or shutdown).
     pub fn flush(&mut self, out: &mut Vec<Anomaly>) {
+        self.starts.clear();
         let mut open: Vec<Open> = self.open.drain().map(|(_, o)| o).collect();
         open.sort_by(|a, b| {
             a.first
@@ -171,20 +185,24 @@ impl AlertFolder {
     }
 }
 
+/// What makes repeats one alert: kind, rule and principal, and for a rule match whether the
+/// call succeeded (a failed attempt and a success of the same rule are different alerts).
+///
+/// Each part is hashed in one call, seeded with the digest of the parts before it: setting up a
+/// streaming hasher's state took more than hashing these few short strings.
 fn dedup_key(a: &Anomaly) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(a.kind.as_str().as_bytes());
-    h.update(&[0]);
-    if let Some(rule) = &a.rule {
-        h.update(rule.id.as_bytes());
-    }
-    h.update(&[0]);
-    h.update(a.principal.key.as_bytes());
-    // A failed attempt and a success of the same rule are different alerts.
-    if let Some(outcome) = a.outcome {
-        h.update(outcome.as_str().as_bytes());
-    }
-    h.digest()
+    use xxhash_rust::xxh3::xxh3_64_with_seed;
+    let outcome = match a.outcome {
+        None => 0,
+        Some(Outcome::Succeeded) => 1,
+        Some(Outcome::Failed) => 2,
+    };
+    let kind = xxh3_64_with_seed(a.kind.as_str().as_bytes(), outcome);
+    let rule = a.rule.as_ref().map_or("", |r| r.id.as_str());
+    xxh3_64_with_seed(
+        a.principal.key.as_bytes(),
+        xxh3_64_with_seed(rule.as_bytes(), kind),
+    )
 }
 
 /// Folds a repeat into the open anomaly: the first one's id, explanation and severity stay
@@ -297,6 +315,27 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].id, "d");
         assert_eq!(f.stats.folded, 2);
+    }
+
+    #[test]
+    fn an_alert_opened_again_keeps_its_own_window() {
+        let mut f = AlertFolder::new(policy(600));
+        let mut out = Vec::new();
+        let ids = |out: &[Anomaly]| out.iter().map(|a| (a.id.clone(), a.count)).collect::<Vec<_>>();
+        f.admit(anomaly("a", 0, Some("r"), "e1"), 0, &mut out);
+        f.admit(anomaly("x", 599, Some("x"), "e2"), 599, &mut out);
+        // Past a's window but before the next look for due alerts: a goes, b opens in its place.
+        f.admit(anomaly("b", 601, Some("r"), "e3"), 601, &mut out);
+        assert_eq!(ids(&out), [("a".into(), 1)]);
+        // a's start comes up again here; b's window runs to 1201.
+        f.admit(anomaly("y", 700, Some("y"), "e4"), 700, &mut out);
+        f.admit(anomaly("c", 800, Some("r"), "e5"), 800, &mut out);
+        assert_eq!(ids(&out), [("a".into(), 1)]);
+        f.admit(anomaly("z", 1300, Some("z"), "e6"), 1300, &mut out);
+        // y's window ends at 1300 itself: it stays open.
+        assert_eq!(ids(&out), [("a".into(), 1), ("x".into(), 1), ("b".into(), 2)]);
+        f.flush(&mut out);
+        assert_eq!(ids(&out[3..]), [("y".into(), 1), ("z".into(), 1)]);
     }
 
     #[test]
