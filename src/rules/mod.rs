@@ -375,20 +375,35 @@ fn parse_all(files: &[(String, String)]) -> Vec<Result<SigmaCollection, String>>
     if threads < 2 || files.len() < 2 {
         return files.iter().map(parse).collect();
     }
-    let chunk = files.len().div_ceil(threads);
+    // Files are dealt out by size, the largest first, each to the thread with the least text so
+    // far: one threshold rule's test events can outweigh dozens of other files.
+    let mut by_size: Vec<usize> = (0..files.len()).collect();
+    by_size.sort_by_key(|&i| std::cmp::Reverse(files[i].1.len()));
+    let mut shares: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new()); threads.min(files.len())];
+    for i in by_size {
+        let share = shares.iter_mut().min_by_key(|(bytes, _)| *bytes).expect("at least one share");
+        share.0 += files[i].1.len();
+        share.1.push(i);
+    }
+    let mut parsed: Vec<Option<Result<SigmaCollection, String>>> = files.iter().map(|_| None).collect();
     std::thread::scope(|scope| {
-        let parsers: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(parse).collect::<Vec<_>>()))
-            .collect();
-        parsers
+        let parsers: Vec<_> = shares
             .into_iter()
-            .flat_map(|parser| match parser.join() {
-                Ok(parsed) => parsed,
-                Err(panic) => std::panic::resume_unwind(panic),
+            .map(|(_, share)| {
+                scope.spawn(move || share.into_iter().map(|i| (i, parse(&files[i]))).collect::<Vec<_>>())
             })
-            .collect()
-    })
+            .collect();
+        for parser in parsers {
+            match parser.join() {
+                Ok(done) => done.into_iter().for_each(|(i, result)| parsed[i] = Some(result)),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    });
+    parsed
+        .into_iter()
+        .map(|result| result.expect("every file was dealt to a thread"))
+        .collect()
 }
 
 /// Where a rule came from, and the test events it carried.
