@@ -260,11 +260,7 @@ mod tests {
                 session: None,
             })),
             rule: rule.map(|r| {
-                std::sync::Arc::new(RuleInfo {
-                    id: r.into(),
-                    title: format!("{r} title"),
-                    tags: vec![],
-                })
+                std::sync::Arc::new(RuleInfo::new(r.into(), format!("{r} title"), vec![]))
             }),
             outcome: None,
             dimensions: vec![],

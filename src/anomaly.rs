@@ -202,6 +202,34 @@ pub struct RuleInfo {
     pub id: String,
     pub title: String,
     pub tags: Vec<String>,
+    /// The rule as the schema writes it, made on first use: each of the rule's anomalies writes
+    /// the same bytes, and in an alert storm thousands do.
+    #[serde(skip)]
+    json: std::sync::OnceLock<Box<[u8]>>,
+}
+
+impl RuleInfo {
+    pub fn new(id: String, title: String, tags: Vec<String>) -> RuleInfo {
+        RuleInfo {
+            id,
+            title,
+            tags,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `{"id":...,"title":...,"tags":[...]}`.
+    fn json(&self) -> &[u8] {
+        self.json.get_or_init(|| {
+            let mut out = Vec::new();
+            let mut r = JsonObject::open(&mut out);
+            r.str("id", &self.id);
+            r.str("title", &self.title);
+            r.strings("tags", &self.tags);
+            r.close();
+            out.into_boxed_slice()
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -298,11 +326,8 @@ impl Anomaly {
             principal.close();
         }
         if let Some(rule) = &self.rule {
-            let mut r = json.object("rule");
-            r.str("id", &rule.id);
-            r.str("title", &rule.title);
-            r.strings("tags", &rule.tags);
-            r.close();
+            json.key("rule");
+            json.out.extend_from_slice(rule.json());
         }
         if let Some(outcome) = self.outcome {
             json.str("outcome", outcome.as_str());
@@ -585,11 +610,11 @@ mod tests {
             first_seen: "2026-03-02T00:01:28Z".into(),
             last_seen: "2026-03-02T00:09:00Z".into(),
             principal: principal(Some("ops-a9c826d9")),
-            rule: Some(Arc::new(RuleInfo {
-                id: "0a016424-721c-a786-29d1-805e671c5334".into(),
-                title: "AWS EBS Encryption by Default Disabled".into(),
-                tags: vec!["attack.impact".into(), "attack.t1486".into()],
-            })),
+            rule: Some(Arc::new(RuleInfo::new(
+                "0a016424-721c-a786-29d1-805e671c5334".into(),
+                "AWS EBS Encryption by Default Disabled".into(),
+                vec!["attack.impact".into(), "attack.t1486".into()],
+            ))),
             outcome: Some(Outcome::Failed),
             dimensions: Vec::new(),
             baseline: BaselineInfo {
@@ -716,11 +741,7 @@ mod tests {
         let mut empty = rule_match();
         empty.reason.clear();
         empty.evidence.event_name = "".into();
-        empty.rule = Some(Arc::new(RuleInfo {
-            id: String::new(),
-            title: String::new(),
-            tags: Vec::new(),
-        }));
+        empty.rule = Some(Arc::new(RuleInfo::new(String::new(), String::new(), Vec::new())));
         same(&empty);
     }
 

@@ -80,11 +80,7 @@ impl RuleInfo {
     /// single-event rule at `info` level, to be filled in.
     fn shown(id: String, title: String, tags: Vec<String>) -> RuleInfo {
         RuleInfo {
-            shown: Arc::new(crate::anomaly::RuleInfo {
-                id: id.clone(),
-                title: title.clone(),
-                tags: tags.clone(),
-            }),
+            shown: Arc::new(crate::anomaly::RuleInfo::new(id.clone(), title.clone(), tags.clone())),
             match_reason: format!("matched rule {title:?}"),
             id,
             title,
