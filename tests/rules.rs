@@ -391,6 +391,10 @@ fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
             r#"{"eventName":"GetObject","requestParameters":{"bucketName":"secret\u002dbucket"}}"#,
             r#"{"eventName":"GetObject","requestParameters":{"bucketName":"other"}}"#,
             r#"{"eventName":"GetObject","requestParameters":null}"#,
+            // A sign that lower-cases to an ASCII letter (KELVIN SIGN to `k`), raw and escaped.
+            "{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"Schedule\u{212A}eyDeletion\"}",
+            r#"{"eventSource":"kms.amazonaws.com","eventName":"Schedule\u212AeyDeletion"}"#,
+            "{\"eventName\":\"GetObject\",\"requestParameters\":{\"bucketName\":\"SECRET-BUC\u{212A}ET\"}}",
         ]
         .map(String::from),
     );

@@ -15,14 +15,15 @@
 //! - `not a`, keyword searches and everything else require nothing.
 //!
 //! A candidate's other requirements on nested fields are then looked for in the JSON text of the
-//! top-level key they are under (when it has no escape), so that a record lacking them is not
+//! top-level key they are under (when it has no escape and is all ASCII), so that a record lacking them is not
 //! parsed further for the evaluator: a literal, the last key of a path that must be present, and
 //! for `field: true`, what the evaluator reads as true.
 //!
 //! A rule with no gate is evaluated on every record. The index over-approximates: it may name a
 //! rule that then does not match, never omit one that would (the values compare ASCII
-//! case-insensitively, as Sigma's plain strings do, and a field that is not a plain string lets
-//! every rule gated on it through). `tests/rules.rs` checks it against the evaluator run on
+//! case-insensitively, as Sigma's plain strings do; a field that is not a plain ASCII string lets
+//! every rule gated on it through, since the evaluator lower-cases beyond ASCII, KELVIN SIGN to
+//! `k`; a literal beyond ASCII gives no gate). `tests/rules.rs` checks it against the evaluator run on
 //! every rule.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -100,10 +101,14 @@ fn either(alternatives: Vec<Requirements>) -> Requirements {
     common
 }
 
-/// The literal of a plain string value with no wildcard, lower-cased.
+/// The literal of a plain ASCII string value with no wildcard, lower-cased. (The evaluator
+/// lower-cases beyond ASCII, which ASCII lower-casing cannot stand for.)
 fn literal(value: &SigmaValue) -> Option<String> {
     match value {
-        SigmaValue::String(s) if !s.contains_wildcards() => s.as_plain().map(|p| p.to_ascii_lowercase()),
+        SigmaValue::String(s) if !s.contains_wildcards() => s
+            .as_plain()
+            .filter(|p| p.is_ascii())
+            .map(|p| p.to_ascii_lowercase()),
         _ => None,
     }
 }
@@ -335,7 +340,9 @@ impl Precheck {
         let Some(text) = event.top_level_text(&self.root) else {
             return false;
         };
-        if memchr::memchr(b'\\', text.as_bytes()).is_some() {
+        // An escape hides what it stands for; a character beyond ASCII may lower-case to one of
+        // the texts (KELVIN SIGN to `k`) where ASCII lower-casing leaves it be.
+        if memchr::memchr(b'\\', text.as_bytes()).is_some() || !text.is_ascii() {
             return true;
         }
         let text = parent.of(text).as_bytes();
@@ -540,6 +547,9 @@ impl GateField {
         };
         rules.extend_from_slice(&self.present);
         match value {
+            // The evaluator lower-cases beyond ASCII (KELVIN SIGN to `k`): a value that is not
+            // ASCII is left to it, as any other shape is.
+            EventValue::Str(s) if !s.is_ascii() => rules.extend_from_slice(&self.valued),
             EventValue::Str(s) => {
                 let folded = scratch.value.of(&s);
                 if let Some(equal) = self.values.get(folded) {
