@@ -259,9 +259,7 @@ mod tests {
                 arn: None,
                 session: None,
             })),
-            rule: rule.map(|r| {
-                std::sync::Arc::new(RuleInfo::new(r.into(), format!("{r} title"), vec![]))
-            }),
+            rule: rule.map(|r| std::sync::Arc::new(RuleInfo::new(r.into(), format!("{r} title"), vec![]))),
             outcome: None,
             dimensions: vec![],
             baseline: BaselineInfo {

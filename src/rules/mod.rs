@@ -80,7 +80,11 @@ impl RuleInfo {
     /// single-event rule at `info` level, to be filled in.
     fn shown(id: String, title: String, tags: Vec<String>) -> RuleInfo {
         RuleInfo {
-            shown: Arc::new(crate::anomaly::RuleInfo::new(id.clone(), title.clone(), tags.clone())),
+            shown: Arc::new(crate::anomaly::RuleInfo::new(
+                id.clone(),
+                title.clone(),
+                tags.clone(),
+            )),
             match_reason: format!("matched rule {title:?}"),
             id,
             title,
@@ -377,7 +381,10 @@ fn parse_all(files: &[(String, String)]) -> Vec<Result<SigmaCollection, String>>
     by_size.sort_by_key(|&i| std::cmp::Reverse(files[i].1.len()));
     let mut shares: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new()); threads.min(files.len())];
     for i in by_size {
-        let share = shares.iter_mut().min_by_key(|(bytes, _)| *bytes).expect("at least one share");
+        let share = shares
+            .iter_mut()
+            .min_by_key(|(bytes, _)| *bytes)
+            .expect("at least one share");
         share.0 += files[i].1.len();
         share.1.push(i);
     }
@@ -386,7 +393,12 @@ fn parse_all(files: &[(String, String)]) -> Vec<Result<SigmaCollection, String>>
         let parsers: Vec<_> = shares
             .into_iter()
             .map(|(_, share)| {
-                scope.spawn(move || share.into_iter().map(|i| (i, parse(&files[i]))).collect::<Vec<_>>())
+                scope.spawn(move || {
+                    share
+                        .into_iter()
+                        .map(|i| (i, parse(&files[i])))
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         for parser in parsers {
