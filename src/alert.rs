@@ -59,7 +59,9 @@ pub struct Open {
 /// One shard's open alerts.
 pub struct AlertFolder {
     policy: AlertPolicy,
-    open: FxHashMap<u64, Open>,
+    /// Boxed: an anomaly is some 450 bytes, which the table moved on every insertion, removal
+    /// and growth, and the expiry's sort moved again.
+    open: FxHashMap<u64, Box<Open>>,
     /// When each open alert's window started, and its key, earliest first: what `expire` looks
     /// at instead of every open alert. An alert emitted and opened again under the same key
     /// leaves its earlier entry behind, which `expire` skips.
@@ -112,7 +114,7 @@ impl AlertFolder {
             }
             _ => {
                 self.starts.push(Reverse((now, key)));
-                if let Some(previous) = self.open.insert(key, Open { anomaly, first: now }) {
+                if let Some(previous) = self.open.insert(key, Box::new(Open { anomaly, first: now })) {
                     out.push(previous.anomaly);
                 }
             }
@@ -154,7 +156,7 @@ impl AlertFolder {
 
     /// The open alerts, oldest first, for a state snapshot: they stay open across it.
     pub fn open_alerts(&self) -> Vec<Open> {
-        let mut open: Vec<Open> = self.open.values().cloned().collect();
+        let mut open: Vec<Open> = self.open.values().map(|o| Open::clone(o)).collect();
         open.sort_by(|a, b| {
             a.first
                 .cmp(&b.first)
@@ -168,14 +170,14 @@ impl AlertFolder {
         for o in open {
             let key = dedup_key(&o.anomaly);
             self.starts.push(Reverse((o.first, key)));
-            self.open.insert(key, o);
+            self.open.insert(key, Box::new(o));
         }
     }
 
     /// Emits every open alert (end of input, or shutdown).
     pub fn flush(&mut self, out: &mut Vec<Anomaly>) {
         self.starts.clear();
-        let mut open: Vec<Open> = self.open.drain().map(|(_, o)| o).collect();
+        let mut open: Vec<Box<Open>> = self.open.drain().map(|(_, o)| o).collect();
         open.sort_by(|a, b| {
             a.first
                 .cmp(&b.first)
