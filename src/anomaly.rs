@@ -552,12 +552,23 @@ fn copy_plain(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
 /// The deterministic id of an anomaly: a digest of its identifying parts, each followed by 0x1f.
 pub fn anomaly_id(parts: &[&str]) -> String {
     // Hashed in one call: the streaming hasher's state took more to set up than the parts to hash.
-    let mut joined = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    // The parts are joined on the stack when they fit (a kind, a rule id and an eventID do).
+    let len: usize = parts.iter().map(|p| p.len() + 1).sum();
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let joined: &mut [u8] = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    let mut at = 0;
     for part in parts {
-        joined.extend_from_slice(part.as_bytes());
-        joined.push(0x1f);
+        joined[at..at + part.len()].copy_from_slice(part.as_bytes());
+        joined[at + part.len()] = 0x1f;
+        at += part.len() + 1;
     }
-    hex128(xxhash_rust::xxh3::xxh3_128(&joined))
+    hex128(xxhash_rust::xxh3::xxh3_128(joined))
 }
 
 /// `value` as 32 lower-case hex digits, as `format!("{value:032x}")` writes it, without the
