@@ -517,29 +517,11 @@ fn copy_plain(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
         // then set to cover only bytes written.
         unsafe {
             let (src, dst) = (bytes.as_ptr(), out.as_mut_ptr().add(old));
-            let step = |at: usize| {
+            let plain = crate::scan::first_special_by_steps(len, |at| {
                 let chunk = _mm_loadu_si128(src.add(at).cast());
                 _mm_storeu_si128(dst.add(at).cast(), chunk);
                 crate::scan::special_mask(chunk)
-            };
-            let mut at = 0;
-            let plain = loop {
-                if at + 16 >= len {
-                    // The bytes this step shares with the one before are plain.
-                    let last = len - 16;
-                    let mask = step(last);
-                    break if mask == 0 {
-                        len
-                    } else {
-                        last + mask.trailing_zeros() as usize
-                    };
-                }
-                let mask = step(at);
-                if mask != 0 {
-                    break at + mask.trailing_zeros() as usize;
-                }
-                at += 16;
-            };
+            });
             out.set_len(old + plain);
             return plain;
         }

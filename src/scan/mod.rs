@@ -455,24 +455,11 @@ pub(crate) fn special_offset(bytes: &[u8]) -> usize {
     #[cfg(target_arch = "x86_64")]
     if len >= 16 {
         use std::arch::x86_64::_mm_loadu_si128;
-        // SAFETY: `at + 16 <= len` at each call, so the load reads inside `bytes`.
-        let specials = |at: usize| unsafe { special_mask(_mm_loadu_si128(bytes.as_ptr().add(at).cast())) };
-        let mut at = 0;
-        while at + 16 < len {
-            let mask = specials(at);
-            if mask != 0 {
-                return at + mask.trailing_zeros() as usize;
-            }
-            at += 16;
-        }
-        // The bytes this step shares with the one before have no special among them.
-        let last = len - 16;
-        let mask = specials(last);
-        return if mask == 0 {
-            len
-        } else {
-            last + mask.trailing_zeros() as usize
-        };
+        // SAFETY: `first_special_by_steps` asks only for steps with `at + 16 <= len`, so the
+        // load reads inside `bytes`.
+        return first_special_by_steps(len, |at| unsafe {
+            special_mask(_mm_loadu_si128(bytes.as_ptr().add(at).cast()))
+        });
     }
     if len >= 8 {
         let word = |at: usize| {
@@ -492,6 +479,31 @@ pub(crate) fn special_offset(bytes: &[u8]) -> usize {
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
         .unwrap_or(len)
+}
+
+/// The offset of the first special among `len` (at least 16) bytes read sixteen at a time by
+/// `step`, which gives the [`special_mask`] of the sixteen at an offset; `len` when none. The last
+/// step overlaps the one before, so every step is whole: `at + 16 <= len` at each.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn first_special_by_steps(len: usize, mut step: impl FnMut(usize) -> u32) -> usize {
+    debug_assert!(len >= 16);
+    let mut at = 0;
+    while at + 16 < len {
+        let mask = step(at);
+        if mask != 0 {
+            return at + mask.trailing_zeros() as usize;
+        }
+        at += 16;
+    }
+    // The bytes this step shares with the one before have no special among them.
+    let last = len - 16;
+    let mask = step(last);
+    if mask == 0 {
+        len
+    } else {
+        last + mask.trailing_zeros() as usize
+    }
 }
 
 /// A bit for each of the 16 bytes of `chunk` that is a quote, backslash or control character.
