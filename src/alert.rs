@@ -56,6 +56,15 @@ pub struct Open {
     pub first: i64,
 }
 
+impl Open {
+    /// The order alerts are emitted and saved in: by the start of their window, then by id.
+    fn oldest_first(a: &Open, b: &Open) -> std::cmp::Ordering {
+        a.first
+            .cmp(&b.first)
+            .then_with(|| a.anomaly.id.cmp(&b.anomaly.id))
+    }
+}
+
 /// One shard's open alerts.
 pub struct AlertFolder {
     policy: AlertPolicy,
@@ -139,11 +148,7 @@ impl AlertFolder {
                 emitted.extend(self.open.remove(&key));
             }
         }
-        emitted.sort_by(|a, b| {
-            a.first
-                .cmp(&b.first)
-                .then_with(|| a.anomaly.id.cmp(&b.anomaly.id))
-        });
+        emitted.sort_by(|a, b| Open::oldest_first(a, b));
         out.extend(emitted.into_iter().map(|o| o.anomaly));
     }
 
@@ -157,11 +162,7 @@ impl AlertFolder {
     /// The open alerts, oldest first, for a state snapshot: they stay open across it.
     pub fn open_alerts(&self) -> Vec<Open> {
         let mut open: Vec<Open> = self.open.values().map(|o| Open::clone(o)).collect();
-        open.sort_by(|a, b| {
-            a.first
-                .cmp(&b.first)
-                .then_with(|| a.anomaly.id.cmp(&b.anomaly.id))
-        });
+        open.sort_by(Open::oldest_first);
         open
     }
 
@@ -178,11 +179,7 @@ impl AlertFolder {
     pub fn flush(&mut self, out: &mut Vec<Anomaly>) {
         self.starts.clear();
         let mut open: Vec<Box<Open>> = self.open.drain().map(|(_, o)| o).collect();
-        open.sort_by(|a, b| {
-            a.first
-                .cmp(&b.first)
-                .then_with(|| a.anomaly.id.cmp(&b.anomaly.id))
-        });
+        open.sort_by(|a, b| Open::oldest_first(a, b));
         out.extend(open.into_iter().map(|o| o.anomaly));
     }
 }
