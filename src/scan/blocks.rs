@@ -146,17 +146,37 @@ enum Want {
 /// The offset just past the container that opens at `start`, if it is JSON through its close.
 pub(super) fn container_end(text: &str, start: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("pclmulqdq") {
-        // SAFETY: the processor has the features the function is compiled for.
-        return unsafe { x86::container_end(text, start) };
+    if std::arch::is_x86_feature_detected!("pclmulqdq") {
+        if std::arch::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the processor has the features the function is compiled for.
+            return unsafe { x86::container_end_avx512(text, start) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { x86::container_end(text, start) };
+        }
     }
     walk(text, start, classify, prefix_xor)
 }
 
-/// [`container_end`] without the processor's wider instructions.
+/// [`container_end`] by each of its ways this processor can run: without the wider
+/// instructions, with AVX2, with AVX-512.
 #[cfg(test)]
-pub(super) fn container_end_baseline(text: &str, start: usize) -> Option<usize> {
-    walk(text, start, classify, prefix_xor)
+pub(super) fn container_end_every_way(text: &str, start: usize) -> Vec<Option<usize>> {
+    #[allow(unused_mut)]
+    let mut ends = vec![walk(text, start, classify, prefix_xor)];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("pclmulqdq") {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the processor has the features the function is compiled for.
+            ends.push(unsafe { x86::container_end(text, start) });
+        }
+        if std::arch::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: as above.
+            ends.push(unsafe { x86::container_end_avx512(text, start) });
+        }
+    }
+    ends
 }
 
 /// [`container_end`], with each block classified by `classify` and strings found by
@@ -320,6 +340,29 @@ mod x86 {
         c
     }
 
+    /// [`container_end`] with AVX-512: a block is one register, each class a mask at once.
+    #[target_feature(enable = "avx512f,avx512bw,pclmulqdq")]
+    pub(super) fn container_end_avx512(text: &str, start: usize) -> Option<usize> {
+        walk(text, start, |block| classify_avx512(block), |x| prefix_xor(x))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn classify_avx512(block: &[u8; 64]) -> Classes {
+        // SAFETY: the load reads the block's 64 bytes.
+        let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+        let splat = |b: u8| _mm512_set1_epi8(b as i8);
+        let eq = |b: u8| _mm512_cmpeq_epi8_mask(v, splat(b));
+        let folded = _mm512_or_si512(v, splat(0x20));
+        let fold_eq = |b: u8| _mm512_cmpeq_epi8_mask(folded, splat(b));
+        Classes {
+            quote: eq(b'"'),
+            backslash: eq(b'\\'),
+            control: _mm512_cmple_epu8_mask(v, splat(0x1f)),
+            space: eq(b' ') | eq(b'\n') | eq(b'\r') | eq(b'\t'),
+            op: fold_eq(b'{') | fold_eq(b'}') | eq(b':') | eq(b','),
+        }
+    }
+
     /// [`super::prefix_xor`] as a carry-less multiplication by all ones.
     #[target_feature(enable = "pclmulqdq")]
     fn prefix_xor(x: u64) -> u64 {
@@ -331,6 +374,12 @@ mod x86 {
     pub(super) fn classify_checked(block: &[u8; 64]) -> Option<Classes> {
         // SAFETY: called only where the processor has AVX2.
         std::arch::is_x86_feature_detected!("avx2").then(|| unsafe { classify(block) })
+    }
+
+    #[cfg(test)]
+    pub(super) fn classify_avx512_checked(block: &[u8; 64]) -> Option<Classes> {
+        // SAFETY: called only where the processor has AVX-512's byte instructions.
+        std::arch::is_x86_feature_detected!("avx512bw").then(|| unsafe { classify_avx512(block) })
     }
 
     #[cfg(test)]
@@ -394,6 +443,9 @@ mod tests {
             {
                 if let Some(wide) = x86::classify_checked(block) {
                     prop_assert_eq!(wide, classify_bytes(block));
+                }
+                if let Some(widest) = x86::classify_avx512_checked(block) {
+                    prop_assert_eq!(widest, classify_bytes(block));
                 }
                 if let Some(product) = x86::prefix_xor_checked(x) {
                     prop_assert_eq!(product, prefix_xor(x));

@@ -659,11 +659,9 @@ mod tests {
             "{\"k\":\"v\"}",
         ] {
             assert_eq!(blocks::container_end(text, 0), bytewise_end(text), "{text:?}");
-            assert_eq!(
-                blocks::container_end_baseline(text, 0),
-                bytewise_end(text),
-                "{text:?}"
-            );
+            for end in blocks::container_end_every_way(text, 0) {
+                assert_eq!(end, bytewise_end(text), "{text:?}");
+            }
             assert!(bytewise_end(text).is_some(), "{text:?}");
         }
         // Containers and strings that cross blocks.
@@ -676,7 +674,9 @@ mod tests {
         for start in 0..3 {
             let text = format!("{}{long}", " ".repeat(start));
             assert_eq!(blocks::container_end(&text, start), Some(text.len()));
-            assert_eq!(blocks::container_end_baseline(&text, start), Some(text.len()));
+            for end in blocks::container_end_every_way(&text, start) {
+                assert_eq!(end, Some(text.len()));
+            }
             assert!(accepts(&text));
         }
     }
@@ -753,7 +753,9 @@ mod tests {
             prop_assert_eq!(accepts(&text), serde_accepts(&text), "{:?}", text);
             if text.starts_with(['{', '[']) {
                 prop_assert_eq!(blocks::container_end(&text, 0), bytewise_end(&text), "{:?}", text);
-                prop_assert_eq!(blocks::container_end_baseline(&text, 0), bytewise_end(&text), "{:?}", text);
+                for end in blocks::container_end_every_way(&text, 0) {
+                    prop_assert_eq!(end, bytewise_end(&text), "{:?}", text);
+                }
             }
         }
 
