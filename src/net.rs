@@ -17,28 +17,41 @@ pub fn parse_source_ip(text: &str) -> Option<IpAddr> {
         None => text,
     }
     .trim();
-    let parsed = if first.bytes().any(|b| b == b':') {
-        first.parse::<Ipv6Addr>().map(IpAddr::V6)
+    if first.bytes().any(|b| b == b':') {
+        first.parse::<Ipv6Addr>().map(IpAddr::V6).ok()
     } else {
-        first.parse::<Ipv4Addr>().map(IpAddr::V4)
-    };
-    match parsed {
-        Ok(ip) => Some(ip),
-        Err(_) => parse_padded_ipv4(first).map(IpAddr::V4),
+        parse_padded_ipv4(first.as_bytes()).map(IpAddr::V4)
     }
 }
 
-fn parse_padded_ipv4(text: &str) -> Option<Ipv4Addr> {
+/// A dotted quad of four decimal parts of one to three digits each, at most 255, leading zeros
+/// allowed: what `Ipv4Addr::from_str` reads, and the zero-padded quads it refuses. One pass over
+/// the bytes: a service name fails at its first letter.
+fn parse_padded_ipv4(text: &[u8]) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut parts = text.split('.');
-    for octet in &mut octets {
-        let part = parts.next()?;
-        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+    let mut at = 0;
+    for (n, octet) in octets.iter_mut().enumerate() {
+        if n > 0 {
+            if text.get(at) != Some(&b'.') {
+                return None;
+            }
+            at += 1;
+        }
+        let start = at;
+        let mut value = 0u32;
+        while let Some(digit) = text.get(at).filter(|b| b.is_ascii_digit()) {
+            if at - start == 3 {
+                return None;
+            }
+            value = value * 10 + u32::from(digit - b'0');
+            at += 1;
+        }
+        if at == start || value > 255 {
             return None;
         }
-        *octet = part.parse().ok()?;
+        *octet = value as u8;
     }
-    parts.next().is_none().then_some(Ipv4Addr::from(octets))
+    (at == text.len()).then_some(Ipv4Addr::from(octets))
 }
 
 /// The network an address belongs to, as baselines compare them: IPv4 /24, IPv6 /64.
@@ -125,6 +138,32 @@ mod tests {
         assert_eq!(parse_source_ip("1.2.3"), None);
         assert_eq!(parse_source_ip("1.2.3.4.5"), None);
         assert_eq!(parse_source_ip(""), None);
+    }
+
+    /// The reading before the one-pass parser: the standard library's, then parts split on dots.
+    fn padded_by_parts(text: &str) -> Option<Ipv4Addr> {
+        if let Ok(ip) = text.parse::<Ipv4Addr>() {
+            return Some(ip);
+        }
+        let mut octets = [0u8; 4];
+        let mut parts = text.split('.');
+        for octet in &mut octets {
+            let part = parts.next()?;
+            if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            *octet = part.parse().ok()?;
+        }
+        parts.next().is_none().then_some(Ipv4Addr::from(octets))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dotted_quads_read_as_the_standard_library_and_split_parts_read_them(
+            text in "[0-9.]{0,17}|[0-9a-z. +-]{0,12}|0{0,3}[0-9]{1,3}\\.[0-9]{1,4}\\.[0-9]{1,3}\\.[0-9]{1,3}",
+        ) {
+            proptest::prop_assert_eq!(parse_padded_ipv4(text.as_bytes()), padded_by_parts(&text), "{:?}", text);
+        }
     }
 
     #[test]
