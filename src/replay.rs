@@ -276,11 +276,22 @@ pub struct Summary {
     /// Examples as workers found them, with their file's number, until the summary is final.
     noted_failures: Vec<(usize, String)>,
     noted_skips: Vec<(usize, String)>,
+    /// The thread freeing the replay's state after it returned (see [`Summary::wait_for_teardown`]).
+    teardown: Option<std::thread::JoinHandle<()>>,
 }
 
 const EXAMPLES: usize = 20;
 
 impl Summary {
+    /// Waits until the replay's state is freed. A command that ends with the replay need not:
+    /// the process ends first. One that goes on to other work, timed or not, waits here, so that
+    /// the freeing does not take that work's core.
+    pub fn wait_for_teardown(&mut self) {
+        if let Some(teardown) = self.teardown.take() {
+            let _ = teardown.join();
+        }
+    }
+
     pub fn events_per_second(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -584,7 +595,7 @@ pub fn replay(
     // Freeing every principal's baselines and every remembered event ID took a twentieth of a
     // replay's time, on one core, after the work was done: a thread of its own frees them while
     // the summary is written (and the process may end first).
-    let _ = std::thread::Builder::new()
+    let teardown = std::thread::Builder::new()
         .name("replay-teardown".into())
         .spawn(move || drop(finished));
     write_result?;
@@ -593,6 +604,7 @@ pub fn replay(
     summary.anomalies = anomalies;
     summary.rule_matches = rule_matches;
     summary.elapsed = started.elapsed();
+    summary.teardown = teardown.ok();
     Ok(summary)
 }
 
