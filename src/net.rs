@@ -82,8 +82,32 @@ pub fn write_network_prefix(ip: IpAddr, out: &mut impl std::fmt::Write) {
             let _ = out.write_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
         }
         IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            let _ = write!(out, "{}/64", Ipv6Addr::from(bits));
+            // As `Ipv6Addr`'s display writes the address with its last four groups zeroed (RFC
+            // 5952): those four and any zero groups just before them are the longest run of
+            // zeros, which becomes `::`; the groups before it in lower-case hex. Its formatting
+            // machinery cost more than the rest of judging an event.
+            let groups = v6.segments();
+            let kept = groups[..4]
+                .iter()
+                .rposition(|&g| g != 0)
+                .map_or(0, |last| last + 1);
+            // At most "ffff:ffff:ffff:ffff::/64".
+            let mut text = [0u8; 24];
+            let mut len = 0;
+            for (i, &group) in groups[..kept].iter().enumerate() {
+                if i > 0 {
+                    text[len] = b':';
+                    len += 1;
+                }
+                let digits = (16 - group.leading_zeros()).div_ceil(4).max(1);
+                for shift in (0..digits).rev() {
+                    text[len] = b"0123456789abcdef"[usize::from(group >> (4 * shift) & 0xf)];
+                    len += 1;
+                }
+            }
+            text[len..len + 5].copy_from_slice(b"::/64");
+            len += 5;
+            let _ = out.write_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
         }
     }
 }
@@ -158,6 +182,19 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn ipv6_networks_are_written_as_the_standard_library_writes_them(
+            groups in proptest::array::uniform4(proptest::prop_oneof![0u16..=0, 1u16..=0xf, 0u16..=0xffff]),
+            low in proptest::num::u64::ANY,
+        ) {
+            let high = groups.iter().fold(0u128, |bits, &g| bits << 16 | u128::from(g));
+            let ip = Ipv6Addr::from(high << 64 | u128::from(low));
+            let mut written = String::new();
+            write_network_prefix(IpAddr::V6(ip), &mut written);
+            let standard = format!("{}/64", Ipv6Addr::from(high << 64));
+            proptest::prop_assert_eq!(written, standard);
+        }
+
         #[test]
         fn dotted_quads_read_as_the_standard_library_and_split_parts_read_them(
             text in "[0-9.]{0,17}|[0-9a-z. +-]{0,12}|0{0,3}[0-9]{1,3}\\.[0-9]{1,4}\\.[0-9]{1,3}\\.[0-9]{1,3}",
