@@ -18,9 +18,72 @@ pub(super) struct EventIdMemory {
     capacity: usize,
     held: usize,
     /// The minute of the latest event, and its IDs.
-    current: Option<(i64, FxHashSet<u64>)>,
+    current: Option<(i64, MinuteIds)>,
     /// Every other minute held.
-    earlier: BTreeMap<i64, FxHashSet<u64>>,
+    earlier: BTreeMap<i64, MinuteIds>,
+}
+
+/// The IDs of one minute: a few held in place, more in a table. A shard that sees a few events a
+/// minute (most principals, most of the day) allocated a table for nearly every event, and held
+/// a hundred bytes per ID in it and its map entry.
+#[derive(Debug)]
+enum MinuteIds {
+    Few { len: u8, ids: [u64; FEW] },
+    Many(FxHashSet<u64>),
+}
+
+/// IDs a minute holds in place.
+const FEW: usize = 4;
+
+impl MinuteIds {
+    /// Room for `expected` IDs.
+    fn with_room(expected: usize) -> MinuteIds {
+        if expected <= FEW {
+            MinuteIds::Few {
+                len: 0,
+                ids: [0; FEW],
+            }
+        } else {
+            MinuteIds::Many(FxHashSet::with_capacity_and_hasher(expected, Default::default()))
+        }
+    }
+
+    /// Adds `hash`; false when it was there.
+    fn insert(&mut self, hash: u64) -> bool {
+        match self {
+            MinuteIds::Few { len, ids } => {
+                let held = &ids[..usize::from(*len)];
+                if held.contains(&hash) {
+                    return false;
+                }
+                if held.len() < FEW {
+                    ids[held.len()] = hash;
+                    *len += 1;
+                    return true;
+                }
+                let mut many = FxHashSet::with_capacity_and_hasher(2 * FEW, Default::default());
+                many.extend(held.iter().copied());
+                many.insert(hash);
+                *self = MinuteIds::Many(many);
+                true
+            }
+            MinuteIds::Many(ids) => ids.insert(hash),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            MinuteIds::Few { len, .. } => usize::from(*len),
+            MinuteIds::Many(ids) => ids.len(),
+        }
+    }
+
+    fn to_vec(&self) -> Vec<u64> {
+        match self {
+            MinuteIds::Few { len, ids } => ids[..usize::from(*len)].to_vec(),
+            MinuteIds::Many(ids) => ids.iter().copied().collect(),
+        }
+    }
 }
 
 impl EventIdMemory {
@@ -52,7 +115,7 @@ impl EventIdMemory {
     }
 
     /// Makes `minute` the current one and returns its IDs.
-    fn move_to(&mut self, minute: i64) -> &mut FxHashSet<u64> {
+    fn move_to(&mut self, minute: i64) -> &mut MinuteIds {
         // A new minute's set is sized as the one before: it then grows in place rather than
         // rehashing at each doubling.
         let size = self.current.as_ref().map_or(0, |(_, ids)| ids.len());
@@ -62,7 +125,7 @@ impl EventIdMemory {
         let ids = self
             .earlier
             .remove(&minute)
-            .unwrap_or_else(|| FxHashSet::with_capacity_and_hasher(size, Default::default()));
+            .unwrap_or_else(|| MinuteIds::with_room(size));
         &mut self.current.insert((minute, ids)).1
     }
 
@@ -87,7 +150,7 @@ impl EventIdMemory {
             .iter()
             .chain(self.current.as_ref().map(|(m, ids)| (m, ids)))
             .map(|(m, ids)| {
-                let mut ids: Vec<u64> = ids.iter().copied().collect();
+                let mut ids = ids.to_vec();
                 ids.sort_unstable();
                 (*m, ids)
             })
@@ -124,6 +187,26 @@ mod tests {
         // The newest minutes are held; the oldest are forgotten.
         assert!(!m.insert(9_999 * 6, "9999"));
         assert!(m.insert(0, "0"));
+    }
+
+    #[test]
+    fn a_minute_holds_ids_in_place_then_in_a_table_alike() {
+        let mut m = EventIdMemory::new(1_000);
+        // Up to and past the IDs a minute holds in place, each found again in either form.
+        for n in 0..3 * FEW as u64 {
+            assert!(m.insert_hash(7, n));
+            for earlier in 0..=n {
+                assert!(!m.insert_hash(7, earlier), "{earlier} of {n}");
+            }
+        }
+        assert_eq!(m.held, 3 * FEW);
+        // Moving to another minute and back keeps them.
+        assert!(m.insert_hash(8, 0));
+        assert!(!m.insert_hash(7, 2 * FEW as u64));
+        assert_eq!(
+            m.snapshot(),
+            vec![(7, (0..3 * FEW as u64).collect()), (8, vec![0])]
+        );
     }
 
     #[test]
