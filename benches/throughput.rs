@@ -11,9 +11,13 @@
 //! The floor is the limit, written apart from the engine: libdeflate inflates each file whole,
 //! sonic-rs parses the records typed and borrowed into the fields the engine reads, on every core.
 //!
-//! `cargo bench --bench throughput -- [--runs N] [--skip-memory]`, sized by the environment:
-//! `TRAILWATCH_BENCH_RECORDS` (realistic trail, default 400000), `TRAILWATCH_BENCH_STORM_RECORDS`
-//! (quiet and storm trails, default 200000), `TRAILWATCH_BENCH_STORM_SHARE` (default 0.136),
+//! After the rounds, the stages on one core: inflate, the floor, the engine's decoder without and
+//! with rules, the detectors alone, each over the realistic trail's files held in memory.
+//!
+//! `cargo bench --bench throughput -- [--runs N] [--skip-stages | --stages-only] [--skip-memory]`,
+//! sized by the environment: `TRAILWATCH_BENCH_RECORDS` (realistic trail, default 400000),
+//! `TRAILWATCH_BENCH_STORM_RECORDS` (quiet and storm trails, default 200000),
+//! `TRAILWATCH_BENCH_STORM_SHARE` (default 0.136),
 //! `TRAILWATCH_BENCH_CLASSIC_RECORDS` (default 300000), `TRAILWATCH_BENCH_PEER_RUNS` (default 2),
 //! `TRAILWATCH_BENCH_DIR` (keep the trails there and reuse them; default a temporary folder).
 //!
@@ -477,6 +481,10 @@ fn main() {
     }
 
     let rules = Arc::new(RuleSet::builtin().expect("the shipped rules load"));
+    if args.iter().any(|a| a == "--stages-only") {
+        stages(&realistic, &rules, runs);
+        return;
+    }
     let settings = Settings::default();
     let n = floor(&realistic, threads);
 
@@ -614,6 +622,10 @@ fn main() {
         );
     }
 
+    if !args.iter().any(|a| a == "--skip-stages") {
+        stages(&realistic, &rules, runs);
+    }
+
     // The classic trail: floor and the two replays, interleaved.
     let c = floor(&classic, threads);
     let mut classic_rounds = Vec::new();
@@ -666,6 +678,104 @@ fn main() {
             .expect("the memory measurement runs");
         assert!(status.success(), "the memory measurement failed");
     }
+}
+
+/// Where a record's time goes, on one core, against the floor's: the realistic trail's files read
+/// into memory, then each stage over all of them, best of `runs` passes. Inflate alone; the floor
+/// (inflate and typed parse); the engine's decoder (inflate, scan, principal, event) without rules
+/// and with the shipped rules; and the detectors alone, one partition fed the decoded events.
+fn stages(files: &[InputFile], rules: &Arc<RuleSet>, runs: usize) {
+    use trailwatch::decode::{DecodeLimits, Decoder};
+    use trailwatch::engine::StatePartition;
+
+    let files: Vec<(Arc<str>, Vec<u8>)> = files
+        .iter()
+        .filter_map(|f| Some((Arc::clone(&f.name), std::fs::read(f.path()?).ok()?)))
+        .collect();
+    let best = |stage: &mut dyn FnMut() -> usize| {
+        (0..runs.max(1))
+            .map(|_| {
+                let started = Instant::now();
+                let count = std::hint::black_box(stage());
+                (started.elapsed(), count)
+            })
+            .min()
+            .expect("at least one pass")
+    };
+    let mut decompressor = libdeflater::Decompressor::new();
+    let mut buf = Vec::new();
+    let (inflate_time, _) = best(&mut || {
+        files
+            .iter()
+            .map(|(_, bytes)| usize::from(inflate(&mut decompressor, bytes, &mut buf)) * buf.len())
+            .sum()
+    });
+    let (floor_time, records) = best(&mut || {
+        let mut records = 0;
+        for (_, bytes) in &files {
+            if inflate(&mut decompressor, bytes, &mut buf) {
+                if let Ok(f) = sonic_rs::from_slice::<FloorFile>(&buf) {
+                    records += f.records.len();
+                    std::hint::black_box(f.records.iter().map(FloorRecord::weight).sum::<usize>());
+                }
+            }
+        }
+        records
+    });
+    let decode = |rules: Option<Arc<RuleSet>>| {
+        let mut decoder = Decoder::with_rules(DecodeLimits::default(), rules);
+        best(&mut || {
+            files
+                .iter()
+                .map(|(name, bytes)| decoder.decode(name, bytes).events.len())
+                .sum()
+        })
+        .0
+    };
+    let decode_time = decode(None);
+    let rules_time = decode(Some(Arc::clone(rules)));
+    let mut decoder = Decoder::with_rules(DecodeLimits::default(), None);
+    let events: Vec<Event> = files
+        .iter()
+        .flat_map(|(name, bytes)| decoder.decode(name, bytes).events)
+        .collect();
+    let settings = Settings::default();
+    let (detect_time, _) = best(&mut || {
+        let detector = Detector::new(settings.detector.clone(), 1);
+        let mut partition = StatePartition::local(detector, settings.engine.reorder_window);
+        let mut out = Vec::new();
+        for event in &events {
+            partition.offer_ref(event, &mut out);
+        }
+        partition.finish(&mut out);
+        out.len()
+    });
+    let per = |t: Duration| t.as_secs_f64() * 1e9 / records.max(1) as f64;
+    println!();
+    println!("realistic trail on one core, files in memory, best of {runs} passes ({records} records):");
+    for (label, time) in [
+        ("inflate (libdeflate)", inflate_time),
+        ("floor: inflate + typed parse (sonic-rs)", floor_time),
+        ("decoder without rules (inflate included)", decode_time),
+        ("decoder with the shipped rules", rules_time),
+        ("detectors, one partition", detect_time),
+    ] {
+        println!(
+            "  {label:<44} {:>7.1} ms  {:>6.0} ns a record",
+            time.as_secs_f64() * 1e3,
+            per(time)
+        );
+    }
+    let parse = floor_time.saturating_sub(inflate_time);
+    let engine = |decode: Duration| decode.saturating_sub(inflate_time) + detect_time;
+    println!(
+        "  beyond inflating: floor {:.0} ns a record; engine without rules {:.0} ns ({:.1}×), with rules {:.0} ns ({:.1}×)",
+        per(parse),
+        per(engine(decode_time)),
+        engine(decode_time).as_secs_f64() / parse.as_secs_f64().max(1e-9),
+        per(engine(rules_time)),
+        engine(rules_time).as_secs_f64() / parse.as_secs_f64().max(1e-9),
+    );
 }
 
 /// One round's (wall, CPU) time per measurement, and the peer's seconds where it ran.
