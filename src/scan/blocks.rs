@@ -147,7 +147,7 @@ enum Want {
 pub(super) fn container_end(text: &str, start: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("pclmulqdq") {
-        if std::arch::is_x86_feature_detected!("avx512bw") {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
             // SAFETY: the processor has the features the function is compiled for.
             return unsafe { x86::container_end_avx512(text, start) };
         }
@@ -171,7 +171,7 @@ pub(super) fn container_end_every_way(text: &str, start: usize) -> Vec<Option<us
             // SAFETY: the processor has the features the function is compiled for.
             ends.push(unsafe { x86::container_end(text, start) });
         }
-        if std::arch::is_x86_feature_detected!("avx512bw") {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
             // SAFETY: as above.
             ends.push(unsafe { x86::container_end_avx512(text, start) });
         }
@@ -379,7 +379,9 @@ mod x86 {
     #[cfg(test)]
     pub(super) fn classify_avx512_checked(block: &[u8; 64]) -> Option<Classes> {
         // SAFETY: called only where the processor has AVX-512's byte instructions.
-        std::arch::is_x86_feature_detected!("avx512bw").then(|| unsafe { classify_avx512(block) })
+        let wide =
+            std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
+        wide.then(|| unsafe { classify_avx512(block) })
     }
 
     #[cfg(test)]
