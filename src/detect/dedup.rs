@@ -1,6 +1,6 @@
 //! The eventID memory: CloudTrail delivers some records more than once, and each is judged once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use rustc_hash::FxHashSet;
 
@@ -9,18 +9,23 @@ use super::SeenIds;
 /// The eventIDs a shard has seen, as 64-bit hashes, by minute of event time. A duplicate carries
 /// its original's `eventTime`, so it is looked for among the IDs of that minute alone: a table
 /// small enough to stay in cache while a stream's events of that minute go by (one table of every
-/// ID cost a cache miss per event, and regrew as it filled). A shard's events come nearly in time
-/// order, so the minute they are arriving in is kept apart from the others: most events are
-/// looked for there without a search of the minutes held. Bounded: past `capacity` IDs the oldest
-/// minutes are forgotten first, so a file delivered twice is recognised however late the second
-/// copy comes, as long as its minute is still held.
+/// ID cost a cache miss per event, and regrew as it filled). Bounded: past `capacity` IDs the
+/// oldest minutes are forgotten first, so a file delivered twice is recognised however late the
+/// second copy comes, as long as its minute is still held.
+///
+/// A shard's events come nearly in time order, so minutes are kept in the order they first came
+/// while each is newer than all before it: a new minute is appended, the oldest forgotten from the
+/// front, and the latest found without a search. The few minutes that first come after a newer
+/// one are kept apart, in a map. A shard seeing less than an event a minute (every shard of a
+/// quiet trail) had each event's minute go into and out of that map: 900 instructions an event.
 pub(super) struct EventIdMemory {
     capacity: usize,
     held: usize,
-    /// The minute of the latest event, and its IDs.
-    current: Option<(i64, MinuteIds)>,
-    /// Every other minute held.
-    earlier: BTreeMap<i64, MinuteIds>,
+    /// Minutes in ascending order, each newer than every other minute held when it came.
+    in_order: VecDeque<(i64, MinuteIds)>,
+    /// Minutes that came after a newer one: each older than the newest of `in_order`, and not in
+    /// it.
+    out_of_order: BTreeMap<i64, MinuteIds>,
 }
 
 /// The IDs of one minute: a few held in place, more in a table. A shard that sees a few events a
@@ -91,8 +96,8 @@ impl EventIdMemory {
         EventIdMemory {
             capacity,
             held: 0,
-            current: None,
-            earlier: BTreeMap::new(),
+            in_order: VecDeque::new(),
+            out_of_order: BTreeMap::new(),
         }
     }
 
@@ -102,11 +107,7 @@ impl EventIdMemory {
     }
 
     pub(super) fn insert_hash(&mut self, minute: i64, hash: u64) -> bool {
-        let ids = match &mut self.current {
-            Some((m, ids)) if *m == minute => ids,
-            _ => self.move_to(minute),
-        };
-        if !ids.insert(hash) {
+        if !self.minute_ids(minute).insert(hash) {
             return false;
         }
         self.held += 1;
@@ -114,41 +115,58 @@ impl EventIdMemory {
         true
     }
 
-    /// Makes `minute` the current one and returns its IDs.
-    fn move_to(&mut self, minute: i64) -> &mut MinuteIds {
-        // A new minute's set is sized as the one before: it then grows in place rather than
-        // rehashing at each doubling.
-        let size = self.current.as_ref().map_or(0, |(_, ids)| ids.len());
-        if let Some((m, ids)) = self.current.take() {
-            self.earlier.insert(m, ids);
+    /// The IDs held for `minute`, new and empty if there are none.
+    fn minute_ids(&mut self, minute: i64) -> &mut MinuteIds {
+        let newest = self.in_order.back().map(|(m, ids)| (*m, ids.len()));
+        match newest {
+            Some((newest, _)) if newest == minute => {}
+            // A new minute's set is sized as the one before: it then grows in place rather than
+            // rehashing at each doubling.
+            Some((newest, size)) if newest < minute => {
+                self.in_order.push_back((minute, MinuteIds::with_room(size)));
+            }
+            None => {
+                debug_assert!(self.out_of_order.is_empty(), "older minutes go first");
+                let ids = self.out_of_order.remove(&minute);
+                self.in_order
+                    .push_back((minute, ids.unwrap_or_else(|| MinuteIds::with_room(0))));
+            }
+            Some(_) => {
+                return match self.in_order.binary_search_by_key(&minute, |(m, _)| *m) {
+                    Ok(at) => &mut self.in_order[at].1,
+                    Err(_) => self
+                        .out_of_order
+                        .entry(minute)
+                        .or_insert_with(|| MinuteIds::with_room(0)),
+                };
+            }
         }
-        let ids = self
-            .earlier
-            .remove(&minute)
-            .unwrap_or_else(|| MinuteIds::with_room(size));
-        &mut self.current.insert((minute, ids)).1
+        &mut self
+            .in_order
+            .back_mut()
+            .expect("the newest minute was found or added")
+            .1
     }
 
     /// Forgets the oldest minute held; false when none is.
     fn forget_oldest(&mut self) -> bool {
-        let oldest_earlier = self.earlier.first_key_value().map(|(m, _)| *m);
-        let forgotten = match (&self.current, oldest_earlier) {
-            (Some((current, _)), Some(earlier)) if *current > earlier => {
-                self.earlier.pop_first().map(|(_, ids)| ids)
-            }
-            (None, Some(_)) => self.earlier.pop_first().map(|(_, ids)| ids),
-            (Some(_), _) => self.current.take().map(|(_, ids)| ids),
-            (None, None) => None,
+        let in_order = self.in_order.front().map(|(m, _)| *m);
+        let out_of_order = self.out_of_order.first_key_value().map(|(m, _)| *m);
+        let forgotten = match (in_order, out_of_order) {
+            (Some(a), Some(b)) if b < a => self.out_of_order.pop_first(),
+            (Some(_), _) => self.in_order.pop_front(),
+            (None, _) => self.out_of_order.pop_first(),
         };
-        forgotten.inspect(|ids| self.held -= ids.len()).is_some()
+        forgotten.inspect(|(_, ids)| self.held -= ids.len()).is_some()
     }
 
     /// Every hash held, by minute, oldest first.
     pub(super) fn snapshot(&self) -> SeenIds {
         let mut minutes: SeenIds = self
-            .earlier
+            .in_order
             .iter()
-            .chain(self.current.as_ref().map(|(m, ids)| (m, ids)))
+            .map(|(m, ids)| (m, ids))
+            .chain(&self.out_of_order)
             .map(|(m, ids)| {
                 let mut ids = ids.to_vec();
                 ids.sort_unstable();
@@ -162,7 +180,7 @@ impl EventIdMemory {
     /// How many minutes are held.
     #[cfg(test)]
     fn minutes(&self) -> usize {
-        self.earlier.len() + usize::from(self.current.is_some())
+        self.in_order.len() + self.out_of_order.len()
     }
 }
 
@@ -187,6 +205,54 @@ mod tests {
         // The newest minutes are held; the oldest are forgotten.
         assert!(!m.insert(9_999 * 6, "9999"));
         assert!(m.insert(0, "0"));
+    }
+
+    /// The memory's rule, written plainly: IDs by minute, the oldest minutes forgotten first.
+    #[derive(Default)]
+    struct Model {
+        minutes: BTreeMap<i64, std::collections::BTreeSet<u64>>,
+        held: usize,
+    }
+
+    impl Model {
+        fn insert(&mut self, capacity: usize, minute: i64, hash: u64) -> bool {
+            if !self.minutes.entry(minute).or_default().insert(hash) {
+                return false;
+            }
+            self.held += 1;
+            while self.held > capacity {
+                let (_, ids) = self.minutes.pop_first().expect("a minute is held");
+                self.held -= ids.len();
+            }
+            true
+        }
+
+        fn snapshot(&self) -> SeenIds {
+            let ids = |ids: &std::collections::BTreeSet<u64>| ids.iter().copied().collect();
+            self.minutes.iter().map(|(m, set)| (*m, ids(set))).collect()
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_memory_keeps_the_rule_in_any_order_of_minutes(
+            capacity in 1usize..40,
+            steps in proptest::collection::vec((-3i64..=2, 0u64..12), 0..300),
+        ) {
+            let (mut memory, mut model) = (EventIdMemory::new(capacity), Model::default());
+            // Mostly forward in time, a step back now and then, IDs that repeat.
+            let mut minute = 0;
+            for (step, hash) in steps {
+                minute = (minute + step.max(0) - i64::from(step == -3) * 5).max(0);
+                proptest::prop_assert_eq!(
+                    memory.insert_hash(minute, hash),
+                    model.insert(capacity, minute, hash),
+                    "minute {} hash {}", minute, hash
+                );
+                proptest::prop_assert_eq!(memory.held, model.held);
+            }
+            proptest::prop_assert_eq!(memory.snapshot(), model.snapshot());
+        }
     }
 
     #[test]
