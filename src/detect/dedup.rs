@@ -16,8 +16,8 @@ use super::SeenIds;
 /// A shard's events come nearly in time order, so minutes are kept in the order they first came
 /// while each is newer than all before it: a new minute is appended, the oldest forgotten from the
 /// front, and the latest found without a search. The few minutes that first come after a newer
-/// one are kept apart, in a map. A shard seeing less than an event a minute (every shard of a
-/// quiet trail) had each event's minute go into and out of that map: 900 instructions an event.
+/// one are kept apart, in a map. A shard seeing less than an event a minute (every shard of the
+/// realistic trail) had each event's minute go into and out of that map: 900 instructions an event.
 pub(super) struct EventIdMemory {
     capacity: usize,
     held: usize,
