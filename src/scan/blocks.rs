@@ -146,12 +146,12 @@ enum Want {
 /// The offset just past the container that opens at `start`, if it is JSON through its close.
 pub(super) fn container_end(text: &str, start: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("pclmulqdq") {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+    {
+        if x86::has_avx512() {
             // SAFETY: the processor has the features the function is compiled for.
             return unsafe { x86::container_end_avx512(text, start) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if x86::has_avx2() {
             // SAFETY: as above.
             return unsafe { x86::container_end(text, start) };
         }
@@ -166,12 +166,12 @@ pub(super) fn container_end_every_way(text: &str, start: usize) -> Vec<Option<us
     #[allow(unused_mut)]
     let mut ends = vec![walk(text, start, classify, prefix_xor)];
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("pclmulqdq") {
-        if std::arch::is_x86_feature_detected!("avx2") {
+    {
+        if x86::has_avx2() {
             // SAFETY: the processor has the features the function is compiled for.
             ends.push(unsafe { x86::container_end(text, start) });
         }
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+        if x86::has_avx512() {
             // SAFETY: as above.
             ends.push(unsafe { x86::container_end_avx512(text, start) });
         }
@@ -307,6 +307,18 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// Whether the processor has what [`container_end`] is compiled for.
+    pub(super) fn has_avx2() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+
+    /// Whether the processor has what [`container_end_avx512`] is compiled for.
+    pub(super) fn has_avx512() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+
     #[target_feature(enable = "avx2,pclmulqdq")]
     pub(super) fn container_end(text: &str, start: usize) -> Option<usize> {
         // Closures inherit the function's features, so the two are inlined into the walk.
@@ -379,9 +391,7 @@ mod x86 {
     #[cfg(test)]
     pub(super) fn classify_avx512_checked(block: &[u8; 64]) -> Option<Classes> {
         // SAFETY: called only where the processor has AVX-512's byte instructions.
-        let wide =
-            std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
-        wide.then(|| unsafe { classify_avx512(block) })
+        has_avx512().then(|| unsafe { classify_avx512(block) })
     }
 
     #[cfg(test)]
