@@ -121,15 +121,14 @@ impl EventIdMemory {
         match newest {
             Some((newest, _)) if newest == minute => {}
             // A new minute's set is sized as the one before: it then grows in place rather than
-            // rehashing at each doubling.
+            // rehashing at each doubling. With none in order, none is out of order either: those
+            // are older than the newest in order, and forgotten before it.
             Some((newest, size)) if newest < minute => {
                 self.in_order.push_back((minute, MinuteIds::with_room(size)));
             }
             None => {
                 debug_assert!(self.out_of_order.is_empty(), "older minutes go first");
-                let ids = self.out_of_order.remove(&minute);
-                self.in_order
-                    .push_back((minute, ids.unwrap_or_else(|| MinuteIds::with_room(0))));
+                self.in_order.push_back((minute, MinuteIds::with_room(0)));
             }
             Some(_) => {
                 return match self.in_order.binary_search_by_key(&minute, |(m, _)| *m) {
