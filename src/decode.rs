@@ -22,7 +22,7 @@ use crate::record::RawRecord;
 use crate::rules::{GateMemo, RuleSet};
 use crate::scan::{ScanError, Scanner};
 use crate::useragent::AgentFamilies;
-use crate::view::RecordView;
+use crate::view::{Entries, RecordView};
 
 /// Why an object is not decoded at all. A bounded set: these are metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -472,12 +472,15 @@ fn walk_records<'o>(
     }
     let mut index = 0;
     let mut first = true;
+    // One vector indexes every record in turn: a CloudTrail record has about two dozen keys.
+    let mut entries = Vec::with_capacity(24);
     while scan.next_element(&mut first)? {
         if scan.enter(b'{') {
             let start = scan.offset() - 1;
-            let entries = scan.entries()?;
+            scan.entries_into(&mut entries)?;
             let raw = &text[start..scan.offset()];
-            push_view(ctx, RecordView::from_entries(raw, entries), index, out);
+            let view = RecordView::from_entries(raw, std::mem::take(&mut entries));
+            entries = push_view(ctx, view, index, out);
         } else {
             scan.value()?;
             out.skipped.push(SkippedRecord {
@@ -509,7 +512,9 @@ fn decode_json_lines(ctx: Context<'_>, text: &str, out: &mut DecodedFile) {
 /// Decodes one record's JSON text into `out`.
 fn push_record(ctx: Context<'_>, raw: &str, index: usize, out: &mut DecodedFile) {
     match RecordView::new(raw) {
-        Some(view) => push_view(ctx, view, index, out),
+        Some(view) => {
+            push_view(ctx, view, index, out);
+        }
         None => {
             let reason = if raw.starts_with('{') {
                 RecordSkip::Unreadable
@@ -522,8 +527,9 @@ fn push_record(ctx: Context<'_>, raw: &str, index: usize, out: &mut DecodedFile)
 }
 
 /// Decodes one indexed record into `out`. The engine's fields are read from the index and the
-/// rules evaluated against it, so the record is not scanned a second time.
-fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut DecodedFile) {
+/// rules evaluated against it, so the record is not scanned a second time. Gives back the index's
+/// entries, for the next record.
+fn push_view<'o>(ctx: Context<'_>, view: RecordView<'o>, index: usize, out: &mut DecodedFile) -> Entries<'o> {
     let record = RawRecord::top_level(&view);
     let recipient = record.recipient_account_id.get();
     let derive = || {
@@ -576,6 +582,7 @@ fn push_view(ctx: Context<'_>, view: RecordView<'_>, index: usize, out: &mut Dec
         }),
         Err(reason) => out.skipped.push(SkippedRecord { index, reason }),
     }
+    view.into_entries()
 }
 
 #[cfg(test)]

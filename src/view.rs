@@ -134,6 +134,11 @@ impl<'a> RecordView<'a> {
         &self.top
     }
 
+    /// The top-level entries, given back for the next record to be indexed into.
+    pub fn into_entries(self) -> Entries<'a> {
+        self.top
+    }
+
     /// The JSON text of a top-level value, unparsed.
     pub fn top_level_text(&self, key: &str) -> Option<&'a str> {
         self.top_level(key)

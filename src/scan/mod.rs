@@ -116,11 +116,19 @@ impl<'a> Scanner<'a> {
     pub fn entries(&mut self) -> Result<Vec<(Cow<'a, str>, &'a str)>> {
         // A CloudTrail record has about two dozen top-level keys.
         let mut entries = Vec::with_capacity(24);
+        self.entries_into(&mut entries)?;
+        Ok(entries)
+    }
+
+    /// [`Scanner::entries`], written into `entries` (cleared first), so that a caller indexing
+    /// record after record reuses one vector.
+    pub fn entries_into(&mut self, entries: &mut Vec<(Cow<'a, str>, &'a str)>) -> Result<()> {
+        entries.clear();
         let mut first = true;
         while let Some(key) = self.next_key(&mut first)? {
             entries.push((key, self.value()?));
         }
-        Ok(entries)
+        Ok(())
     }
 
     /// In an array just entered (`first`) or after an element: whether an element follows (its
