@@ -5,19 +5,20 @@
 //! a typical record only one or two of the shipped rules are candidates and the rest are never
 //! evaluated.
 //!
-//! Each rule gets at most one *gate*: a field that must equal one of a few literals, or must be
-//! present, on every record the rule matches. It is derived from the rule's condition:
+//! Each rule gets at most one *gate*: a field that must equal or contain one of a few literals,
+//! or must be present, on every record the rule matches. It is derived from the rule's condition:
 //!
 //! - a selection (a mapping) requires each of its plain-equality items (`field: value`, no
-//!   modifier, no wildcard) and each `field|exists: true`;
+//!   modifier, no wildcard), that a field matched with `contains`, `startswith` or `endswith`
+//!   contains one of its literals, and each `field|exists: true`;
 //! - `a and b` requires what either requires; `a or b`, `1 of x*` and a list of conditions
 //!   require only what every alternative requires on the same field (values united);
 //! - `not a`, keyword searches and everything else require nothing.
 //!
-//! A candidate's other requirements on nested fields are then looked for in the JSON text of the
-//! top-level key they are under (when it has no escape and is all ASCII), so that a record lacking them is not
-//! parsed further for the evaluator: a literal, the last key of a path that must be present, and
-//! for `field: true`, what the evaluator reads as true.
+//! A candidate's other requirements are then looked for in the JSON text of the top-level key
+//! they are (or are under), when it has no escape and is all ASCII, so that a record lacking them
+//! is not handed to the evaluator: a literal, the last key of a nested path that must be present,
+//! and for `field: true`, what the evaluator reads as true.
 //!
 //! A rule with no gate is evaluated on every record. The index over-approximates: it may name a
 //! rule that then does not match, never omit one that would (the values compare ASCII
@@ -134,11 +135,22 @@ fn item_requirement(item: &DetectionItem) -> Option<(&str, Requirement)> {
             }
         });
     }
-    // `contains` (of every needle with `all`, in any case with `cased`): one of them at least.
-    let contains = modifiers.contains(&Modifier::Contains)
-        && modifiers
-            .iter()
-            .all(|m| matches!(m, Modifier::Contains | Modifier::All | Modifier::Cased));
+    // `contains`, `startswith` or `endswith` (of every needle with `all`, in any case with
+    // `cased`): a value that starts or ends with a needle contains it, so it contains one of
+    // them at least.
+    let contains = modifiers
+        .iter()
+        .any(|m| matches!(m, Modifier::Contains | Modifier::StartsWith | Modifier::EndsWith))
+        && modifiers.iter().all(|m| {
+            matches!(
+                m,
+                Modifier::Contains
+                    | Modifier::StartsWith
+                    | Modifier::EndsWith
+                    | Modifier::All
+                    | Modifier::Cased
+            )
+        });
     if let Some(needles) = literals().filter(|_| contains) {
         return Some((field, ContainsAny(needles)));
     }
@@ -282,20 +294,22 @@ fn gate_of(rule: &SigmaRule) -> Option<(String, Requirement)> {
     gate_and_rest(rule).0
 }
 
-/// What a candidate rule further requires of nested fields, beyond its gate (`rest`): for each,
-/// the top-level key the field is under and texts of which the key's JSON (without escapes,
-/// lower-cased) must contain one: the field's literals, or for a field that need only be
-/// present, the last key of its path. Checked before the evaluator parses the parent.
+/// What a candidate rule further requires of fields beyond its gate (`rest`): for each, the
+/// top-level key the field is (or is under) and texts of which the key's JSON (without escapes,
+/// lower-cased) must contain one: the field's literals, or for a nested field that need only be
+/// present, the last key of its path. Checked before the evaluator parses the parent or reads
+/// the field: a rule gated on `eventSource: lambda.amazonaws.com` is not evaluated on a Lambda
+/// record whose `eventName` lacks the call the rule watches.
 fn prechecks_of(rest: Requirements) -> Vec<Precheck> {
     let mut prechecks = Vec::new();
     for (field, req) in rest {
-        if !field.contains('.') {
+        if !field.contains('.') && !matches!(req, OneOf(_) | ContainsAny(_)) {
             continue;
         }
         let key = || vec![field.rsplit('.').next().unwrap_or(&field).to_ascii_lowercase()];
         let mut check = |texts: Vec<String>| {
             let texts = texts.iter().map(|t| Finder::new(t.as_bytes()).into_owned());
-            prechecks.extend(Precheck::new(&field, texts.collect()));
+            prechecks.push(Precheck::new(&field, texts.collect()));
         };
         match req {
             OneOf(texts) | ContainsAny(texts) => check(texts.into_iter().collect()),
@@ -310,42 +324,51 @@ fn prechecks_of(rest: Requirements) -> Vec<Precheck> {
     prechecks
 }
 
-/// A search of a nested field's parent text for what the field must hold.
+/// A search of a field's text, or a nested field's parent text, for what the field must hold.
 #[derive(Debug)]
 struct Precheck {
-    /// The nested field.
+    /// The field.
     field: String,
-    /// The top-level key it is under.
-    root: String,
+    /// The top-level key it is under; `None` for a top-level field, whose own text is searched.
+    root: Option<String>,
     texts: Vec<Finder<'static>>,
 }
 
 impl Precheck {
-    /// For a nested `field` (`None` for a top-level one), whose parent must contain one of `texts`.
-    fn new(field: &str, texts: Vec<Finder<'static>>) -> Option<Precheck> {
-        let (root, _) = field.split_once('.')?;
-        Some(Precheck {
+    /// For `field`, whose text (or parent's, for a nested field) must contain one of `texts`.
+    fn new(field: &str, texts: Vec<Finder<'static>>) -> Precheck {
+        Precheck {
             field: field.to_owned(),
-            root: root.to_owned(),
+            root: field.split_once('.').map(|(root, _)| root.to_owned()),
             texts,
-        })
+        }
     }
 
     /// False when `event` cannot satisfy the requirement this stands for.
     fn passes(&self, event: &RecordView<'_>, parent: &mut Folded) -> bool {
+        let Some(root) = &self.root else {
+            return event
+                .top_level_text(&self.field)
+                .is_some_and(|text| self.found_in(text, parent));
+        };
         // (A path that is itself a top-level key, dots and all, is read as such.)
         if event.top_level_text(&self.field).is_some() {
             return true;
         }
-        let Some(text) = event.top_level_text(&self.root) else {
-            return false;
-        };
+        event
+            .top_level_text(root)
+            .is_some_and(|text| self.found_in(text, parent))
+    }
+
+    /// Whether `text` (JSON) may hold one of the texts: it does, lower-cased, or it cannot be
+    /// told from the JSON.
+    fn found_in(&self, text: &str, folded: &mut Folded) -> bool {
         // An escape hides what it stands for; a character beyond ASCII may lower-case to one of
         // the texts (KELVIN SIGN to `k`) where ASCII lower-casing leaves it be.
         if memchr::memchr(b'\\', text.as_bytes()).is_some() || !text.is_ascii() {
             return true;
         }
-        let text = parent.of(text).as_bytes();
+        let text = folded.of(text).as_bytes();
         self.texts.iter().any(|t| t.find(text).is_some())
     }
 }
@@ -447,7 +470,7 @@ impl GateIndex {
                     .map(|v| Finder::new(v.as_bytes()).into_owned())
                     .chain(gate.needles.iter().map(|(n, _)| n.clone()))
                     .collect();
-                gate.precheck = Precheck::new(&gate.field, texts);
+                gate.precheck = Some(Precheck::new(&gate.field, texts));
             }
         }
         index
@@ -791,6 +814,38 @@ mod tests {
     }
 
     #[test]
+    fn top_level_requirements_beyond_the_gate_are_checked_on_the_field_text_first() {
+        let yaml = "detection:\n  sel:\n    eventSource: lambda.amazonaws.com\n    eventName|startswith: UpdateFunctionCode\n  condition: sel\n";
+        assert_eq!(
+            gate(yaml),
+            Some(("eventSource".into(), OneOf(set(&["lambda.amazonaws.com"]))))
+        );
+        let index = GateIndex::new([&rule(yaml)]);
+        let candidates = |record: &str| {
+            let view = RecordView::new(record).unwrap();
+            let mut out = Vec::new();
+            index.candidates(&view, None, |r| out.push(r));
+            out
+        };
+        let lambda = r#"{"eventSource":"lambda.amazonaws.com","eventName":"#;
+        assert_eq!(
+            candidates(&format!(r#"{lambda}"UpdateFunctionCode20150331v2"}}"#)),
+            [0]
+        );
+        assert_eq!(candidates(&format!(r#"{lambda}"updatefunctioncode"}}"#)), [0]);
+        // Another call of the service, or none: not handed to the evaluator.
+        assert!(candidates(&format!(r#"{lambda}"GetFunction"}}"#)).is_empty());
+        assert!(candidates(r#"{"eventSource":"lambda.amazonaws.com"}"#).is_empty());
+        // An escape, or a character beyond ASCII, hides what the value holds: evaluated.
+        assert_eq!(
+            candidates(&format!(r#"{lambda}"\u0055pdateFunctionCode"}}"#)),
+            [0]
+        );
+        assert_eq!(candidates(&format!(r#"{lambda}"\u212Aey"}}"#)), [0]);
+        assert_eq!(candidates(&format!("{lambda}\"Upd\u{212A}\"}}")), [0]);
+    }
+
+    #[test]
     fn a_selection_is_gated_on_its_call() {
         let g = gate("detection:\n  sel:\n    eventSource: cloudtrail.amazonaws.com\n    eventName: [StopLogging, DeleteTrail]\n  condition: sel\n");
         assert_eq!(g, one_of("eventName", &["deletetrail", "stoplogging"]));
@@ -823,9 +878,23 @@ mod tests {
             gate("detection:\n  s:\n    userAgent|contains: [Kali, parrot]\n  condition: s\n"),
             Some(("userAgent".into(), ContainsAny(set(&["kali", "parrot"]))))
         );
+        // Starting or ending with a literal, the value contains it.
         assert_eq!(
             gate("detection:\n  s:\n    errorCode|startswith: Access\n  condition: s\n"),
+            Some(("errorCode".into(), ContainsAny(set(&["access"]))))
+        );
+        assert_eq!(
+            gate("detection:\n  s:\n    errorCode|endswith|all: [Denied, Access]\n  condition: s\n"),
+            Some(("errorCode".into(), ContainsAny(set(&["access", "denied"]))))
+        );
+        // A wildcard in a literal, or a transforming modifier, gives only presence.
+        assert_eq!(
+            gate("detection:\n  s:\n    errorCode|startswith: Acc*ss\n  condition: s\n"),
             Some(("errorCode".into(), Present))
+        );
+        assert_eq!(
+            gate("detection:\n  s:\n    errorCode|base64|startswith: Access\n  condition: s\n"),
+            None
         );
         assert_eq!(
             gate("detection:\n  s:\n    errorCode|exists: true\n  condition: s\n"),
