@@ -698,7 +698,7 @@ fn main() {
 /// and with the shipped rules; and the detectors alone, one partition fed the decoded events.
 fn stages(files: &[InputFile], rules: &Arc<RuleSet>, runs: usize) {
     use trailwatch::decode::{DecodeLimits, Decoder};
-    use trailwatch::engine::StatePartition;
+    use trailwatch::engine::{SharedEvents, StatePartition};
 
     let files: Vec<(Arc<str>, Vec<u8>)> = files
         .iter()
@@ -744,17 +744,20 @@ fn stages(files: &[InputFile], rules: &Arc<RuleSet>, runs: usize) {
     let decode_time = decode(None);
     let rules_time = decode(Some(Arc::clone(rules)));
     let mut decoder = Decoder::with_rules(DecodeLimits::default(), None);
-    let events: Vec<Event> = files
+    // Shared as a replay shares a file's events between partitions.
+    let events: Vec<SharedEvents> = files
         .iter()
-        .flat_map(|(name, bytes)| decoder.decode(name, bytes).events)
+        .map(|(name, bytes)| Arc::new(decoder.decode(name, bytes).events) as SharedEvents)
         .collect();
     let settings = Settings::default();
     let (detect_time, _) = best(&mut || {
         let detector = Detector::new(settings.detector.clone(), 1);
         let mut partition = StatePartition::local(detector, settings.engine.reorder_window);
         let mut out = Vec::new();
-        for event in &events {
-            partition.offer_ref(event, &mut out);
+        for file in &events {
+            for at in 0..(**file).as_ref().len() {
+                partition.offer_shared(file, at, &mut out);
+            }
         }
         partition.finish(&mut out);
         out.len()

@@ -34,7 +34,7 @@ use crate::config::FetchSettings;
 use crate::config::Settings;
 use crate::decode::{DecodeLimits, DecodedFile, Decoder, FileError};
 use crate::detect::Detector;
-use crate::engine::{partition_of_hash, StatePartition};
+use crate::engine::{partition_of_hash, SharedEvents, StatePartition};
 use crate::event::{Event, RecordSkip};
 use crate::fetch::{FetchError, Fetcher};
 use crate::metrics::Latencies;
@@ -518,7 +518,10 @@ pub fn replay(
         window: WINDOW_PER_WORKER * workers,
         shards: &shards,
         latencies: Arc::new(Latencies::default()),
-        spare: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+        spare: (0..workers)
+            .map(|_| Mutex::new(Vec::new()))
+            .collect::<Vec<_>>()
+            .into(),
         fetched: Prefetched::default(),
     };
     let (anomaly_tx, anomaly_rx) = bounded::<Written>(64);
@@ -618,7 +621,7 @@ struct Plan<'a> {
     shards: &'a [Shard],
     latencies: Arc<Latencies>,
     /// Per worker, event vectors every shard is done with, for the worker to decode into again.
-    spare: Vec<Mutex<Vec<Vec<Event>>>>,
+    spare: Spare,
     /// Objects fetched ahead, by file number.
     fetched: Prefetched,
 }
@@ -636,25 +639,43 @@ impl Plan<'_> {
         events.clear();
         events
     }
-
-    fn recycle(&self, file: FileEvents) {
-        if let Ok(mut spare) = self.spare[file.worker].lock() {
-            // As many as can be in flight: a vector dropped here would be allocated (and its
-            // pages faulted in) again for a later file.
-            if spare.len() < self.window {
-                spare.push(file.events);
-            }
-        }
-    }
 }
 
-/// One file's events, shared by every shard, each taking those of its principals.
+/// Per worker, event vectors to decode into again.
+type Spare = Arc<[Mutex<Vec<Vec<Event>>>]>;
+
+/// One file's events, shared by every shard, each taking those of its principals, and held by
+/// a shard while one of its events waits in the reorder buffer.
 struct FileEvents {
     events: Vec<Event>,
     /// The shard of each event.
     shards: Vec<u32>,
     /// The worker that decoded them.
     worker: usize,
+    /// Where the vector goes back to when every shard is done with it, and how many may wait
+    /// there.
+    spare: Spare,
+    keep: usize,
+}
+
+impl AsRef<[Event]> for FileEvents {
+    fn as_ref(&self) -> &[Event] {
+        &self.events
+    }
+}
+
+impl Drop for FileEvents {
+    /// The last shard done with a file hands its vector back, events and all: the worker that
+    /// built them drops them when it takes the vector again.
+    fn drop(&mut self) {
+        if let Ok(mut spare) = self.spare[self.worker].lock() {
+            // As many as can be in flight: a vector dropped here would be allocated (and its
+            // pages faulted in) again for a later file.
+            if spare.len() < self.keep {
+                spare.push(std::mem::take(&mut self.events));
+            }
+        }
+    }
 }
 
 /// A batch of anomalies as JSON lines, with what the summary counts of them. Written by the
@@ -751,21 +772,18 @@ impl Shard {
 
     /// Applies queued files in order for as long as the next one is there, unless another
     /// worker is already doing so.
-    fn advance(&self, plan: &Plan<'_>, anomalies: &Sender<Written>) {
+    fn advance(&self, anomalies: &Sender<Written>) {
         loop {
             let Ok(mut guard) = self.state.try_lock() else {
                 return;
             };
             let state = &mut *guard;
             while let Some(file) = self.take(state.next) {
-                for (event, &shard) in file.events.iter().zip(&file.shards) {
+                let shared: SharedEvents = file.clone();
+                for (at, &shard) in file.shards.iter().enumerate() {
                     if shard == self.index {
-                        state.partition.offer_ref(event, &mut state.out);
+                        state.partition.offer_shared(&shared, at, &mut state.out);
                     }
-                }
-                // The last shard done with a file hands its vector back.
-                if let Some(file) = Arc::into_inner(file) {
-                    plan.recycle(file);
                 }
                 state.next += 1;
                 self.next.store(state.next, Ordering::Release);
@@ -805,7 +823,7 @@ fn work(
             // Every file is queued or being decoded by another worker, which applies what it
             // queues to its own shard; what is left on the others is applied here.
             for shard in plan.shards {
-                shard.advance(plan, anomalies);
+                shard.advance(anomalies);
             }
             return summary;
         };
@@ -813,7 +831,7 @@ fn work(
         // decoding, or for one queued and left to the shard's own worker, applied here.
         while seq >= slowest(plan.shards) + plan.window {
             for shard in plan.shards {
-                shard.advance(plan, anomalies);
+                shard.advance(anomalies);
             }
             if seq >= slowest(plan.shards) + plan.window {
                 std::thread::sleep(Duration::from_micros(200));
@@ -848,6 +866,8 @@ fn work(
                 .collect(),
             events: decoded.events,
             worker,
+            spare: Arc::clone(&plan.spare),
+            keep: plan.window,
         });
         for shard in plan.shards {
             shard.queue(seq, Arc::clone(&events));
@@ -858,7 +878,7 @@ fn work(
         let workers = plan.spare.len();
         for (i, shard) in plan.shards.iter().enumerate() {
             if i % workers == worker || shard.next.load(Ordering::Acquire) + plan.window / 2 <= seq {
-                shard.advance(plan, anomalies);
+                shard.advance(anomalies);
             }
         }
     }
