@@ -251,6 +251,17 @@ fn records_under(dir: &Path) -> Vec<String> {
 /// Rules whose conditions stress the gates: alternatives over different fields, wildcards,
 /// negations, `all of`, `1 of`, lists of conditions, nested and keyword fields, `exists`, `null`.
 const GATE_RULES: &str = r#"
+title: Numbers Matched As Text
+logsource: {product: aws, service: cloudtrail}
+detection:
+  top:
+    eventSource: ec2.amazonaws.com
+    eventVersion|startswith: '100'
+  nested:
+    eventSource: ec2.amazonaws.com
+    requestParameters.maxResults|endswith: '00'
+  condition: top or nested
+---
 title: Or Over Different Fields
 logsource: {product: aws, service: cloudtrail}
 detection:
@@ -391,6 +402,22 @@ fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
             r#"{"eventName":"GetObject","requestParameters":{"bucketName":"secret\u002dbucket"}}"#,
             r#"{"eventName":"GetObject","requestParameters":{"bucketName":"other"}}"#,
             r#"{"eventName":"GetObject","requestParameters":null}"#,
+            // Requirements beyond a gate on top-level fields, searched for in the field's text
+            // first; numbers the evaluator may read in another form than their text.
+            r#"{"eventSource":"lambda.amazonaws.com","eventName":"UpdateFunctionCode20150331v2","userAgent":"aws-cli/2"}"#,
+            r#"{"eventSource":"lambda.amazonaws.com","eventName":"updatefunctioncode","userAgent":"aws-cli/2"}"#,
+            r#"{"eventSource":"lambda.amazonaws.com","eventName":"GetFunction20150331v2","userAgent":"aws-cli/2"}"#,
+            r#"{"eventSource":"lambda.amazonaws.com","eventName":"AddPermission20150331v2","requestParameters":{"principal":"*"}}"#,
+            r#"{"eventSource":"lambda.amazonaws.com","eventName":"CreateFunctionUrlConfig20211031","requestParameters":{"authType":"NONE"}}"#,
+            r#"{"eventSource":"lambda.amazonaws.com","eventName":["UpdateFunctionCode"]}"#,
+            r#"{"eventSource":"ec2.amazonaws.com","eventName":"DescribeInstances","eventVersion":1E2}"#,
+            r#"{"eventSource":"ec2.amazonaws.com","eventName":"DescribeInstances","eventVersion":100.0}"#,
+            r#"{"eventSource":"ec2.amazonaws.com","eventName":"DescribeInstances","eventVersion":"1.08","requestParameters":{"maxResults":1E2}}"#,
+            r#"{"eventSource":"ec2.amazonaws.com","eventName":"DescribeInstances","requestParameters":{"maxResults":1000}}"#,
+            r#"{"eventSource":"iam.amazonaws.com","eventName":"ListUsers","errorCode":"AccessDenied"}"#,
+            r#"{"eventSource":"iam.amazonaws.com","eventName":"ListUsers","errorCode":"Client.UnauthorizedOperation"}"#,
+            r#"{"eventSource":"iam.amazonaws.com","eventName":"ListUsers","errorCode":"ThrottlingException"}"#,
+            r#"{"eventSource":"iam.amazonaws.com","eventName":"ListUsers","errorCode":"ACCESSDENIED"}"#,
             // A sign that lower-cases to an ASCII letter (KELVIN SIGN to `k`), raw and escaped.
             "{\"eventSource\":\"kms.amazonaws.com\",\"eventName\":\"Schedule\u{212A}eyDeletion\"}",
             r#"{"eventSource":"kms.amazonaws.com","eventName":"Schedule\u212AeyDeletion"}"#,

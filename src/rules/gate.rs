@@ -347,9 +347,11 @@ impl Precheck {
     /// False when `event` cannot satisfy the requirement this stands for.
     fn passes(&self, event: &RecordView<'_>, parent: &mut Folded) -> bool {
         let Some(root) = &self.root else {
+            // Only a string is searched: the evaluator may read a number in another form than
+            // its JSON text (`1E2` as 100).
             return event
                 .top_level_text(&self.field)
-                .is_some_and(|text| self.found_in(text, parent));
+                .is_some_and(|text| !text.starts_with('"') || self.found_in(text, parent));
         };
         // (A path that is itself a top-level key, dots and all, is read as such.)
         if event.top_level_text(&self.field).is_some() {
@@ -836,6 +838,9 @@ mod tests {
         // Another call of the service, or none: not handed to the evaluator.
         assert!(candidates(&format!(r#"{lambda}"GetFunction"}}"#)).is_empty());
         assert!(candidates(r#"{"eventSource":"lambda.amazonaws.com"}"#).is_empty());
+        // A value that is not a string: left to the evaluator.
+        assert_eq!(candidates(&format!("{lambda}1E2}}")), [0]);
+        assert_eq!(candidates(&format!(r#"{lambda}["GetFunction"]}}"#)), [0]);
         // An escape, or a character beyond ASCII, hides what the value holds: evaluated.
         assert_eq!(
             candidates(&format!(r#"{lambda}"\u0055pdateFunctionCode"}}"#)),
