@@ -135,33 +135,26 @@ fn item_requirement(item: &DetectionItem) -> Option<(&str, Requirement)> {
             }
         });
     }
-    // `contains`, `startswith` or `endswith` (of every needle with `all`, in any case with
-    // `cased`): a value that starts or ends with a needle contains it, so it contains one of
-    // them at least.
-    let contains = modifiers
-        .iter()
-        .any(|m| matches!(m, Modifier::Contains | Modifier::StartsWith | Modifier::EndsWith))
-        && modifiers.iter().all(|m| {
-            matches!(
-                m,
-                Modifier::Contains
-                    | Modifier::StartsWith
-                    | Modifier::EndsWith
-                    | Modifier::All
-                    | Modifier::Cased
-            )
-        });
-    if let Some(needles) = literals().filter(|_| contains) {
-        return Some((field, ContainsAny(needles)));
-    }
-    let exists_true = modifiers == [Modifier::Exists] && item.values == [SigmaValue::Bool(true)];
-    // String matchers that no absent field satisfies: the field must at least be there.
-    let positive = modifiers.iter().all(|m| {
+    // String matchers: `contains`, `startswith` or `endswith` (of every needle with `all`, in
+    // any case with `cased`).
+    let string_matchers = modifiers.iter().all(|m| {
         matches!(
             m,
             Modifier::Contains | Modifier::StartsWith | Modifier::EndsWith | Modifier::All | Modifier::Cased
         )
-    }) && !item.values.is_empty()
+    });
+    // A value that starts or ends with a needle contains it, so it contains one of them at least.
+    let contains = string_matchers
+        && modifiers
+            .iter()
+            .any(|m| matches!(m, Modifier::Contains | Modifier::StartsWith | Modifier::EndsWith));
+    if let Some(needles) = literals().filter(|_| contains) {
+        return Some((field, ContainsAny(needles)));
+    }
+    let exists_true = modifiers == [Modifier::Exists] && item.values == [SigmaValue::Bool(true)];
+    // No absent field satisfies a string matcher: the field must at least be there.
+    let positive = string_matchers
+        && !item.values.is_empty()
         && item
             .values
             .iter()
@@ -721,6 +714,14 @@ mod tests {
         values.iter().map(|v| v.to_string()).collect()
     }
 
+    /// The rules `index` hands to the evaluator for `record`, without a memo.
+    fn candidates_of(index: &GateIndex, record: &str) -> Vec<usize> {
+        let view = RecordView::new(record).unwrap();
+        let mut out = Vec::new();
+        index.candidates(&view, None, |r| out.push(r));
+        out
+    }
+
     fn one_of(field: &str, values: &[&str]) -> Option<(String, Requirement)> {
         Some((field.into(), OneOf(set(values))))
     }
@@ -758,12 +759,7 @@ mod tests {
     fn nested_requirements_beyond_the_gate_are_checked_on_the_parent_text_first() {
         let yaml = "detection:\n  sel:\n    eventName: GetParameter\n    requestParameters.withDecryption: true\n    requestParameters.name: /Prod/Db\n  condition: sel\n";
         let index = GateIndex::new([&rule(yaml)]);
-        let candidates = |record: &str| {
-            let view = RecordView::new(record).unwrap();
-            let mut out = Vec::new();
-            index.candidates(&view, None, |r| out.push(r));
-            out
-        };
+        let candidates = |record: &str| candidates_of(&index, record);
         let call = r#"{"eventName":"GetParameter","requestParameters":"#;
         assert_eq!(
             candidates(&format!(r#"{call}{{"withDecryption":true,"name":"/prod/db"}}}}"#)),
@@ -823,12 +819,7 @@ mod tests {
             Some(("eventSource".into(), OneOf(set(&["lambda.amazonaws.com"]))))
         );
         let index = GateIndex::new([&rule(yaml)]);
-        let candidates = |record: &str| {
-            let view = RecordView::new(record).unwrap();
-            let mut out = Vec::new();
-            index.candidates(&view, None, |r| out.push(r));
-            out
-        };
+        let candidates = |record: &str| candidates_of(&index, record);
         let lambda = r#"{"eventSource":"lambda.amazonaws.com","eventName":"#;
         assert_eq!(
             candidates(&format!(r#"{lambda}"UpdateFunctionCode20150331v2"}}"#)),
