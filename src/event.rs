@@ -296,6 +296,35 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// One IAM user's call to S3, with eventID `id`, from `ip`: what the detectors' and the
+/// partitions' tests feed them.
+#[cfg(test)]
+pub(crate) fn test_event(id: &str, time: i64, name: &str, ip: &str) -> Event {
+    Event {
+        event_id: id.into(),
+        time,
+        event_source: "s3.amazonaws.com".into(),
+        event_name: name.into(),
+        aws_region: Some("us-east-1".into()),
+        source: Some(ip.into()),
+        ip: ip.parse().ok(),
+        user_agent: Some("aws-cli/2.0".into()),
+        agent_family: None,
+        error_code: None,
+        principal: Arc::new(Principal {
+            key: "arn:aws:iam::1:user/u".into(),
+            kind: "IAMUser".into(),
+            account_id: Some("1".into()),
+            arn: Some("arn:aws:iam::1:user/u".into()),
+            session: None,
+        }),
+        object: Arc::from("f"),
+        principal_hashes: Default::default(),
+        rule_hits: Vec::new(),
+        raw: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

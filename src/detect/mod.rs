@@ -354,7 +354,7 @@ fn anomaly(
 mod tests {
     use super::*;
     use crate::config::Settings;
-    use crate::principal::Principal;
+    use crate::event::test_event as event;
     use std::sync::Arc;
 
     const HOUR: i64 = 3600;
@@ -366,32 +366,6 @@ mod tests {
         s.learning_period = DAY;
         s.learning_events = 10;
         s
-    }
-
-    fn event(id: &str, time: i64, name: &str, ip: &str) -> Event {
-        Event {
-            event_id: id.into(),
-            time,
-            event_source: "s3.amazonaws.com".into(),
-            event_name: name.into(),
-            aws_region: Some("us-east-1".into()),
-            source: Some(ip.into()),
-            ip: ip.parse().ok(),
-            user_agent: Some("aws-cli/2.0".into()),
-            agent_family: None,
-            error_code: None,
-            principal: Arc::new(Principal {
-                key: "arn:aws:iam::1:user/u".into(),
-                kind: "IAMUser".into(),
-                account_id: Some("1".into()),
-                arn: Some("arn:aws:iam::1:user/u".into()),
-                session: None,
-            }),
-            object: Arc::from("f"),
-            principal_hashes: Default::default(),
-            rule_hits: Vec::new(),
-            raw: None,
-        }
     }
 
     /// Two days of one habitual call, an event every hour.

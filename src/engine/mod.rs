@@ -378,32 +378,6 @@ mod tests {
         assert_eq!(murmur2(b"abc") as i32, 479470107);
     }
 
-    fn event(n: u32, time: i64, ip: &str) -> Event {
-        Event {
-            event_id: format!("e-{n}").into(),
-            time,
-            event_source: "s3.amazonaws.com".into(),
-            event_name: "GetObject".into(),
-            aws_region: Some("us-east-1".into()),
-            source: Some(ip.into()),
-            ip: ip.parse().ok(),
-            user_agent: Some("aws-cli/2.0".into()),
-            agent_family: None,
-            error_code: None,
-            principal: Arc::new(crate::principal::Principal {
-                key: "arn:aws:iam::1:user/u".into(),
-                kind: "IAMUser".into(),
-                account_id: Some("1".into()),
-                arn: Some("arn:aws:iam::1:user/u".into()),
-                session: None,
-            }),
-            object: Arc::from("f"),
-            principal_hashes: Default::default(),
-            rule_hits: Vec::new(),
-            raw: None,
-        }
-    }
-
     #[test]
     fn shared_events_are_judged_as_owned_ones_and_kept_only_while_they_wait() {
         const DAY: i64 = 86_400;
@@ -424,7 +398,7 @@ mod tests {
                         } else {
                             "203.0.113.7".into()
                         };
-                        event(n, time, &ip)
+                        crate::event::test_event(&format!("e-{n}"), time, "GetObject", &ip)
                     })
                     .collect()
             })
