@@ -728,6 +728,11 @@ struct Principal {
     account: &'static str,
     regions: Vec<&'static str>,
     identity: J,
+    /// How long its temporary credentials last, in seconds, for identities that have them: each
+    /// record carries its session's own access key and creation time (see `session_identity`).
+    session: Option<i64>,
+    /// Draws each session's access key, and shifts session starts off the hour.
+    credential_seed: u64,
     /// Indices into the flattened call table, with weights.
     calls: Vec<(usize, u32)>,
     ips: Vec<String>,
@@ -968,11 +973,25 @@ fn build_principals(
         };
         let vpc_endpoint = (matches!(kind, Kind::ServiceRole | Kind::Instance) && rng.gen_bool(0.3))
             .then(|| format!("vpce-0{}", hex(rng, 16)));
+        // Role credentials last an hour by default; instance profiles' are renewed about every
+        // six, Identity Center and console sessions last a working day; long-term access keys
+        // and services have no sessions.
+        let session = match kind {
+            Kind::ServiceRole | Kind::WebIdentity => Some(3_600),
+            Kind::Instance => Some(6 * 3_600),
+            Kind::IdentityCenter => Some(8 * 3_600),
+            Kind::User if matches!(&identity, J::Obj(e) if e.iter().any(|(k, _)| k == "sessionContext")) => {
+                Some(12 * 3_600)
+            }
+            Kind::User | Kind::AwsService => None,
+        };
         principals.push(Principal {
             kind,
             account,
             regions,
             identity,
+            session,
+            credential_seed: rng.gen(),
             calls,
             ips,
             agents,
@@ -1265,6 +1284,48 @@ const ERRORS: &[(&str, &str)] = &[
     ("AccessDenied", "User: arn:aws:sts::111122223333:assumed-role/etl-prod/x is not authorized to perform: s3:GetObject on resource: \"arn:aws:s3:::reports\" because no identity-based policy allows the s3:GetObject action"),
 ];
 
+/// `principal`'s identity as a record made at `time` shows it. Temporary credentials are new for
+/// each session: a fresh `ASIA` access key and the session's `creationDate`, and for web-identity
+/// roles a session name with the session's start (`botocore-session-<epoch>`). So the same
+/// identity's text changes from session to session, as in production, where a cache of identity
+/// texts meets a new one at each session's first record.
+fn session_identity(principal: &Principal, time: i64) -> J {
+    let Some(length) = principal.session else {
+        return principal.identity.clone();
+    };
+    let phase = (principal.credential_seed % length as u64) as i64;
+    let number = (time - phase).div_euclid(length);
+    let started = number * length + phase;
+    let mut rng = ChaCha8Rng::seed_from_u64(principal.credential_seed ^ (number as u64).rotate_left(29));
+    let key = key_id(&mut rng, "ASIA");
+    let web_session = (principal.kind == Kind::WebIdentity).then(|| format!("botocore-session-{started}"));
+    let mut identity = principal.identity.clone();
+    renew(&mut identity, &key, &format_time(started), web_session.as_deref());
+    identity
+}
+
+/// Sets, at any depth of `value`, `accessKeyId` to `key`, `creationDate` to `created`, and the
+/// session name ending `principalId` and `arn` to `session` when given.
+fn renew(value: &mut J, key: &str, created: &str, session: Option<&str>) {
+    let J::Obj(entries) = value else {
+        return;
+    };
+    for (name, value) in entries.iter_mut() {
+        match (&**name, &mut *value) {
+            ("accessKeyId", J::Str(text)) => *text = Cow::Owned(key.to_owned()),
+            ("creationDate", J::Str(text)) => *text = Cow::Owned(created.to_owned()),
+            ("principalId" | "arn", J::Str(text))
+                if session.is_some() && text.contains("botocore-session-") =>
+            {
+                let (head, _) = text.rsplit_once("botocore-session-").unwrap_or((text, ""));
+                *text = Cow::Owned(format!("{head}{}", session.unwrap_or_default()));
+            }
+            (_, J::Obj(_)) => renew(value, key, created, session),
+            _ => {}
+        }
+    }
+}
+
 /// Builds one record in CloudTrail's key order.
 fn record(
     plan: &Planned,
@@ -1336,7 +1397,7 @@ fn record(
     let console = source == "signin.amazonaws.com";
     let mut r = obj! {
         "eventVersion" => s(if data { "1.10" } else { "1.09" }),
-        "userIdentity" => principal.identity.clone(),
+        "userIdentity" => session_identity(principal, plan.time),
         "eventTime" => s(format_time(plan.time)),
         "eventSource" => s(source),
         "eventName" => s(name),
