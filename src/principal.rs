@@ -61,25 +61,49 @@ pub struct Principal {
 /// cannot be written to make two identities collide), derived from the recipient account; two
 /// texts sharing a digest by chance is a 2^-128 event.
 ///
+/// A text not seen before is looked up again without the contents of its credentials, the
+/// string values of [`CREDENTIAL_KEYS`]: each session of a role, an instance profile or a console
+/// user has its own access key and creation time, so without this every session's first record
+/// was derived afresh, and in a trail of a few records per session nearly all of them were. No
+/// principal reads those values, so texts that differ only in them share a principal, and its
+/// key. The exact text is looked up first, so a record of a session already seen costs one
+/// digest, as before.
+///
 /// Bounded: two generations (see `crate::generations`) of at most `PRINCIPALS_REMEMBERED`
 /// identities, whose texts come to at most `IDENTITY_BYTES_REMEMBERED` bytes in each (a
-/// principal's strings are no longer than its text). So a stream of a few more identities than
-/// one generation holds (thousands of role sessions an hour) keeps hitting.
+/// principal's strings are no longer than its text), by exact text and as many again by text
+/// without credentials. So a stream of a few more identities than one generation holds
+/// (thousands of role sessions an hour) keeps hitting.
 pub struct PrincipalCache {
     /// What the cache gives out for each remembered identity (its key always set), weighed by
     /// the length of its text.
     remembered: Generations<u128, Known>,
+    /// The same, by the digest of the text without its credentials.
+    sessions: Generations<u128, Known>,
     seed: u64,
+    /// Finds each of [`CREDENTIAL_KEYS`], quoted.
+    credential_keys: [memchr::memmem::Finder<'static>; 2],
+    /// The text being digested, its credentials left out.
+    without_credentials: Vec<u8>,
 }
 
 impl Default for PrincipalCache {
     fn default() -> Self {
         PrincipalCache {
             remembered: Generations::new(PRINCIPALS_REMEMBERED, IDENTITY_BYTES_REMEMBERED),
+            sessions: Generations::new(PRINCIPALS_REMEMBERED, IDENTITY_BYTES_REMEMBERED),
             seed: random_seed(),
+            credential_keys: CREDENTIAL_KEYS
+                .map(|key| memchr::memmem::Finder::new(format!("\"{key}\"").as_bytes()).into_owned()),
+            without_credentials: Vec::new(),
         }
     }
 }
+
+/// Keys of `userIdentity` (`accessKeyId`) and of its session's attributes (`creationDate`)
+/// whose values change from one session of an identity to the next, and which neither a
+/// principal nor a rule gate remembered by identity reads (see `crate::rules::gate`).
+pub const CREDENTIAL_KEYS: [&str; 2] = ["accessKeyId", "creationDate"];
 
 /// A seed for digests of texts a file controls, drawn at random (as std draws the keys of its
 /// hash maps) so that no file can be written to make two texts share a digest.
@@ -87,10 +111,11 @@ pub(crate) fn random_seed() -> u64 {
     std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8)
 }
 
-/// A number standing for one exact `userIdentity` text in records of one recipient account: two
-/// records given the same key have the same text and recipient. Unique within the process (never
-/// reused, also after a cache is cleared), so that memories keyed by it (the rules' gate
-/// verdicts) need not store and compare the text again.
+/// A number standing for one `userIdentity` text, up to its credentials (see [`PrincipalCache`]),
+/// in records of one recipient account: two records given the same key have the same text but
+/// for the string values of [`CREDENTIAL_KEYS`], and the same recipient. Unique within the
+/// process (never reused, also after a cache is cleared), so that memories keyed by it (the
+/// rules' gate verdicts) need not store and compare the text again.
 pub type IdentityKey = u64;
 
 fn next_identity_key() -> IdentityKey {
@@ -168,16 +193,109 @@ impl PrincipalCache {
         if identity.len() > LONGEST_IDENTITY_REMEMBERED {
             return Known::new(derive(), None);
         }
-        let digest = self.digest(identity, recipient_account);
-        let make = || Known::new(derive(), Some(next_identity_key()));
-        self.remembered.with(digest, identity.len(), make, Known::clone)
-    }
-
-    fn digest(&self, identity: &str, recipient_account: Option<&str>) -> u128 {
         use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64_with_seed};
         // No account id is 0xff (not UTF-8): an absent recipient differs from every present one.
         let recipient = recipient_account.map_or(&[0xff][..], str::as_bytes);
+        let seed = xxh3_64_with_seed(recipient, self.seed);
+        let PrincipalCache {
+            remembered,
+            sessions,
+            credential_keys,
+            without_credentials: scratch,
+            ..
+        } = self;
+        let digest = xxh3_128_with_seed(identity.as_bytes(), seed);
+        let session = || {
+            let text = without_credentials(identity.as_bytes(), credential_keys, scratch);
+            let make = || Known::new(derive(), Some(next_identity_key()));
+            sessions.with(xxh3_128_with_seed(text, seed), identity.len(), make, Known::clone)
+        };
+        remembered.with(digest, identity.len(), session, Known::clone)
+    }
+
+    /// The digest `identity` is remembered by, exactly.
+    #[cfg(test)]
+    fn digest(&self, identity: &str, recipient_account: Option<&str>) -> u128 {
+        use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64_with_seed};
+        let recipient = recipient_account.map_or(&[0xff][..], str::as_bytes);
         xxh3_128_with_seed(identity.as_bytes(), xxh3_64_with_seed(recipient, self.seed))
+    }
+}
+
+/// `identity` with the contents of its credentials' string values removed, into `out` when
+/// there are any; the keys and the quotes stay, so the text still says where a value was. The
+/// first of each of `keys` is cut, each after the one before: CloudTrail writes `accessKeyId`
+/// before `sessionContext`, and so does a re-serialiser sorting keys. Searching the whole text
+/// for every one took twice as long. A credential elsewhere stays in the text, which then misses
+/// the cache and is derived: never a wrong principal. Only a key where JSON has one counts:
+/// after `{` or `,`, followed by `:` and a string. Inside a string a quote is escaped, so a
+/// key's text there is never taken for a key.
+fn without_credentials<'t>(
+    identity: &'t [u8],
+    keys: &[memchr::memmem::Finder<'_>; CREDENTIAL_KEYS.len()],
+    out: &'t mut Vec<u8>,
+) -> &'t [u8] {
+    let mut cuts = [(0, 0); CREDENTIAL_KEYS.len()];
+    let mut found = 0;
+    let mut from = 0;
+    for finder in keys {
+        let mut at = from;
+        while let Some(offset) = finder.find(&identity[at..]) {
+            let key = at + offset;
+            if let Some(cut) = string_value_after(identity, key, finder.needle().len()) {
+                cuts[found] = cut;
+                found += 1;
+                from = cut.1;
+                break;
+            }
+            at = key + 1;
+        }
+    }
+    if found == 0 {
+        return identity;
+    }
+    out.clear();
+    let mut kept = 0;
+    for &(start, end) in &cuts[..found] {
+        out.extend_from_slice(&identity[kept..start]);
+        kept = end;
+    }
+    out.extend_from_slice(&identity[kept..]);
+    out
+}
+
+/// The range of the contents of the string value of the key quoted at `at` (`len` bytes with
+/// its quotes), if it is a key with a string value.
+fn string_value_after(text: &[u8], at: usize, len: usize) -> Option<(usize, usize)> {
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let before = text[..at].iter().rev().find(|b| !is_space(b))?;
+    if !matches!(before, b'{' | b',') {
+        return None;
+    }
+    let mut i = at + len;
+    let skip_space = |i: &mut usize| {
+        while text.get(*i).is_some_and(is_space) {
+            *i += 1;
+        }
+    };
+    skip_space(&mut i);
+    if text.get(i) != Some(&b':') {
+        return None;
+    }
+    i += 1;
+    skip_space(&mut i);
+    if text.get(i) != Some(&b'"') {
+        return None;
+    }
+    let start = i + 1;
+    let mut end = start;
+    loop {
+        end += memchr::memchr2(b'"', b'\\', text.get(end..)?)?;
+        match text[end] {
+            b'"' => return Some((start, end)),
+            // An escape: the byte after the backslash is not the string's end.
+            _ => end += 2,
+        }
     }
 }
 
@@ -393,11 +511,93 @@ mod tests {
             (d.key.as_str(), e.key.as_str()),
             ("iamuser:111122223333:bob", "iamuser:111122223333:bob")
         );
-        for (entries, _) in cache.remembered.held() {
+        for (entries, _) in cache.remembered.held().into_iter().chain(cache.sessions.held()) {
             assert!(entries <= PRINCIPALS_REMEMBERED);
         }
         let long_digest = cache.digest(&long, Some("111122223333"));
         assert!(!cache.remembered.contains(&long_digest));
+    }
+
+    #[test]
+    fn sessions_of_one_identity_share_its_principal_and_key() {
+        let mut cache = PrincipalCache::default();
+        let derived = std::cell::Cell::new(0);
+        let mut get = |identity: &str| {
+            let known = cache.get(identity, Some("111122223333"), || {
+                derived.set(derived.get() + 1);
+                let json = format!(r#"{{"userIdentity":{identity}}}"#);
+                let r: RawRecord = serde_json::from_str(&json).unwrap();
+                derive(r.user_identity.as_ref().map(|u| &u.0), Some("111122223333"))
+            });
+            (known.principal, known.identity_key.unwrap())
+        };
+        let session = |key: &str, created: &str, name: &str| {
+            format!(
+                r#"{{"type":"AssumedRole","arn":"arn:aws:sts::1:assumed-role/R/{name}","accessKeyId":"{key}",
+                "sessionContext":{{"attributes":{{"creationDate":"{created}"}},"sessionIssuer":{{"arn":"arn:aws:iam::1:role/R"}}}}}}"#
+            )
+        };
+        let (first, key) = get(&session("ASIAONE", "2026-03-02T08:00:00Z", "s"));
+        let (second, again) = get(&session("ASIATWO", "2026-03-02T09:00:00Z", "s"));
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!((key, derived.get()), (again, 1));
+        // Another session name is another principal: its ARN differs.
+        let (other, other_key) = get(&session("ASIAONE", "2026-03-02T08:00:00Z", "t"));
+        assert_eq!(other.session.as_deref(), Some("t"));
+        assert_ne!(other_key, key);
+
+        // Spaced as a pretty-printer writes it, and with an escape in a credential.
+        let spaced = |key: &str| {
+            format!("{{ \"type\" : \"IAMUser\" , \"userName\" : \"bob\",\n  \"accessKeyId\" :\t\"{key}\" }}")
+        };
+        assert_eq!(get(&spaced(r#"AKIA\"ONE"#)).1, get(&spaced("AKIATWO")).1);
+
+        // Text that reads like a credential key but is not one stays in the digest: an element
+        // of a list, and a key's name inside a string.
+        let listed = |n: u8| format!(r#"{{"type":"IAMUser","userName":"bob","tags":["accessKeyId","{n}"]}}"#);
+        assert_ne!(get(&listed(1)).1, get(&listed(2)).1);
+        let named = |n: u8| format!(r#"{{"type":"IAMUser","userName":"b\",\"accessKeyId\":\"{n}"}}"#);
+        let (one, one_key) = get(&named(1));
+        let (two, two_key) = get(&named(2));
+        assert_ne!(one_key, two_key);
+        assert_ne!(one.key, two.key);
+    }
+
+    #[test]
+    fn credentials_are_cut_from_the_text_where_json_has_them() {
+        let keys = CREDENTIAL_KEYS
+            .map(|key| memchr::memmem::Finder::new(format!("\"{key}\"").as_bytes()).into_owned());
+        let cut = |text: &str| {
+            let mut out = Vec::new();
+            String::from_utf8(without_credentials(text.as_bytes(), &keys, &mut out).to_vec()).unwrap()
+        };
+        for (text, left) in [
+            (r#"{"accessKeyId":"A","x":1}"#, r#"{"accessKeyId":"","x":1}"#),
+            (
+                r#"{"accessKeyId":"K","a":{"creationDate":"2026"}}"#,
+                r#"{"accessKeyId":"","a":{"creationDate":""}}"#,
+            ),
+            (r#"{"a":{"creationDate":"2026"}}"#, r#"{"a":{"creationDate":""}}"#),
+            (
+                r#"{"accessKeyId":"a\"b\\","n":"accessKeyId"}"#,
+                r#"{"accessKeyId":"","n":"accessKeyId"}"#,
+            ),
+            (
+                r#"{"accessKeyId":7,"creationDate":null}"#,
+                r#"{"accessKeyId":7,"creationDate":null}"#,
+            ),
+            (r#"{"x":["accessKeyId","v"]}"#, r#"{"x":["accessKeyId","v"]}"#),
+            // A string that never ends is left whole.
+            (r#"{"accessKeyId":"abc"#, r#"{"accessKeyId":"abc"#),
+            (r#"{"accessKeyId":"abc\"#, r#"{"accessKeyId":"abc\"#),
+        ] {
+            assert_eq!(cut(text), left, "{text}");
+        }
+        // Only the first of each is cut, and a creation time only after the access key.
+        let twice = r#"{"accessKeyId":"A","x":{"accessKeyId":"B"}}"#;
+        assert_eq!(cut(twice), r#"{"accessKeyId":"","x":{"accessKeyId":"B"}}"#);
+        let reversed = r#"{"creationDate":"D","accessKeyId":"A"}"#;
+        assert_eq!(cut(reversed), r#"{"creationDate":"D","accessKeyId":""}"#);
     }
 
     #[test]
@@ -442,7 +642,7 @@ mod tests {
             let identity = format!(r#"{{"type":"IAMUser","userName":"u{i}","pad":"{pad}"}}"#);
             cache.get(&identity, None, || derive(None, None));
             // `held` also checks the newer generation's running count against its texts.
-            for (_, bytes) in cache.remembered.held() {
+            for (_, bytes) in cache.remembered.held().into_iter().chain(cache.sessions.held()) {
                 assert!(bytes <= IDENTITY_BYTES_REMEMBERED);
             }
         }

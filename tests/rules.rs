@@ -346,6 +346,24 @@ logsource: {product: aws, service: cloudtrail}
 detection:
   sel: {eventname: getobject, eventName: GETOBJECT}
   condition: sel
+---
+title: Long-Term Key
+logsource: {product: aws, service: cloudtrail}
+detection:
+  sel: {userIdentity.accessKeyId|startswith: AKIA}
+  condition: sel
+---
+title: Session Created In 2024
+logsource: {product: aws, service: cloudtrail}
+detection:
+  sel: {userIdentity.sessionContext.attributes.creationDate|startswith: '2024'}
+  condition: sel
+---
+title: Session Holding A Long-Term Key
+logsource: {product: aws, service: cloudtrail}
+detection:
+  sel: {userIdentity.sessionContext|contains: AKIA}
+  condition: sel
 "#;
 
 #[test]
@@ -440,6 +458,12 @@ fn gated_evaluation_agrees_with_the_evaluator_on_every_record() {
             r#"{"eventSource":"bedrock.amazonaws.com","eventName":"Converse","userIdentity":{"invokedBy":null}}"#,
             r#"{"eventSource":"bedrock.amazonaws.com","eventName":"Converse","userIdentity":{"invokedBy":{}}}"#,
             r#"{"eventSource":"bedrock.amazonaws.com","eventName":"Converse","userIdentity":{"type":"IAMUser"}}"#,
+            // Sessions of one identity, which differ only in their credentials and so share
+            // its key: a verdict on a credential is not the key's to remember.
+            r#"{"eventName":"GetObject","userIdentity":{"type":"AssumedRole","arn":"arn:aws:sts::1:assumed-role/R/s","accessKeyId":"ASIAONE","sessionContext":{"attributes":{"creationDate":"2023-05-01T00:00:00Z"}}}}"#,
+            r#"{"eventName":"GetObject","userIdentity":{"type":"AssumedRole","arn":"arn:aws:sts::1:assumed-role/R/s","accessKeyId":"AKIATWO","sessionContext":{"attributes":{"creationDate":"2023-05-01T01:00:00Z"}}}}"#,
+            r#"{"eventName":"GetObject","userIdentity":{"type":"AssumedRole","arn":"arn:aws:sts::1:assumed-role/R/s","accessKeyId":"ASIATHREE","sessionContext":{"attributes":{"creationDate":"2024-05-01T02:00:00Z"}}}}"#,
+            r#"{"eventName":"GetObject","userIdentity":{"type":"AssumedRole","arn":"arn:aws:sts::1:assumed-role/R/s","accessKeyId":"ASIAFOUR","sessionContext":{"attributes":{"creationDate":"2023-05-01T03:00:00Z","accessKeyId":"AKIAFIVE"}}}}"#,
         ]
         .map(String::from),
     );

@@ -457,7 +457,13 @@ impl GateIndex {
                 continue;
             };
             gate.root = Some(root.to_owned());
-            gate.under_identity = root == "userIdentity";
+            // The identity's key stands for its text up to its credentials (see
+            // `crate::principal::IdentityKey`), so a gate on a credential is judged by the text.
+            // Every other field's value is the same in all texts a key stands for: a string
+            // lies outside the credentials, and an object holding them matches no literal.
+            let leaf = gate.field.rsplit('.').next().unwrap_or_default();
+            gate.under_identity =
+                root == "userIdentity" && !crate::principal::CREDENTIAL_KEYS.contains(&leaf);
             if gate.present.is_empty() {
                 let texts = gate
                     .values
