@@ -1,7 +1,7 @@
 //! A memo bounded in two generations, for lookups whose keys recur in a stream while many others
 //! pass once: the principal cache (by identity text) and the rules' gate verdicts.
 //!
-//! In: a key, a way to make its value, and the value's weight (bytes it stands for, or nothing).
+//! In: a key, and a way to make its value with the value's weight (bytes it holds, or nothing).
 //! Out: the value remembered for the key, or the new one, then remembered. Bounded: each
 //! generation holds at most `entries` values of at most `weight` in all (a value heavier than
 //! that alone is the caller's to refuse). When the newer is full it
@@ -37,19 +37,18 @@ impl<K: Hash + Eq + Copy, V> Generations<K, V> {
         }
     }
 
-    /// `found` of the value remembered under `key`, else of `make`'s, which is then remembered
-    /// with `weight`.
+    /// `found` of the value remembered under `key`, else of the value `make` makes, which is
+    /// then remembered with the weight `make` gives it.
     pub(crate) fn with<R>(
         &mut self,
         key: K,
-        weight: usize,
-        make: impl FnOnce() -> V,
+        make: impl FnOnce() -> (V, usize),
         found: impl FnOnce(&V) -> R,
     ) -> R {
         if let Some((value, _)) = self.recent.get(&key) {
             return found(value);
         }
-        let entry = self.older.remove(&key).unwrap_or_else(|| (make(), weight));
+        let entry = self.older.remove(&key).unwrap_or_else(make);
         if self.recent.len() >= self.entries || self.recent_weight + entry.1 > self.weight {
             std::mem::swap(&mut self.recent, &mut self.older);
             self.recent.clear();
@@ -88,10 +87,9 @@ mod tests {
         let mut recall = |memo: &mut Generations<u64, u64>, key: u64| {
             let value = memo.with(
                 key,
-                0,
                 || {
                     made += 1;
-                    key * 10
+                    (key * 10, 0)
                 },
                 |&v| v,
             );
@@ -113,7 +111,7 @@ mod tests {
     fn each_generation_is_bounded_in_weight() {
         let mut memo = Generations::new(usize::MAX, 100);
         for key in 0..1_000u64 {
-            memo.with(key, (key % 40) as usize, || (), |_| ());
+            memo.with(key, || ((), (key % 40) as usize), |_| ());
             for (_, weight) in memo.held() {
                 assert!(weight <= 100);
             }

@@ -646,7 +646,7 @@ fn recall<K: std::hash::Hash + Eq + Copy>(
     judge: impl FnOnce() -> Vec<usize>,
     mark: &mut impl FnMut(&[usize]),
 ) {
-    verdicts.with(key, 0, || judge().into_boxed_slice(), |rules| mark(rules));
+    verdicts.with(key, || (judge().into_boxed_slice(), 0), |rules| mark(rules));
 }
 
 impl GateMemo {
