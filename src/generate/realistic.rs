@@ -13,7 +13,10 @@
 //!   S3 data events with `additionalEventData` and `resources`, KMS encryption contexts).
 //! - **Identities**: IAM users, service roles (some reached through a VPC endpoint), Identity
 //!   Center roles carrying `sourceIdentity`, web-identity roles with `webIdFederationData`, EC2
-//!   instance roles (`ec2RoleDelivery`) and AWS services (`invokedBy`).
+//!   instance roles (`ec2RoleDelivery`) and AWS services (`invokedBy`). Temporary credentials
+//!   last a session (an hour for roles, six for instance profiles, a working day for people), and
+//!   each session has its own access key and `creationDate` (web-identity sessions also their
+//!   own `botocore-session-<epoch>` name), so an identity's text changes from session to session.
 //! - **Sizes**: most records are about a kilobyte; lists in requests and responses have a
 //!   long-tailed length, so a few records pass 50 KB.
 //! - **Key order**: most files keep CloudTrail's own order; about a quarter are re-serialised with
