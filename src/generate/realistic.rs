@@ -17,6 +17,7 @@
 //!   last a session (an hour for roles, six for instance profiles, a working day for people), and
 //!   each session has its own access key and `creationDate` (web-identity sessions also their
 //!   own `botocore-session-<epoch>` name), so an identity's text changes from session to session.
+//! - **Agents**: the AWS CLI's name the command it runs, so they change from call to call.
 //! - **Sizes**: most records are about a kilobyte; lists in requests and responses have a
 //!   long-tailed length, so a few records pass 50 KB.
 //! - **Key order**: most files keep CloudTrail's own order; about a quarter are re-serialised with
@@ -1329,6 +1330,28 @@ fn renew(value: &mut J, key: &str, created: &str, session: Option<&str>) {
     }
 }
 
+/// `agent`, naming the call when it is the AWS CLI's: the CLI ends its agent with the command it
+/// runs (`md/command#ec2.describe-instances`), so a person's agent changes from call to call.
+fn with_command(agent: &str, source: &str, name: &str) -> String {
+    let Some((head, _)) = agent
+        .rsplit_once("md/command#")
+        .filter(|_| agent.starts_with("aws-cli/"))
+    else {
+        return agent.to_owned();
+    };
+    let service = source.split('.').next().unwrap_or(source);
+    // `UpdateFunctionCode20150331v2` is the CLI's `update-function-code`.
+    let operation = name.split(|c: char| c.is_ascii_digit()).next().unwrap_or(name);
+    let mut command = String::with_capacity(operation.len() + 4);
+    for (i, c) in operation.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            command.push('-');
+        }
+        command.push(c.to_ascii_lowercase());
+    }
+    format!("{head}md/command#{service}.{command}")
+}
+
 /// Builds one record in CloudTrail's key order.
 fn record(
     plan: &Planned,
@@ -1380,12 +1403,15 @@ fn record(
         rng.gen_range(0..principal.ips.len())
     }]
     .clone();
-    let agent = principal.agents[if nth < principal.agents.len() {
-        nth
-    } else {
-        rng.gen_range(0..principal.agents.len())
-    }]
-    .clone();
+    let agent = with_command(
+        &principal.agents[if nth < principal.agents.len() {
+            nth
+        } else {
+            rng.gen_range(0..principal.agents.len())
+        }],
+        source,
+        name,
+    );
     let (request, response, extra, resources) = if matching {
         (matching_request(name, account, region), J::Null, None, None)
     } else {
