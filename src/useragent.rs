@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use compact_str::{format_compact, CompactString};
-use rustc_hash::FxHashMap;
+
+use crate::generations::Generations;
 
 const MAX_FAMILY_LEN: usize = 32;
 
@@ -58,10 +59,26 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
 
 /// User agents already seen, each with its family. Agents repeat heavily and classifying one scans
 /// it several times, so families are remembered, and the events of one agent share its text
-/// rather than each copying it. Cleared when it holds `AGENTS_REMEMBERED` agents.
-#[derive(Default)]
+/// rather than each copying it. Agents are remembered by a digest of their text (xxh3-128 under a
+/// seed drawn for the process, as the principal cache's identities are), so a lookup compares no
+/// text.
+///
+/// Bounded: two generations (see `crate::generations`) of at most `AGENTS_REMEMBERED` agents.
+/// The map used to be emptied when it held that many; a month of an organisation's agents is
+/// more than that (the AWS CLI names each command it runs in its agent), so after each emptying
+/// the agents in use were classified and copied again.
 pub struct AgentFamilies {
-    families: FxHashMap<Arc<str>, CompactString>,
+    families: Generations<u128, (Arc<str>, CompactString)>,
+    seed: u64,
+}
+
+impl Default for AgentFamilies {
+    fn default() -> Self {
+        AgentFamilies {
+            families: Generations::new(AGENTS_REMEMBERED, usize::MAX),
+            seed: crate::principal::random_seed(),
+        }
+    }
 }
 
 const AGENTS_REMEMBERED: usize = 4096;
@@ -77,22 +94,13 @@ impl AgentFamilies {
 
     /// The agent's shared text and its family.
     pub fn agent(&mut self, agent: &str) -> (Arc<str>, CompactString) {
-        if let Some((text, family)) = self.families.get_key_value(agent) {
-            return (Arc::clone(text), family.clone());
-        }
-        self.remember(agent)
-    }
-
-    fn remember(&mut self, agent: &str) -> (Arc<str>, CompactString) {
         if agent.len() > LONGEST_AGENT_REMEMBERED {
             return (agent.into(), family(agent));
         }
-        if self.families.len() >= AGENTS_REMEMBERED {
-            self.families.clear();
-        }
-        let (text, family): (Arc<str>, _) = (agent.into(), family(agent));
-        self.families.insert(Arc::clone(&text), family.clone());
-        (text, family)
+        let digest = xxhash_rust::xxh3::xxh3_128_with_seed(agent.as_bytes(), self.seed);
+        let make = || ((Arc::from(agent), family(agent)), 0);
+        self.families
+            .with(digest, make, |(text, family)| (Arc::clone(text), family.clone()))
     }
 }
 
@@ -156,7 +164,22 @@ mod tests {
         let long = format!("Boto3/1.0 kali {}", "x".repeat(2000));
         let (text, family) = agents.agent(&long);
         assert_eq!((&*text, family.as_str()), (long.as_str(), "boto3 (kali)"));
-        assert_eq!(agents.families.len(), 1);
+        assert_eq!(agents.families.held()[0].0, 1);
+    }
+
+    #[test]
+    fn agents_in_use_stay_remembered_among_many_seen_once() {
+        let mut agents = super::AgentFamilies::default();
+        let (first, _) = agents.agent("aws-cli/2.0 md/command#s3.ls");
+        for i in 0..3 * super::AGENTS_REMEMBERED {
+            let (again, _) = agents.agent("aws-cli/2.0 md/command#s3.ls");
+            assert!(std::sync::Arc::ptr_eq(&first, &again), "after {i} others");
+            let (other, family) = agents.agent(&format!("Boto3/1.{i} md/Botocore#1.{i}"));
+            assert_eq!((family.as_str(), &other[..6]), ("boto3", "Boto3/"));
+        }
+        for (held, _) in agents.families.held() {
+            assert!(held <= super::AGENTS_REMEMBERED);
+        }
     }
 
     #[test]
