@@ -446,7 +446,9 @@ fn read_topic(brokers: &str, topic: &str, done: impl Fn(&[String]) -> bool, limi
     got
 }
 
-fn stop(mut service: Server) -> std::process::ExitStatus {
+/// Stops `service` with SIGTERM and waits for it; `logs` says, if it does not stop, what the
+/// processes of the test wrote.
+fn stop(mut service: Server, logs: impl Fn() -> String) -> std::process::ExitStatus {
     let child = &mut service.0;
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -458,7 +460,12 @@ fn stop(mut service: Server) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "trailwatch did not stop on SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "trailwatch (process {}) did not stop within 60 s of SIGTERM\n{}",
+            child.id(),
+            logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -585,7 +592,7 @@ fn run_against_a_real_broker_and_s3_api_processes_everything_and_dead_letters_th
     let elapsed = started.elapsed();
     wait_until_all_committed(&f, "run.log");
     check_dead_letters(&f);
-    let status = stop(service);
+    let status = stop(service, || logs(&f, &["run.log"]));
     let log = std::fs::read_to_string(f.dir.join("run.log")).unwrap();
     assert!(status.success(), "trailwatch run exited with {status}:\n{log}");
     assert_eq!(counts(&anomalies), f.expected, "{log}");
@@ -640,7 +647,7 @@ fn a_service_killed_mid_stream_resumes_without_losing_anything() {
     let all = anomalies_like_replay(&f, Duration::from_secs(240));
     wait_until_all_committed(&f, "second.log");
     check_dead_letters(&f);
-    let status = stop(second);
+    let status = stop(second, || logs(&f, &["second.log"]));
     assert!(status.success(), "{}", logs(&f, &["second.log"]));
     // Duplicates only with equal ids and counts; no id missing, none extra.
     assert_eq!(
@@ -690,7 +697,7 @@ fn a_cluster_of_decode_and_detect_processes_gives_replays_anomalies_through_a_ki
     wait_until_all_committed(&f, "decode-0.log");
     check_dead_letters(&f);
     for child in decoders.into_iter().chain(detectors) {
-        let status = stop(child);
+        let status = stop(child, || logs(&f, &names));
         assert!(status.success(), "{status}: {}", logs(&f, &names));
     }
     assert_eq!(counts(&all), f.expected, "{}", logs(&f, &names));
@@ -706,7 +713,7 @@ fn replicas_of_one_configuration_form_one_cluster_and_never_split_a_principal() 
     wait_until_all_committed(&f, "replica-0.log");
     let names = ["replica-0.log", "replica-1.log", "replica-2.log"];
     for child in replicas {
-        let status = stop(child);
+        let status = stop(child, || logs(&f, &names));
         assert!(status.success(), "{status}: {}", logs(&f, &names));
     }
     assert_eq!(counts(&all), f.expected, "{}", logs(&f, &names));
