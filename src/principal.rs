@@ -74,17 +74,17 @@ pub struct Principal {
 /// exact text and as many again by text without credentials. Weighing each entry by its
 /// identity's text (about twice what its principal holds) rotated a generation every 7,000
 /// identities: fewer than a month of a 5,000-principal organisation's roles and users, which
-/// were then derived again and again. So a stream of a few more identities than one generation holds
-/// (thousands of role sessions an hour) keeps hitting.
+/// were then derived again and again. So a stream of a few more identities than one generation
+/// holds (thousands of role sessions an hour) keeps hitting.
 pub struct PrincipalCache {
-    /// What the cache gives out for each remembered identity (its key always set), weighed by
-    /// the length of its text.
+    /// What the cache gives out for each remembered identity (its key always set), by the
+    /// digest of its exact text, weighed by what its principal holds.
     remembered: Generations<u128, Known>,
     /// The same, by the digest of the text without its credentials.
     sessions: Generations<u128, Known>,
     seed: u64,
     /// Finds each of [`CREDENTIAL_KEYS`], quoted.
-    credential_keys: [memchr::memmem::Finder<'static>; 2],
+    credential_keys: [memchr::memmem::Finder<'static>; CREDENTIAL_KEYS.len()],
     /// The text being digested, its credentials left out.
     without_credentials: Vec<u8>,
 }
@@ -95,8 +95,7 @@ impl Default for PrincipalCache {
             remembered: Generations::new(PRINCIPALS_REMEMBERED, PRINCIPAL_BYTES_REMEMBERED),
             sessions: Generations::new(PRINCIPALS_REMEMBERED, PRINCIPAL_BYTES_REMEMBERED),
             seed: random_seed(),
-            credential_keys: CREDENTIAL_KEYS
-                .map(|key| memchr::memmem::Finder::new(format!("\"{key}\"").as_bytes()).into_owned()),
+            credential_keys: credential_finders(),
             without_credentials: Vec::new(),
         }
     }
@@ -106,6 +105,11 @@ impl Default for PrincipalCache {
 /// whose values change from one session of an identity to the next, and which neither a
 /// principal nor a rule gate remembered by identity reads (see `crate::rules::gate`).
 pub const CREDENTIAL_KEYS: [&str; 2] = ["accessKeyId", "creationDate"];
+
+/// A finder of each of [`CREDENTIAL_KEYS`], quoted as a key is.
+fn credential_finders() -> [memchr::memmem::Finder<'static>; CREDENTIAL_KEYS.len()] {
+    CREDENTIAL_KEYS.map(|key| memchr::memmem::Finder::new(format!("\"{key}\"").as_bytes()).into_owned())
+}
 
 /// A seed for digests of texts a file controls, drawn at random (as std draws the keys of its
 /// hash maps) so that no file can be written to make two texts share a digest.
@@ -195,10 +199,8 @@ impl PrincipalCache {
         if identity.len() > LONGEST_IDENTITY_REMEMBERED {
             return Known::new(derive(), None);
         }
-        use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64_with_seed};
-        // No account id is 0xff (not UTF-8): an absent recipient differs from every present one.
-        let recipient = recipient_account.map_or(&[0xff][..], str::as_bytes);
-        let seed = xxh3_64_with_seed(recipient, self.seed);
+        use xxhash_rust::xxh3::xxh3_128_with_seed;
+        let seed = self.seed_for(recipient_account);
         let PrincipalCache {
             remembered,
             sessions,
@@ -219,12 +221,17 @@ impl PrincipalCache {
         remembered.with(digest, session, Known::clone)
     }
 
+    /// The seed of the digests of identities in records of `recipient_account`.
+    fn seed_for(&self, recipient_account: Option<&str>) -> u64 {
+        // No account id is 0xff (not UTF-8): an absent recipient differs from every present one.
+        let recipient = recipient_account.map_or(&[0xff][..], str::as_bytes);
+        xxhash_rust::xxh3::xxh3_64_with_seed(recipient, self.seed)
+    }
+
     /// The digest `identity` is remembered by, exactly.
     #[cfg(test)]
     fn digest(&self, identity: &str, recipient_account: Option<&str>) -> u128 {
-        use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64_with_seed};
-        let recipient = recipient_account.map_or(&[0xff][..], str::as_bytes);
-        xxh3_128_with_seed(identity.as_bytes(), xxh3_64_with_seed(recipient, self.seed))
+        xxhash_rust::xxh3::xxh3_128_with_seed(identity.as_bytes(), self.seed_for(recipient_account))
     }
 }
 
@@ -585,8 +592,7 @@ mod tests {
 
     #[test]
     fn credentials_are_cut_from_the_text_where_json_has_them() {
-        let keys = CREDENTIAL_KEYS
-            .map(|key| memchr::memmem::Finder::new(format!("\"{key}\"").as_bytes()).into_owned());
+        let keys = credential_finders();
         let cut = |text: &str| {
             let mut out = Vec::new();
             String::from_utf8(without_credentials(text.as_bytes(), &keys, &mut out).to_vec()).unwrap()
