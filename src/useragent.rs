@@ -15,15 +15,20 @@ const MAX_FAMILY_LEN: usize = 32;
 
 /// The family of a user agent.
 pub fn family(agent: &str) -> CompactString {
-    let base = base_family(agent);
-    let lower_has = |needle: &str| contains_ignore_case(agent, needle);
-    match ["kali", "parrot", "pentoo"].into_iter().find(|os| lower_has(os)) {
+    // Case-insensitive searches look for lowercase needles in a lowercase copy, each with the
+    // library's substring search: comparing every window of the agent to each needle cost more
+    // than the rest of a new agent's handling.
+    let lower = agent.to_ascii_lowercase();
+    let has = |needle: &str| memchr::memmem::find(lower.as_bytes(), needle.as_bytes()).is_some();
+    let base = base_family(agent, &has);
+    match ["kali", "parrot", "pentoo"].into_iter().find(|os| has(os)) {
         Some(os) => format_compact!("{base} ({os})"),
         None => base,
     }
 }
 
-fn base_family(agent: &str) -> CompactString {
+/// `lower_has` says whether the agent, lowercased, contains a lowercase needle.
+fn base_family(agent: &str, lower_has: &impl Fn(&str) -> bool) -> CompactString {
     let trimmed = agent.trim().trim_start_matches('[');
     if trimmed.is_empty() {
         return "empty".into();
@@ -38,7 +43,8 @@ fn base_family(agent: &str) -> CompactString {
             "aws-service".into()
         };
     }
-    if contains_ignore_case(trimmed, "terraform") {
+    // Trimming takes away no letters, so the whole agent's lowercase copy answers for it.
+    if lower_has("terraform") {
         return "terraform".into();
     }
     if trimmed.starts_with("Mozilla/") {
@@ -48,13 +54,6 @@ fn base_family(agent: &str) -> CompactString {
     let mut family: CompactString = token.chars().take(MAX_FAMILY_LEN).collect();
     family.make_ascii_lowercase();
     family
-}
-
-fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    haystack
-        .as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// User agents already seen, each with its family. Agents repeat heavily and classifying one scans
@@ -152,6 +151,11 @@ mod tests {
             family("aws-cli/2.0 Python/3 Linux/6.1-parrot"),
             "aws-cli (parrot)"
         );
+        assert_eq!(
+            family("Boto3/1.34 os/linux#6.6.9-amd64-KALI Terraform-like"),
+            "terraform (kali)"
+        );
+        assert_eq!(family("aws-cli/2.0 Linux/6.1 PenToo"), "aws-cli (pentoo)");
     }
 
     #[test]
