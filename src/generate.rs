@@ -459,7 +459,7 @@ fn plan_habits(rng: &mut ChaCha8Rng, options: &GenerateOptions, persona: &Person
 }
 
 const TERRAFORM_AGENT: &str = "APN/1.0 HashiCorp/1.0 Terraform/1.7.5 (+https://www.terraform.io) \
-    terraform-provider-aws/5.40.0 (+https://registry.terraform.io/providers/hashicorp/aws) \
+    terraform-provider-aws/5.40.0 \
     aws-sdk-go-v2/1.25.2 os/linux lang/go#1.22.0 md/GOOS#linux md/GOARCH#amd64";
 
 /// A benign administrative call that resembles an attack technique: its service, name and request.

