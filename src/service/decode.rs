@@ -272,12 +272,17 @@ pub async fn run(
         }
         metrics.set_ready(consumer.assignment().is_ok_and(|a| a.count() > 0));
     }
+    tokio::task::block_in_place(|| producer.flush(Duration::from_secs(30)))
+        .context("flushing the events producer")?;
+    // Every notification reached is acknowledged downstream (`delivered` above): its offset is
+    // committed once more, synchronously, then the consumer leaves the group.
+    let topic = kafka.notifications_topic.clone();
     tokio::task::block_in_place(|| {
-        commit(&consumer, &kafka.notifications_topic, &reached, CommitMode::Sync);
-        use rdkafka::producer::Producer as _;
-        producer.flush(Duration::from_secs(30))
-    })
-    .context("flushing the events producer")?;
+        crate::service::leave_group("decode", crate::service::LEAVE_GROUP_WITHIN, move || {
+            commit(&consumer, &topic, &reached, CommitMode::Sync);
+            drop(consumer);
+        })
+    });
     tracing::info!(file = %latencies.file(), event_lag = %latencies.lag(), "decode stage stopped");
     Ok(())
 }

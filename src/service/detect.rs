@@ -52,6 +52,8 @@ struct Owned {
     /// Judged anything since the last snapshot.
     dirty: bool,
     snapshotted: Instant,
+    /// The offset this process last committed for the partition.
+    committed: Option<i64>,
 }
 
 /// What the consumer's thread and its rebalance callbacks share.
@@ -170,13 +172,26 @@ impl State {
                 owned.dirty = false;
                 owned.snapshotted = Instant::now();
             }
-            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(next))?;
+            // An offset committed already is not committed again: the revocation at a stop
+            // would otherwise wait on the coordinator for nothing.
+            if owned.committed != Some(next) {
+                tpl.add_partition_offset(&self.topic, *p, Offset::Offset(next))?;
+            }
         }
         if tpl.count() > 0 {
             // The snapshot is what counts; the committed offset only shows progress (lag), so a
             // failed commit is not fatal.
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                tracing::warn!(error = %e, "committing events offsets failed");
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => {
+                    for e in tpl.elements() {
+                        if let (Some(owned), Offset::Offset(next)) =
+                            (self.owned.get_mut(&e.partition()), e.offset())
+                        {
+                            owned.committed = Some(next);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "committing events offsets failed"),
             }
         }
         self.metrics
@@ -273,6 +288,7 @@ impl Owned {
             positioned: false,
             dirty: false,
             snapshotted: Instant::now(),
+            committed: None,
         }
     }
 }
@@ -482,13 +498,20 @@ pub fn run(
         let partitions: Vec<i32> = state.owned.keys().copied().collect();
         state.checkpoint(&partitions, &consumer)
     })();
-    // Leaving the group revokes what is owned: snapshotted already, nothing judged since.
-    consumer.unsubscribe();
-    drop(consumer);
-    let state = state.lock().unwrap_or_else(|e| e.into_inner());
+    // Leaving the group revokes what is owned: snapshotted and committed already, nothing
+    // judged since. The report is read first: a revocation left waiting on the coordinator holds
+    // the state's lock.
+    let report = {
+        let state = state.lock().unwrap_or_else(|e| e.into_inner());
+        DetectReport {
+            anomalies: state.anomalies,
+            snapshots: state.snapshots,
+        }
+    };
+    crate::service::leave_group("detect", crate::service::LEAVE_GROUP_WITHIN, move || {
+        consumer.unsubscribe();
+        drop(consumer);
+    });
     result?;
-    Ok(DetectReport {
-        anomalies: state.anomalies,
-        snapshots: state.snapshots,
-    })
+    Ok(report)
 }

@@ -47,6 +47,44 @@ pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> any
     Ok(count as u32)
 }
 
+/// How long a stopping stage waits for its consumer's last commit and its leaving the group.
+pub const LEAVE_GROUP_WITHIN: Duration = Duration::from_secs(15);
+
+/// Runs `leave` (a consumer's last commit, then dropping it, which revokes what it owns and
+/// tells the group's coordinator it is gone) on a thread of its own, and waits for it at most
+/// `within`; `true` when it finished.
+///
+/// librdkafka waits as long as the coordinator takes to answer, and a coordinator in the middle
+/// of a rebalance can hold the answer for as long as the rebalance lasts. Past `within`, the
+/// stage stops without the answer: everything judged is already delivered, snapshotted and its
+/// offsets committed (or read again at the next start, as after a crash), and the coordinator
+/// drops the member once its session times out (`session.timeout.ms`).
+pub fn leave_group(stage: &'static str, within: Duration, leave: impl FnOnce() + Send + 'static) -> bool {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("{stage}-leave"))
+        .spawn(move || {
+            leave();
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(stage, error = %e, "no thread to leave the group on: stopping without leaving it");
+        return false;
+    }
+    let left = done_rx.recv_timeout(within).is_ok();
+    if left {
+        tracing::info!(stage, "left the consumer group");
+    } else {
+        tracing::warn!(
+            stage,
+            waited_s = within.as_secs(),
+            "leaving the consumer group took too long: stopping without waiting for the \
+             coordinator, which drops this member when its session times out"
+        );
+    }
+    left
+}
+
 /// Creates the events topic with `engine.partitions` partitions if it is missing; refuses to
 /// run if it exists with another count (re-keying would split principals' state).
 async fn ensure_events_topic(settings: &Settings, run: &RunSettings) -> anyhow::Result<()> {
@@ -187,4 +225,36 @@ pub async fn run_kafka(
         report.checkpoints += detected.snapshots;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leave_group;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn leaving_the_group_is_waited_for_when_it_finishes() {
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        assert!(leave_group("test", Duration::from_secs(30), move || {
+            flag.store(true, Ordering::SeqCst)
+        }));
+        assert!(
+            ran.load(Ordering::SeqCst),
+            "the step ran before leave_group returned"
+        );
+    }
+
+    #[test]
+    fn a_coordinator_that_never_answers_does_not_hold_the_stop() {
+        // The step ends only when `_never_tx` is dropped, at the end of the test: leave_group
+        // returns on its bound or not at all.
+        let (_never_tx, never_rx) = std::sync::mpsc::channel::<()>();
+        let left = leave_group("test", Duration::from_millis(200), move || {
+            let _ = never_rx.recv();
+        });
+        assert!(!left, "a step still waiting is reported as not finished");
+    }
 }
