@@ -272,8 +272,6 @@ pub async fn run(
         }
         metrics.set_ready(consumer.assignment().is_ok_and(|a| a.count() > 0));
     }
-    tokio::task::block_in_place(|| producer.flush(Duration::from_secs(30)))
-        .context("flushing the events producer")?;
     // Every notification reached is acknowledged downstream (`delivered` above): its offset is
     // committed once more, synchronously, then the consumer leaves the group.
     let topic = kafka.notifications_topic.clone();
@@ -281,8 +279,10 @@ pub async fn run(
         crate::service::leave_group("decode", crate::service::LEAVE_GROUP_WITHIN, move || {
             commit(&consumer, &topic, &reached, CommitMode::Sync);
             drop(consumer);
-        })
-    });
+        });
+        producer.flush(Duration::from_secs(30))
+    })
+    .context("flushing the events producer")?;
     tracing::info!(file = %latencies.file(), event_lag = %latencies.lag(), "decode stage stopped");
     Ok(())
 }
