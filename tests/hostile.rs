@@ -466,6 +466,67 @@ impl FolderService {
 const QUICK: &str =
     "[engine]\nidle_after = \"200ms\"\n[fetch]\nretry_pause = \"50ms\"\nmax_backoff = \"100ms\"\n";
 
+/// A log file delivered at `stamp` (`20250602T1005Z`) whose one record is `StopLogging` by
+/// the user `stopper` at `time`, with eventID `id`.
+fn write_stopper_file(dir: &Path, stamp: &str, time: &str, id: &str) {
+    let record = json!({"eventVersion": "1.09", "eventTime": time, "eventID": id,
+        "eventSource": "cloudtrail.amazonaws.com", "eventName": "StopLogging", "awsRegion": "us-east-1",
+        "sourceIPAddress": "198.51.100.9", "userAgent": "aws-cli/2.15.0", "requestParameters": {"name": "main"},
+        "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/stopper",
+                         "accountId": "111122223333", "userName": "stopper"},
+        "recipientAccountId": "111122223333"});
+    let name = format!("111122223333_CloudTrail_us-east-1_{stamp}_{id}.json");
+    let part = dir.join(format!(".{name}.part"));
+    std::fs::write(&part, json!({ "Records": [record] }).to_string()).unwrap();
+    std::fs::rename(part, dir.join(name)).unwrap();
+}
+
+/// Anomalies by id, with each one's count.
+fn ids_and_counts(anomalies: &[Value]) -> BTreeSet<(String, u64)> {
+    anomalies
+        .iter()
+        .map(|a| (a["id"].as_str().unwrap().to_owned(), a["count"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_historical_trail_dropped_in_two_parts_with_a_pause_gives_replays_anomalies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    // The first day's part, then a pause long past `engine.idle_after`: its alert is emitted.
+    write_stopper_file(&watched, "20250602T1005Z", "2025-06-02T10:00:00Z", "stop-first");
+    let mut service = FolderService::start(tmp.path(), &watched, "", QUICK);
+    service.wait_until("the first part's alert", |s| s.anomalies().len() == 1);
+    std::thread::sleep(Duration::from_millis(600));
+    // The second part, an hour later in event time: two files whose records are in the
+    // opposite order of their delivery. Replay judges them in event-time order, so their
+    // alert is the earlier record's, with both counted; judged in the order they came, the
+    // alert would be the later record's.
+    write_stopper_file(&watched, "20250602T1110Z", "2025-06-02T11:03:00Z", "stop-later");
+    write_stopper_file(&watched, "20250602T1115Z", "2025-06-02T11:01:00Z", "stop-earlier");
+    service.wait_until("the second part's alert", |s| {
+        s.anomalies().iter().any(|a| a["count"] == 2)
+    });
+    assert!(service.terminate().success());
+    let served = service.anomalies();
+
+    let replay_dir = tmp.path().join("replay");
+    std::fs::create_dir(&replay_dir).unwrap();
+    let (replayed, _) = replay_with_summary(&[&watched], &replay_dir);
+    assert_eq!(
+        ids_and_counts(&served),
+        ids_and_counts(&replayed),
+        "the service's anomalies (ids and counts) are replay's\nservice: {served:#?}\nlog:\n{}",
+        service.stderr()
+    );
+    assert_eq!(
+        evidence(&served).last().map(|ids| ids[0].as_str()),
+        Some("stop-earlier"),
+        "the second alert is opened by the earlier record"
+    );
+}
+
 #[test]
 fn links_that_loop_or_lead_nowhere_and_fifos_in_a_watched_folder_are_dead_lettered_once_and_the_service_goes_on(
 ) {

@@ -49,6 +49,28 @@ pub fn partition_of_hash(key_hash: u32, partitions: u32) -> u32 {
     (key_hash & 0x7fff_ffff) % partitions.max(1)
 }
 
+/// Where an input that is caught up and quiet moves a partition's clock, `present` being the
+/// wall clock: the present, but no further than the newest event time decoded so far plus the
+/// reorder window and the alert window (and a second).
+///
+/// That far, every event decoded is judged and every alert it opened has its window passed and
+/// is emitted, which is what moving to the present was for. Live input, whose newest events are
+/// minutes old, still reaches the present. A historical trail fed in parts with pauses between
+/// them (a responder dropping one day's files, then the next) stops there instead of months
+/// ahead, so the next part's events, if later, are judged in event-time order as `replay` judges
+/// them, not all counted late and judged in the order they came.
+pub fn idle_clock(present: i64, newest_event: Option<i64>, reorder_window: i64, alert_window: i64) -> i64 {
+    match newest_event {
+        Some(newest) => present.min(
+            newest
+                .saturating_add(reorder_window.max(0))
+                .saturating_add(alert_window.max(0))
+                .saturating_add(1),
+        ),
+        None => present,
+    }
+}
+
 /// Kafka's murmur2 (seed `0x9747b28c`), as `org.apache.kafka.common.utils.Utils.murmur2`.
 pub fn murmur2(data: &[u8]) -> u32 {
     const M: u32 = 0x5bd1_e995;
@@ -288,7 +310,8 @@ impl StatePartition {
     }
 
     /// The input is caught up and quiet (one ordered input only): the watermark moves to `now`,
-    /// the wall clock, so what waits is judged and alerts whose window has passed are emitted.
+    /// the wall clock or short of it ([`idle_clock`]), so what waits is judged and alerts whose
+    /// window has passed are emitted.
     pub fn idle(&mut self, now: i64, out: &mut Vec<Anomaly>) {
         let Frontier::Local { newest } = &mut self.frontier else {
             return;
@@ -363,6 +386,29 @@ impl StatePartition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_clock_stops_where_everything_decoded_is_judged_and_its_alerts_emitted() {
+        let (reorder, alerts) = (600, 900);
+        let present = 1_800_000_000;
+        // Live input: the newest events are minutes old, the clock reaches the present.
+        assert_eq!(idle_clock(present, Some(present - 300), reorder, alerts), present);
+        // A historical trail: the clock stops past its newest event by both windows.
+        let newest = 1_700_000_000;
+        let clock = idle_clock(present, Some(newest), reorder, alerts);
+        assert_eq!(clock, newest + reorder + alerts + 1);
+        // What that clock releases (behind it by the reorder window) includes the newest event,
+        // and an alert opened by it has its window passed.
+        let through = clock - reorder;
+        assert!(through >= newest && through - newest > alerts);
+        // Nothing decoded yet: the present, as before.
+        assert_eq!(idle_clock(present, None, reorder, alerts), present);
+        // Windows at their largest do not overflow.
+        assert_eq!(
+            idle_clock(i64::MAX, Some(i64::MAX - 5), i64::MAX, i64::MAX),
+            i64::MAX
+        );
+    }
 
     #[test]
     fn murmur2_matches_kafka() {

@@ -13,7 +13,8 @@
 //! After each batch, a [`SourceMark`] per notifications partition tells every events partition
 //! how far in event time that source has been decoded: the newest event time of its files so far,
 //! or the present once the partition has been quiet for `engine.idle_after` and every
-//! notification it holds has been read (caught up: its offset reached the high watermark). The
+//! notification it holds has been read (caught up: its offset reached the high watermark); for
+//! a historical trail, not the present but [`crate::engine::idle_clock`]'s stop. The
 //! detect stage judges events in order behind the least mark (see [`crate::engine`]).
 
 use std::collections::BTreeMap;
@@ -116,6 +117,8 @@ pub async fn run(
     // Per notifications partition: the mark sent, and when a notification last came.
     let mut marks: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_seen: BTreeMap<i32, Instant> = BTreeMap::new();
+    // Per notifications partition: the newest event time decoded from it by this process.
+    let mut decoded_newest: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_idle_marks = Instant::now();
     let mut stopping = false;
     let mut reached: BTreeMap<i32, i64> = BTreeMap::new();
@@ -193,6 +196,10 @@ pub async fn run(
 
         // Marks: sources decoded further, and sources quiet long enough to be caught up.
         let mut moved: Vec<(i32, i64)> = Vec::new();
+        for (&source, &time) in &newest {
+            let e = decoded_newest.entry(source).or_insert(time);
+            *e = (*e).max(time);
+        }
         for (source, time) in newest {
             if first_retry.contains_key(&source) {
                 continue; // a file of this source is still to come
@@ -218,8 +225,15 @@ pub async fn run(
                     && !first_retry.contains_key(&source)
                     && caught_up(&consumer, &kafka.notifications_topic, source, &reached)
                 {
+                    // The present, or short of it for a historical trail: see `idle_clock`.
+                    let clock = crate::engine::idle_clock(
+                        present,
+                        decoded_newest.get(&source).copied(),
+                        settings.engine.reorder_window,
+                        settings.detector.alerts.dedup_window,
+                    );
                     let mark = marks.entry(source).or_insert(i64::MIN);
-                    *mark = (*mark).max(present);
+                    *mark = (*mark).max(clock);
                     moved.push((source, *mark));
                 }
             }

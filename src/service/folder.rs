@@ -7,9 +7,9 @@
 //! A batch's anomalies and dead letters are acknowledged by the sink before the batch counts as
 //! done; the checkpoint holds the partitions' whole state (open alert folds included, so folding
 //! does not depend on when checkpoints fall) and the files it reflects. When the folder has been
-//! quiet for `engine.idle_after`, the partitions' clocks move to the present: what waits in the
-//! reorder buffers is judged and alerts whose window has passed are emitted, as the end of a
-//! replay does.
+//! quiet for `engine.idle_after`, the partitions' clocks move to the present (for a historical
+//! trail, only as far as [`crate::engine::idle_clock`] says): what waits in the reorder buffers is
+//! judged and alerts whose window has passed are emitted, as the end of a replay does.
 //!
 //! Nothing in the folder stops the service. A path the listing cannot take (a symlink loop, a
 //! dangling link, a FIFO) is dead-lettered once with its reason, for as long as it stays so; a
@@ -81,6 +81,11 @@ struct Engine {
     pool: Option<DecoderPool>,
     rules: Option<Arc<RuleSet>>,
     workers: usize,
+    /// The newest event time decoded since the start, and the windows an idle clock stops at
+    /// (see [`crate::engine::idle_clock`]).
+    newest_event: Option<i64>,
+    reorder_window: i64,
+    alert_window: i64,
 }
 
 impl Engine {
@@ -104,6 +109,9 @@ impl Engine {
             )),
             rules,
             workers: settings.workers.get(),
+            newest_event: None,
+            reorder_window: settings.engine.reorder_window,
+            alert_window: settings.detector.alerts.dedup_window,
         }
     }
 
@@ -114,6 +122,7 @@ impl Engine {
         let mut routed: Vec<Vec<Event>> = vec![Vec::new(); count];
         for (file, _) in files.iter_mut() {
             for event in std::mem::take(&mut file.events) {
+                self.newest_event = Some(self.newest_event.map_or(event.time, |t| t.max(event.time)));
                 routed[partition_of_hash(event.partition_hash(), count as u32) as usize].push(event);
             }
         }
@@ -124,8 +133,10 @@ impl Engine {
         })
     }
 
-    /// The input is caught up: partitions' clocks move to `now`.
+    /// The input is caught up: partitions' clocks move to `now`, the present, or short of it
+    /// for a historical trail (see [`crate::engine::idle_clock`]).
     fn idle(&mut self, now: i64) -> Vec<Anomaly> {
+        let now = crate::engine::idle_clock(now, self.newest_event, self.reorder_window, self.alert_window);
         let routed = vec![Vec::new(); self.partitions.len()];
         self.each_partition(routed, |partition, _, out| partition.idle(now, out))
     }
