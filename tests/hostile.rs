@@ -491,6 +491,17 @@ fn ids_and_counts(anomalies: &[Value]) -> BTreeSet<(String, u64)> {
 
 #[test]
 fn a_historical_trail_dropped_in_two_parts_with_a_pause_gives_replays_anomalies() {
+    two_parts_of_a_historical_trail(false);
+}
+
+#[test]
+fn a_historical_trail_dropped_in_two_parts_with_a_restart_between_gives_replays_anomalies() {
+    two_parts_of_a_historical_trail(true);
+}
+
+/// Drops a historical trail into a watched folder in two parts, with a pause (and, with
+/// `restart`, a stop and a start) between them, and compares the anomalies with replay's.
+fn two_parts_of_a_historical_trail(restart: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let watched = tmp.path().join("watched");
     std::fs::create_dir(&watched).unwrap();
@@ -499,6 +510,12 @@ fn a_historical_trail_dropped_in_two_parts_with_a_pause_gives_replays_anomalies(
     let mut service = FolderService::start(tmp.path(), &watched, "", QUICK);
     service.wait_until("the first part's alert", |s| s.anomalies().len() == 1);
     std::thread::sleep(Duration::from_millis(600));
+    if restart {
+        // The restarted service is quiet too, long enough to go idle before the second part.
+        assert!(service.terminate().success());
+        service = FolderService::start(tmp.path(), &watched, "", QUICK);
+        std::thread::sleep(Duration::from_millis(600));
+    }
     // The second part, an hour later in event time: two files whose records are in the
     // opposite order of their delivery. Replay judges them in event-time order, so their
     // alert is the earlier record's, with both counted; judged in the order they came, the

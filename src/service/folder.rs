@@ -57,6 +57,10 @@ struct Checkpoint {
     /// Version 3: each partition's whole state, in partition order.
     #[serde(default)]
     partitions: Vec<PartitionSnapshot>,
+    /// The newest event time decoded, where an idle clock stops for a historical trail (see
+    /// [`crate::engine::idle_clock`]); absent from older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    newest_event: Option<i64>,
     /// Versions 1 and 2: baselines of every partition together.
     #[serde(default)]
     principals: Vec<(compact_str::CompactString, PrincipalBaseline)>,
@@ -177,6 +181,7 @@ impl Engine {
     }
 
     fn restore(&mut self, settings: &Settings, checkpoint: Checkpoint) {
+        self.newest_event = checkpoint.newest_event;
         let count = self.partitions.len();
         let rules = self.rules.as_deref();
         let fresh = || Detector::with_rules(settings.detector.clone(), count, self.rules.clone());
@@ -492,6 +497,7 @@ pub async fn run(
                         files_done: files_done.clone(),
                         failed_reads: retrying.iter().map(|(f, a)| (f.clone(), a.failures)).collect(),
                         partitions: engine.snapshot(),
+                        newest_event: engine.newest_event,
                         ..Checkpoint::default()
                     })
                     .await?;
