@@ -196,11 +196,9 @@ pub async fn run(
 
         // Marks: sources decoded further, and sources quiet long enough to be caught up.
         let mut moved: Vec<(i32, i64)> = Vec::new();
-        for (&source, &time) in &newest {
-            let e = decoded_newest.entry(source).or_insert(time);
-            *e = (*e).max(time);
-        }
         for (source, time) in newest {
+            let decoded = decoded_newest.entry(source).or_insert(time);
+            *decoded = (*decoded).max(time);
             if first_retry.contains_key(&source) {
                 continue; // a file of this source is still to come
             }

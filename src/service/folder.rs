@@ -85,11 +85,9 @@ struct Engine {
     pool: Option<DecoderPool>,
     rules: Option<Arc<RuleSet>>,
     workers: usize,
-    /// The newest event time decoded since the start, and the windows an idle clock stops at
-    /// (see [`crate::engine::idle_clock`]).
+    /// The newest event time decoded, where an idle clock stops for a historical trail (see
+    /// [`crate::engine::idle_clock`]).
     newest_event: Option<i64>,
-    reorder_window: i64,
-    alert_window: i64,
 }
 
 impl Engine {
@@ -114,8 +112,6 @@ impl Engine {
             rules,
             workers: settings.workers.get(),
             newest_event: None,
-            reorder_window: settings.engine.reorder_window,
-            alert_window: settings.detector.alerts.dedup_window,
         }
     }
 
@@ -137,10 +133,9 @@ impl Engine {
         })
     }
 
-    /// The input is caught up: partitions' clocks move to `now`, the present, or short of it
-    /// for a historical trail (see [`crate::engine::idle_clock`]).
+    /// The input is caught up: partitions' clocks move to `now` (see
+    /// [`crate::engine::idle_clock`]).
     fn idle(&mut self, now: i64) -> Vec<Anomaly> {
-        let now = crate::engine::idle_clock(now, self.newest_event, self.reorder_window, self.alert_window);
         let routed = vec![Vec::new(); self.partitions.len()];
         self.each_partition(routed, |partition, _, out| partition.idle(now, out))
     }
@@ -460,7 +455,13 @@ pub async fn run(
             } else if !idle_done && last_input.elapsed() >= settings.engine.idle_after {
                 // Caught up: what waits for later events is judged now.
                 idle_done = true;
-                let now = chrono::Utc::now().timestamp();
+                // The present, or short of it for a historical trail.
+                let now = crate::engine::idle_clock(
+                    chrono::Utc::now().timestamp(),
+                    engine.newest_event,
+                    settings.engine.reorder_window,
+                    settings.detector.alerts.dedup_window,
+                );
                 let (engine_back, found) = tokio::task::spawn_blocking(move || {
                     let found = engine.idle(now);
                     (engine, found)
