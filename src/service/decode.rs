@@ -14,8 +14,10 @@
 //! how far in event time that source has been decoded: the newest event time of its files so far,
 //! or the present once the partition has been quiet for `engine.idle_after` and every
 //! notification it holds has been read (caught up: its offset reached the high watermark); for
-//! a historical trail, not the present but [`crate::engine::idle_clock`]'s stop. The
-//! detect stage judges events in order behind the least mark (see [`crate::engine`]).
+//! a historical trail, not the present but [`crate::engine::idle_clock`]'s stop, from the newest
+//! event time decoded, which is committed with each offset for the next process to take the
+//! partition over. The detect stage judges events in order behind the least mark (see
+//! [`crate::engine`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -221,7 +223,13 @@ pub async fn run(
                     .is_none_or(|t| t.elapsed() >= settings.engine.idle_after);
                 if quiet
                     && !first_retry.contains_key(&source)
-                    && caught_up(&consumer, &kafka.notifications_topic, source, &reached)
+                    && caught_up(
+                        &consumer,
+                        &kafka.notifications_topic,
+                        source,
+                        &reached,
+                        &mut decoded_newest,
+                    )
                 {
                     // The present, or short of it for a historical trail: see `idle_clock`.
                     let clock = crate::engine::idle_clock(
@@ -264,7 +272,13 @@ pub async fn run(
             }
         }
         if !batch.is_empty() {
-            commit(&consumer, &kafka.notifications_topic, &reached, CommitMode::Async);
+            commit(
+                &consumer,
+                &kafka.notifications_topic,
+                &reached,
+                &decoded_newest,
+                CommitMode::Async,
+            );
         }
         for (partition, offset) in &first_retry {
             report.retries += 1;
@@ -289,7 +303,7 @@ pub async fn run(
     let topic = kafka.notifications_topic.clone();
     tokio::task::block_in_place(|| {
         crate::service::leave_group("decode", crate::service::LEAVE_GROUP_WITHIN, move || {
-            commit(&consumer, &topic, &reached, CommitMode::Sync);
+            commit(&consumer, &topic, &reached, &decoded_newest, CommitMode::Sync);
             drop(consumer);
         });
         producer.flush(Duration::from_secs(30))
@@ -355,32 +369,71 @@ impl Failing {
 /// Whether every notification `partition` holds now has been read. A partition that is merely
 /// slow to be fetched from (just assigned, a broker pausing) is not idle: marking it so would move
 /// the watermark past events still to come, and judge them late, out of order.
-fn caught_up(consumer: &StreamConsumer, topic: &str, partition: i32, reached: &BTreeMap<i32, i64>) -> bool {
+///
+/// A partition this process has decoded nothing from (taken over from another process) has its
+/// newest decoded event time read from the group's committed offset into `newest` (see
+/// [`commit`]), so that its idle mark stops where the other process's would have.
+fn caught_up(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partition: i32,
+    reached: &BTreeMap<i32, i64>,
+    newest: &mut BTreeMap<i32, i64>,
+) -> bool {
     tokio::task::block_in_place(|| {
         let timeout = Duration::from_secs(5);
         let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, timeout) else {
             return false;
         };
-        if high <= low {
-            return true;
+        let mut read = reached.get(&partition).copied();
+        if read.is_none() || !newest.contains_key(&partition) {
+            // Committed by an earlier run or another process.
+            let committed = committed(consumer, topic, partition, timeout);
+            if let Some((_, Some(time))) = committed {
+                newest.entry(partition).or_insert(time);
+            }
+            read = read.or(committed.map(|(offset, _)| offset));
         }
-        // Read this run, else committed by an earlier one.
-        let read = reached.get(&partition).copied().or_else(|| {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(topic, partition);
-            consumer
-                .committed_offsets(tpl, timeout)
-                .ok()?
-                .find_partition(topic, partition)?
-                .offset()
-                .to_raw()
-                .filter(|o| *o >= 0)
-        });
-        read.is_some_and(|offset| offset >= high)
+        high <= low || read.is_some_and(|offset| offset >= high)
     })
 }
 
-fn commit(consumer: &StreamConsumer, topic: &str, reached: &BTreeMap<i32, i64>, mode: CommitMode) {
+/// The offset the group committed for `partition`, with the newest event time decoded before it
+/// when the commit says (see [`commit`]).
+fn committed(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Option<(i64, Option<i64>)> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer.committed_offsets(tpl, timeout).ok()?;
+    let element = committed.find_partition(topic, partition)?;
+    let offset = element.offset().to_raw().filter(|o| *o >= 0)?;
+    // The metadata is read as UTF-8, which another client of the group may not have written.
+    let metadata = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| element.metadata().to_owned()));
+    Some((offset, metadata.ok().as_deref().and_then(newest_of_metadata)))
+}
+
+/// The commit metadata that says the newest event time decoded from a partition.
+fn metadata_of_newest(time: i64) -> String {
+    format!("newest_event={time}")
+}
+
+fn newest_of_metadata(metadata: &str) -> Option<i64> {
+    metadata.strip_prefix("newest_event=")?.parse().ok()
+}
+
+/// Commits the offsets `reached`, each with the newest event time decoded from its partition as
+/// metadata, for the process that takes the partition over next (see [`caught_up`]).
+fn commit(
+    consumer: &StreamConsumer,
+    topic: &str,
+    reached: &BTreeMap<i32, i64>,
+    newest: &BTreeMap<i32, i64>,
+    mode: CommitMode,
+) {
     if reached.is_empty() {
         return;
     }
@@ -392,10 +445,102 @@ fn commit(consumer: &StreamConsumer, topic: &str, reached: &BTreeMap<i32, i64>, 
         {
             return;
         }
+        if let (Some(time), Some(mut element)) =
+            (newest.get(partition), tpl.find_partition(topic, *partition))
+        {
+            element.set_metadata(metadata_of_newest(*time));
+        }
     }
     // A failed commit is not fatal: the next one commits these offsets again; a crash before
     // then decodes a little more again.
     if let Err(e) = consumer.commit(&tpl, mode) {
         tracing::warn!(error = %e, "committing notification offsets failed; retrying with the next batch");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::mocking::MockCluster;
+
+    #[test]
+    fn the_newest_event_time_is_read_back_from_its_metadata() {
+        for time in [0, -1, 1_700_000_000, i64::MAX] {
+            assert_eq!(newest_of_metadata(&metadata_of_newest(time)), Some(time));
+        }
+        for other in ["", "newest_event=", "newest_event=soon", "1700000000", "other=1"] {
+            assert_eq!(newest_of_metadata(other), None, "{other:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_process_taking_a_source_over_reads_its_newest_event_time_from_the_commit() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("notifications", 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for partition in [0, 1] {
+            producer
+                .send(
+                    FutureRecord::<(), _>::to("notifications")
+                        .partition(partition)
+                        .payload("{}"),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+        }
+        let consumer = || -> StreamConsumer {
+            ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", "decode")
+                .set("enable.auto.commit", "false")
+                .create()
+                .unwrap()
+        };
+        // The process that decoded both partitions' notifications commits them; only the
+        // first partition's files held events.
+        let first = consumer();
+        let reached = BTreeMap::from([(0, 1), (1, 1)]);
+        commit(
+            &first,
+            "notifications",
+            &reached,
+            &BTreeMap::from([(0, 1_700_000_000)]),
+            CommitMode::Sync,
+        );
+        drop(first);
+
+        let second = consumer();
+        let mut newest = BTreeMap::new();
+        assert!(caught_up(
+            &second,
+            "notifications",
+            0,
+            &BTreeMap::new(),
+            &mut newest
+        ));
+        assert!(caught_up(
+            &second,
+            "notifications",
+            1,
+            &BTreeMap::new(),
+            &mut newest
+        ));
+        assert_eq!(newest, BTreeMap::from([(0, 1_700_000_000)]));
+        // What this process decoded itself is not replaced by the commit.
+        let mut own = BTreeMap::from([(0, 1_800_000_000)]);
+        assert!(caught_up(
+            &second,
+            "notifications",
+            0,
+            &BTreeMap::from([(0, 1)]),
+            &mut own
+        ));
+        assert_eq!(own, BTreeMap::from([(0, 1_800_000_000)]));
     }
 }
