@@ -19,7 +19,7 @@
 //! partition over. The detect stage judges events in order behind the least mark (see
 //! [`crate::engine`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,8 +119,10 @@ pub async fn run(
     // Per notifications partition: the mark sent, and when a notification last came.
     let mut marks: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_seen: BTreeMap<i32, Instant> = BTreeMap::new();
-    // Per notifications partition: the newest event time decoded from it by this process.
+    // Per notifications partition: the newest event time decoded from it, by this process or,
+    // read from the committed offset's metadata when this process first read it, by another.
     let mut decoded_newest: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut looked_up: BTreeSet<i32> = BTreeSet::new();
     let mut last_idle_marks = Instant::now();
     let mut stopping = false;
     let mut reached: BTreeMap<i32, i64> = BTreeMap::new();
@@ -193,6 +195,24 @@ pub async fn run(
                     .dead_letters
                     .with_label_values(&[dead.reason.as_str()])
                     .inc();
+            }
+        }
+
+        // Before this process commits a partition it has just taken up (which would leave out
+        // the metadata it does not know), the newest event time the group committed for it.
+        for source in batch.iter().map(|n| n.partition) {
+            if looked_up.insert(source) && !decoded_newest.contains_key(&source) {
+                let committed = tokio::task::block_in_place(|| {
+                    committed(
+                        &consumer,
+                        &kafka.notifications_topic,
+                        source,
+                        Duration::from_secs(5),
+                    )
+                });
+                if let Some((_, Some(time))) = committed {
+                    decoded_newest.insert(source, time);
+                }
             }
         }
 
