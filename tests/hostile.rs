@@ -466,29 +466,6 @@ impl FolderService {
 const QUICK: &str =
     "[engine]\nidle_after = \"200ms\"\n[fetch]\nretry_pause = \"50ms\"\nmax_backoff = \"100ms\"\n";
 
-/// A log file delivered at `stamp` (`20250602T1005Z`) whose one record is `StopLogging` by
-/// the user `stopper` at `time`, with eventID `id`.
-fn write_stopper_file(dir: &Path, stamp: &str, time: &str, id: &str) {
-    let record = json!({"eventVersion": "1.09", "eventTime": time, "eventID": id,
-        "eventSource": "cloudtrail.amazonaws.com", "eventName": "StopLogging", "awsRegion": "us-east-1",
-        "sourceIPAddress": "198.51.100.9", "userAgent": "aws-cli/2.15.0", "requestParameters": {"name": "main"},
-        "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/stopper",
-                         "accountId": "111122223333", "userName": "stopper"},
-        "recipientAccountId": "111122223333"});
-    let name = format!("111122223333_CloudTrail_us-east-1_{stamp}_{id}.json");
-    let part = dir.join(format!(".{name}.part"));
-    std::fs::write(&part, json!({ "Records": [record] }).to_string()).unwrap();
-    std::fs::rename(part, dir.join(name)).unwrap();
-}
-
-/// Anomalies by id, with each one's count.
-fn ids_and_counts(anomalies: &[Value]) -> BTreeSet<(String, u64)> {
-    anomalies
-        .iter()
-        .map(|a| (a["id"].as_str().unwrap().to_owned(), a["count"].as_u64().unwrap()))
-        .collect()
-}
-
 #[test]
 fn a_historical_trail_dropped_in_two_parts_with_a_pause_gives_replays_anomalies() {
     two_parts_of_a_historical_trail(false);

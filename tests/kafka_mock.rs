@@ -1,6 +1,8 @@
 //! `run` against librdkafka's in-process mock cluster (real Kafka protocol), with broker errors
 //! injected mid-run: nothing lost, offsets committed only for finished work.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +22,9 @@ use trailwatch::metrics::Metrics;
 use trailwatch::replay::{list_inputs, replay};
 use trailwatch::rules::RuleSet;
 use trailwatch::run::{run, DeadLetter};
+
+use common::{evidence, ids_and_counts, write_stopper_file};
+use serde_json::Value;
 
 const NOTIFICATIONS: &str = "notifications";
 const ANOMALIES: &str = "anomalies";
@@ -45,6 +50,18 @@ fn keys(root: &Path) -> Vec<String> {
                 .to_string_lossy()
                 .into_owned()
         })
+        .collect()
+}
+
+/// The anomaly lines replay raises over the log files under `dir`.
+fn replayed(dir: &Path, settings: &Settings, rules: &Arc<RuleSet>) -> Vec<String> {
+    let (files, _) = list_inputs(&[dir.to_owned()]).unwrap();
+    let mut lines = Vec::new();
+    replay(files, settings, Some(Arc::clone(rules)), &mut lines, &|_| {}).unwrap();
+    String::from_utf8(lines)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
         .collect()
 }
 
@@ -114,20 +131,9 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
 
     let rules = Arc::new(RuleSet::builtin().unwrap());
     // What replay raises over the same files, in the same order, is what run must deliver.
-    let (files, _) = list_inputs(&[trail.join("AWSLogs")]).unwrap();
-    let mut expected_lines = Vec::new();
-    replay(
-        files,
-        &settings(),
-        Some(Arc::clone(&rules)),
-        &mut expected_lines,
-        &|_| {},
-    )
-    .unwrap();
-    let expected: BTreeSet<String> = String::from_utf8(expected_lines)
-        .unwrap()
-        .lines()
-        .map(id_of)
+    let expected: BTreeSet<String> = replayed(&trail.join("AWSLogs"), &settings(), &rules)
+        .iter()
+        .map(|l| id_of(l))
         .collect();
     assert!(
         expected.len() >= 5,
@@ -295,4 +301,180 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
     assert!(text.contains("trailwatch_checkpoint_last_success_timestamp_seconds"));
     assert_eq!(metrics.files.with_label_values(&["failed"]).get(), 2);
     assert!(metrics.anomalies.with_label_values(&["rule_match", "high"]).get() > 0);
+}
+
+/// The settings of the mock cluster's service for `dir`, its objects read from `store`.
+fn run_settings(brokers: &str, dir: &Path, store: &Path) -> trailwatch::config::RunSettings {
+    let mut run = Settings::from_toml(
+        &format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"trailwatch-test\"\n\
+             notifications_topic = \"{NOTIFICATIONS}\"\nanomalies_topic = \"{ANOMALIES}\"\n\
+             dead_letter_topic = \"{DEAD}\"\n\
+             [kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+             [checkpoint]\nurl = \"{}\"\ninterval = \"200ms\"\n\
+             [batch]\nmax_messages = 200\nmax_wait = \"100ms\"\n[metrics]\nlisten = \"\"\n",
+            dir.join("checkpoint").display()
+        ),
+        "mock cluster test",
+    )
+    .expect("valid settings")
+    .run;
+    run.fetch.store = StoreSettings::Local(store.to_owned());
+    run
+}
+
+/// A historical trail in two parts, with the service stopped after the first and another
+/// process taking its notifications partition over before the second. The new process goes
+/// idle before the second part comes: it reads the newest event time the first one committed
+/// with its offset, so its idle mark stops short of the second part, which is then judged in
+/// event-time order, as replay judges it. (Marking the present, it would judge the second
+/// part late, in the order it came, and its alert would be the later record's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_process_taking_a_historical_trail_over_after_a_pause_gives_replays_anomalies() {
+    let dir = tempfile::tempdir().unwrap();
+    let trail = dir.path().join("bucket");
+    std::fs::create_dir(&trail).unwrap();
+    write_stopper_file(&trail, "20250602T1005Z", "2025-06-02T10:00:00Z", "stop-first");
+    // An hour later in event time, delivered in the opposite order of their events.
+    write_stopper_file(&trail, "20250602T1110Z", "2025-06-02T11:03:00Z", "stop-later");
+    write_stopper_file(&trail, "20250602T1115Z", "2025-06-02T11:01:00Z", "stop-earlier");
+    let names = keys_in(&trail);
+
+    let settings = || {
+        Settings::from_toml(
+            "[replay]\nworkers = 2\n[engine]\nidle_after = \"200ms\"\n",
+            "test",
+        )
+        .unwrap()
+    };
+    let rules = Arc::new(RuleSet::builtin().unwrap());
+    let replayed: Vec<Value> = replayed(&trail, &settings(), &rules)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replayed.len(), 2, "{replayed:#?}");
+
+    let cluster = MockCluster::new(1).unwrap();
+    for (topic, partitions) in [
+        (NOTIFICATIONS, 1),
+        (ANOMALIES, 1),
+        (DEAD, 1),
+        ("trailwatch-events", 12),
+    ] {
+        cluster.create_topic(topic, partitions, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let notify = |name: &str| {
+        let payload = serde_json::json!({"s3Bucket": "trail", "s3ObjectKey": [name]}).to_string();
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::<(), _>::to(NOTIFICATIONS).payload(&payload),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let start = || {
+        let metrics = Arc::new(Metrics::new());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = tokio::spawn(run(
+            settings(),
+            run_settings(&brokers, dir.path(), &trail),
+            Some(Arc::clone(&rules)),
+            Arc::clone(&metrics),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        (service, stop, metrics)
+    };
+    let stop = |service: tokio::task::JoinHandle<anyhow::Result<_>>,
+                stop: tokio::sync::oneshot::Sender<()>| async move {
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(60), service)
+            .await
+            .expect("the service stops within a minute of being told to")
+            .expect("the service task does not panic")
+            .unwrap_or_else(|e| panic!("the service fails: {e:#}"));
+    };
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what} within a minute");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // The first part, committed, and a pause past `engine.idle_after`.
+    let (service, stop_first, _) = start();
+    notify(&names[0]).await;
+    tokio::task::block_in_place(|| until("the first part committed", &|| committed_offset(&brokers) == 1));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop(service, stop_first).await;
+
+    // Another process takes the partition over and goes idle; then the second part comes.
+    let (service, stop_second, metrics) = start();
+    tokio::task::block_in_place(|| until("the partition assigned", &|| metrics.is_ready()));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    notify(&names[1]).await;
+    notify(&names[2]).await;
+    let served = read_topic(
+        &brokers,
+        ANOMALIES,
+        |got| got.iter().any(|l| l.contains("\"count\":2")),
+        Duration::from_secs(60),
+    )
+    .await;
+    stop(service, stop_second).await;
+
+    let served: Vec<Value> = served.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        ids_and_counts(&served),
+        ids_and_counts(&replayed),
+        "the service's anomalies (ids and counts) are replay's\nservice: {served:#?}"
+    );
+    assert_eq!(
+        evidence(&served).last().map(|ids| ids[0].as_str()),
+        Some("stop-earlier"),
+        "the second alert is opened by the earlier record"
+    );
+}
+
+/// The names of the log files in `dir`, in delivery order.
+fn keys_in(dir: &Path) -> Vec<String> {
+    let (files, _) = list_inputs(&[dir.to_owned()]).unwrap();
+    files
+        .iter()
+        .map(|f| {
+            f.path()
+                .unwrap()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// The notifications offset the service's group committed.
+fn committed_offset(brokers: &str) -> i64 {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "trailwatch-test")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(NOTIFICATIONS, 0);
+    consumer
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .ok()
+        .and_then(|c| c.find_partition(NOTIFICATIONS, 0)?.offset().to_raw())
+        .unwrap_or(0)
 }

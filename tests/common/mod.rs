@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: run the real binary, generate trails, read results.
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -127,4 +128,27 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A log file delivered at `stamp` (`20250602T1005Z`) whose one record is `StopLogging` by
+/// the user `stopper` at `time`, with eventID `id`.
+pub fn write_stopper_file(dir: &Path, stamp: &str, time: &str, id: &str) {
+    let record = serde_json::json!({"eventVersion": "1.09", "eventTime": time, "eventID": id,
+        "eventSource": "cloudtrail.amazonaws.com", "eventName": "StopLogging", "awsRegion": "us-east-1",
+        "sourceIPAddress": "198.51.100.9", "userAgent": "aws-cli/2.15.0", "requestParameters": {"name": "main"},
+        "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/stopper",
+                         "accountId": "111122223333", "userName": "stopper"},
+        "recipientAccountId": "111122223333"});
+    let name = format!("111122223333_CloudTrail_us-east-1_{stamp}_{id}.json");
+    let part = dir.join(format!(".{name}.part"));
+    std::fs::write(&part, serde_json::json!({ "Records": [record] }).to_string()).unwrap();
+    std::fs::rename(part, dir.join(name)).unwrap();
+}
+
+/// Anomalies by id, with each one's count.
+pub fn ids_and_counts(anomalies: &[Value]) -> BTreeSet<(String, u64)> {
+    anomalies
+        .iter()
+        .map(|a| (a["id"].as_str().unwrap().to_owned(), a["count"].as_u64().unwrap()))
+        .collect()
 }
