@@ -200,20 +200,14 @@ pub async fn run(
 
         // Before this process commits a partition it has just taken up (which would leave out
         // the metadata it does not know), the newest event time the group committed for it.
-        for source in batch.iter().map(|n| n.partition) {
-            if looked_up.insert(source) && !decoded_newest.contains_key(&source) {
-                let committed = tokio::task::block_in_place(|| {
-                    committed(
-                        &consumer,
-                        &kafka.notifications_topic,
-                        source,
-                        Duration::from_secs(5),
-                    )
-                });
-                if let Some((_, Some(time))) = committed {
-                    decoded_newest.insert(source, time);
-                }
-            }
+        for n in &batch {
+            take_up_newest(
+                &consumer,
+                &kafka.notifications_topic,
+                n.partition,
+                &mut decoded_newest,
+                &mut looked_up,
+            );
         }
 
         // Marks: sources decoded further, and sources quiet long enough to be caught up.
@@ -243,14 +237,15 @@ pub async fn run(
                     .is_none_or(|t| t.elapsed() >= settings.engine.idle_after);
                 if quiet
                     && !first_retry.contains_key(&source)
-                    && caught_up(
+                    && caught_up(&consumer, &kafka.notifications_topic, source, &reached)
+                {
+                    take_up_newest(
                         &consumer,
                         &kafka.notifications_topic,
                         source,
-                        &reached,
                         &mut decoded_newest,
-                    )
-                {
+                        &mut looked_up,
+                    );
                     // The present, or short of it for a historical trail: see `idle_clock`.
                     let clock = crate::engine::idle_clock(
                         present,
@@ -389,33 +384,43 @@ impl Failing {
 /// Whether every notification `partition` holds now has been read. A partition that is merely
 /// slow to be fetched from (just assigned, a broker pausing) is not idle: marking it so would move
 /// the watermark past events still to come, and judge them late, out of order.
-///
-/// A partition this process has decoded nothing from (taken over from another process) has its
-/// newest decoded event time read from the group's committed offset into `newest` (see
-/// [`commit`]), so that its idle mark stops where the other process's would have.
-fn caught_up(
-    consumer: &StreamConsumer,
-    topic: &str,
-    partition: i32,
-    reached: &BTreeMap<i32, i64>,
-    newest: &mut BTreeMap<i32, i64>,
-) -> bool {
+fn caught_up(consumer: &StreamConsumer, topic: &str, partition: i32, reached: &BTreeMap<i32, i64>) -> bool {
     tokio::task::block_in_place(|| {
         let timeout = Duration::from_secs(5);
         let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, timeout) else {
             return false;
         };
-        let mut read = reached.get(&partition).copied();
-        if read.is_none() || !newest.contains_key(&partition) {
-            // Committed by an earlier run or another process.
-            let committed = committed(consumer, topic, partition, timeout);
-            if let Some((_, Some(time))) = committed {
-                newest.entry(partition).or_insert(time);
-            }
-            read = read.or(committed.map(|(offset, _)| offset));
+        if high <= low {
+            return true;
         }
-        high <= low || read.is_some_and(|offset| offset >= high)
+        // Read this run, else committed by an earlier one.
+        let read = reached
+            .get(&partition)
+            .copied()
+            .or_else(|| committed(consumer, topic, partition, timeout).map(|(offset, _)| offset));
+        read.is_some_and(|offset| offset >= high)
     })
+}
+
+/// The first time this process deals with `partition` (`asked` records it), and only when it
+/// has decoded nothing from it: the newest event time the group committed with its offset (see
+/// [`commit`]), taken into `newest`. That is what another process, or an earlier run, decoded
+/// before this one took the partition up, so that its idle mark stops where theirs would have.
+fn take_up_newest(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partition: i32,
+    newest: &mut BTreeMap<i32, i64>,
+    asked: &mut BTreeSet<i32>,
+) {
+    if !asked.insert(partition) || newest.contains_key(&partition) {
+        return;
+    }
+    let committed =
+        tokio::task::block_in_place(|| committed(consumer, topic, partition, Duration::from_secs(5)));
+    if let Some((_, Some(time))) = committed {
+        newest.insert(partition, time);
+    }
 }
 
 /// The offset the group committed for `partition`, with the newest event time decoded before it
@@ -446,7 +451,7 @@ fn newest_of_metadata(metadata: &str) -> Option<i64> {
 }
 
 /// Commits the offsets `reached`, each with the newest event time decoded from its partition as
-/// metadata, for the process that takes the partition over next (see [`caught_up`]).
+/// metadata, for the process that takes the partition over next (see [`take_up_newest`]).
 fn commit(
     consumer: &StreamConsumer,
     topic: &str,
@@ -536,31 +541,17 @@ mod tests {
         drop(first);
 
         let second = consumer();
-        let mut newest = BTreeMap::new();
-        assert!(caught_up(
-            &second,
-            "notifications",
-            0,
-            &BTreeMap::new(),
-            &mut newest
-        ));
-        assert!(caught_up(
-            &second,
-            "notifications",
-            1,
-            &BTreeMap::new(),
-            &mut newest
-        ));
+        let none = BTreeMap::new();
+        assert!(caught_up(&second, "notifications", 0, &none));
+        assert!(caught_up(&second, "notifications", 1, &none));
+        let (mut newest, mut asked) = (BTreeMap::new(), BTreeSet::new());
+        for partition in [0, 1] {
+            take_up_newest(&second, "notifications", partition, &mut newest, &mut asked);
+        }
         assert_eq!(newest, BTreeMap::from([(0, 1_700_000_000)]));
         // What this process decoded itself is not replaced by the commit.
         let mut own = BTreeMap::from([(0, 1_800_000_000)]);
-        assert!(caught_up(
-            &second,
-            "notifications",
-            0,
-            &BTreeMap::from([(0, 1)]),
-            &mut own
-        ));
+        take_up_newest(&second, "notifications", 0, &mut own, &mut BTreeSet::new());
         assert_eq!(own, BTreeMap::from([(0, 1_800_000_000)]));
     }
 }
