@@ -37,9 +37,9 @@ fn settings() -> Settings {
     settings
 }
 
-/// Object keys of the trail, relative to `root`, in delivery order.
-fn keys(root: &Path) -> Vec<String> {
-    let (files, _) = list_inputs(&[root.join("AWSLogs")]).unwrap();
+/// Object keys of the log files under `listed`, relative to `root`, in delivery order.
+fn keys(root: &Path, listed: &Path) -> Vec<String> {
+    let (files, _) = list_inputs(&[listed.to_owned()]).unwrap();
     files
         .iter()
         .map(|f| {
@@ -153,7 +153,7 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
         .set("bootstrap.servers", &brokers)
         .create()
         .unwrap();
-    let mut payloads: Vec<String> = keys(&trail)
+    let mut payloads: Vec<String> = keys(&trail, &trail.join("AWSLogs"))
         .into_iter()
         .map(|k| serde_json::json!({"s3Bucket": "trail", "s3ObjectKey": [k]}).to_string())
         .collect();
@@ -338,7 +338,7 @@ async fn a_process_taking_a_historical_trail_over_after_a_pause_gives_replays_an
     // An hour later in event time, delivered in the opposite order of their events.
     write_stopper_file(&trail, "20250602T1110Z", "2025-06-02T11:03:00Z", "stop-later");
     write_stopper_file(&trail, "20250602T1115Z", "2025-06-02T11:01:00Z", "stop-earlier");
-    let names = keys_in(&trail);
+    let names = keys(&trail, &trail);
 
     let settings = || {
         Settings::from_toml(
@@ -445,22 +445,6 @@ async fn a_process_taking_a_historical_trail_over_after_a_pause_gives_replays_an
         Some("stop-earlier"),
         "the second alert is opened by the earlier record"
     );
-}
-
-/// The names of the log files in `dir`, in delivery order.
-fn keys_in(dir: &Path) -> Vec<String> {
-    let (files, _) = list_inputs(&[dir.to_owned()]).unwrap();
-    files
-        .iter()
-        .map(|f| {
-            f.path()
-                .unwrap()
-                .strip_prefix(dir)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect()
 }
 
 /// The notifications offset the service's group committed.
