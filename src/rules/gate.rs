@@ -398,6 +398,13 @@ struct GateField {
     precheck: Option<Precheck>,
     /// Gated on presence alone, at the top level: the value need not be read.
     presence_only: bool,
+    /// Gated on needles alone, at the top level: judged afresh for each record, not remembered.
+    /// Such a field (a user agent, an error code) is searched for words, and its values run to
+    /// thousands (the AWS CLI names each command it runs in its agent): the memo cycled, each
+    /// lookup a cache miss or two, while judging is a lower-cased copy on the stack and a search
+    /// per needle. One worker's replay of the realistic trail with the shipped rules: 2.19 s of CPU
+    /// remembered, 2.12 s judged afresh (medians of 10 interleaved runs; 1.94 s without rules).
+    needles_only: bool,
     /// For a nested field, the top-level key it is under.
     root: Option<String>,
     /// Whether that key is `userIdentity`, whose text a decoder may know by a key.
@@ -454,6 +461,8 @@ impl GateIndex {
         for gate in &mut index.fields {
             let Some((root, _)) = gate.field.split_once('.') else {
                 gate.presence_only = gate.valued.is_empty();
+                gate.needles_only =
+                    gate.values.is_empty() && gate.present.is_empty() && !gate.needles.is_empty();
                 continue;
             };
             gate.root = Some(root.to_owned());
@@ -525,7 +534,7 @@ impl GateIndex {
             let (text, rememberable) = match &gate.root {
                 Some(root) if literal.is_none() => (event.top_level_text(root), true),
                 Some(_) => (literal, false),
-                None => (literal, true),
+                None => (literal, !gate.needles_only),
             };
             let Some(text) = text else { continue };
             let mut judge = || gate.verdict(event, scratch.get_or_insert_with(Scratch::default));
@@ -759,6 +768,28 @@ mod tests {
         assert_eq!(judged, 1 + 50);
         let [(recent, _), (older, _)] = memo.held();
         assert!(recent + older <= 8);
+    }
+
+    #[test]
+    fn a_gate_on_needles_alone_is_judged_afresh_and_one_on_values_remembered() {
+        let agent = rule("detection:\n  sel:\n    userAgent|contains: kali\n  condition: sel\n");
+        let call = rule("detection:\n  sel:\n    eventName: StopLogging\n  condition: sel\n");
+        let index = GateIndex::new([&agent, &call]);
+        let mut memo = GateMemo::default();
+        for i in 0..20 {
+            let record = format!(r#"{{"eventName":"StopLogging","userAgent":"aws-cli/2.{i} command/kali"}}"#);
+            let view = RecordView::new(&record).unwrap();
+            let mut out = Vec::new();
+            index.candidates(&view, Some(&mut memo), |r| out.push(r));
+            assert_eq!(out, [0, 1], "{record}");
+        }
+        let held = |field: &str| {
+            let i = index.fields.iter().position(|g| g.field == field).unwrap();
+            let [(recent, _), (older, _)] = memo.by_gate[i].by_text.held();
+            recent + older
+        };
+        assert_eq!(held("userAgent"), 0);
+        assert_eq!(held("eventName"), 1);
     }
 
     #[test]
