@@ -65,6 +65,30 @@ fn replayed(dir: &Path, settings: &Settings, rules: &Arc<RuleSet>) -> Vec<String
         .collect()
 }
 
+/// The notification of one object of the trail's bucket.
+fn notification(key: &str) -> String {
+    serde_json::json!({"s3Bucket": "trail", "s3ObjectKey": [key]}).to_string()
+}
+
+/// A producer to the mock cluster at `brokers`.
+fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap()
+}
+
+/// Produces `payload` to the notifications topic.
+async fn notify(producer: &FutureProducer, payload: &str) {
+    producer
+        .send(
+            FutureRecord::<(), _>::to(NOTIFICATIONS).payload(payload),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+}
+
 /// An anomaly line's `id`.
 fn id_of(line: &str) -> String {
     serde_json::from_str::<serde_json::Value>(line).unwrap()["id"]
@@ -149,13 +173,10 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
     cluster.create_topic("trailwatch-events", 12, 3).unwrap();
     let brokers = cluster.bootstrap_servers();
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
+    let producer = producer(&brokers);
     let mut payloads: Vec<String> = keys(&trail, &trail.join("AWSLogs"))
-        .into_iter()
-        .map(|k| serde_json::json!({"s3Bucket": "trail", "s3ObjectKey": [k]}).to_string())
+        .iter()
+        .map(|k| notification(k))
         .collect();
     let bad = [
         "{\"Type\":\"Notification\",\"Message\":".to_owned(),
@@ -169,13 +190,7 @@ async fn mock_cluster_run_loses_nothing_through_broker_errors() {
     let middle = payloads.len() / 2;
     payloads.splice(middle..middle, bad.iter().cloned());
     for p in &payloads {
-        producer
-            .send(
-                FutureRecord::<(), _>::to(NOTIFICATIONS).payload(p),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
+        notify(&producer, p).await;
     }
 
     // Broker errors while trailwatch produces and commits: retried, not lost.
@@ -364,23 +379,7 @@ async fn a_process_taking_a_historical_trail_over_after_a_pause_gives_replays_an
         cluster.create_topic(topic, partitions, 1).unwrap();
     }
     let brokers = cluster.bootstrap_servers();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let notify = |name: &str| {
-        let payload = serde_json::json!({"s3Bucket": "trail", "s3ObjectKey": [name]}).to_string();
-        let producer = producer.clone();
-        async move {
-            producer
-                .send(
-                    FutureRecord::<(), _>::to(NOTIFICATIONS).payload(&payload),
-                    Duration::from_secs(5),
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let producer = producer(&brokers);
     let start = || {
         let metrics = Arc::new(Metrics::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -414,7 +413,7 @@ async fn a_process_taking_a_historical_trail_over_after_a_pause_gives_replays_an
 
     // The first part, committed, and a pause past `engine.idle_after`.
     let (service, stop_first, _) = start();
-    notify(&names[0]).await;
+    notify(&producer, &notification(&names[0])).await;
     tokio::task::block_in_place(|| until("the first part committed", &|| committed_offset(&brokers) == 1));
     tokio::time::sleep(Duration::from_millis(800)).await;
     stop(service, stop_first).await;
@@ -423,8 +422,8 @@ async fn a_process_taking_a_historical_trail_over_after_a_pause_gives_replays_an
     let (service, stop_second, metrics) = start();
     tokio::task::block_in_place(|| until("the partition assigned", &|| metrics.is_ready()));
     tokio::time::sleep(Duration::from_millis(800)).await;
-    notify(&names[1]).await;
-    notify(&names[2]).await;
+    notify(&producer, &notification(&names[1])).await;
+    notify(&producer, &notification(&names[2])).await;
     let served = read_topic(
         &brokers,
         ANOMALIES,
